@@ -1,0 +1,16 @@
+//! The guest's runtime: console, boot information, memory, CPU and platform helpers.
+
+#[macro_use]
+pub mod serial;
+
+pub mod apic;
+pub mod bootparams;
+pub mod cmdline;
+pub mod cmos;
+pub mod cpu;
+pub mod heap;
+pub mod layout;
+pub mod mptable;
+pub mod pages;
+pub mod power;
+pub mod smp;

@@ -1,0 +1,68 @@
+//! The scenario registry and dispatcher.
+//!
+//! A scenario prints what it checks, then returns `Ok(())` (the dispatcher prints
+//! `PASS <name>` and ends the run the scenario's way) or `Err(reason)` (`FAIL <name>: <reason>`,
+//! then reset). Add a scenario by adding a module and a row to `SCENARIOS`.
+
+mod boot;
+mod demo;
+mod smp;
+
+use alloc::string::String;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::rt::bootparams::BootParams;
+use crate::rt::power;
+
+/// What runs when the command line names no scenario.
+pub const DEFAULT: &str = "demo";
+
+/// How a scenario ends the run after passing.
+#[derive(Clone, Copy)]
+pub enum Exit {
+    Reset,
+    PowerOff,
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub run: fn(&BootParams) -> Result<(), String>,
+    pub exit: Exit,
+}
+
+pub static SCENARIOS: &[Scenario] = &[
+    Scenario { name: "boot", run: boot::run, exit: Exit::Reset },
+    Scenario { name: "smp", run: smp::run, exit: Exit::Reset },
+    Scenario { name: "demo", run: demo::run, exit: Exit::PowerOff },
+];
+
+/// Index into `SCENARIOS` of the running scenario (`usize::MAX` before one starts).
+static CURRENT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// The running scenario's name, for the panic handler.
+pub fn current() -> &'static str {
+    SCENARIOS.get(CURRENT.load(Ordering::Relaxed)).map_or("guest", |s| s.name)
+}
+
+/// Runs the scenario called `name`, reports the outcome and ends the run.
+pub fn run(name: &str, boot: &BootParams) -> ! {
+    let Some(index) = SCENARIOS.iter().position(|s| s.name == name) else {
+        println!("FAIL {name}: unknown scenario");
+        power::reset();
+    };
+    CURRENT.store(index, Ordering::Relaxed);
+    let scenario = &SCENARIOS[index];
+    match (scenario.run)(boot) {
+        Ok(()) => {
+            println!("PASS {name}");
+            match scenario.exit {
+                Exit::Reset => power::reset(),
+                Exit::PowerOff => power::power_off(),
+            }
+        }
+        Err(reason) => {
+            println!("FAIL {name}: {reason}");
+            power::reset()
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Turns a validated `VmConfig` into a machine ready to run, in one sequence: KVM, memory,
+//! the VM, what boots, devices, vCPUs, the event loop.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use devices::ExitSignal;
+use event_manager::{EventManager, SubscriberOps};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use memory::{GuestMemoryMmap, MemoryLayout};
+use vm_memory::GuestAddress;
+
+use crate::arch::x86_64::{bootparams, layout, mptable, regs};
+use crate::config::{ConfigError, SerialOutput, VmConfig};
+use crate::device_manager::{DeviceError, DeviceManager};
+use crate::loader::{self, LoadError};
+use crate::machine::{Machine, SharedContext, Subscriber};
+use crate::signals::SignalWatcher;
+use crate::stdin::{RawTerminal, SerialInput};
+use crate::vstate::vcpu::{self, Vcpu, VcpuError, VcpuSetup};
+use crate::vstate::vm::{self, VmError};
+
+/// Errors building a machine.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot write boot structures: {0}")]
+    Boot(String),
+    #[error("cannot read KVM's supported CPUID: {0}")]
+    Cpuid(kvm_ioctls::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("event loop: {0:?}")]
+    EventLoop(event_manager::Error),
+}
+
+impl BuildError {
+    /// Whether the user's input is at fault (a bad flag, file or host setup) rather than
+    /// petrel: those exit with status 2.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            BuildError::Config(_) | BuildError::Load(_) | BuildError::Memory(_) => true,
+            BuildError::Devices(DeviceError::Serial(_)) => true,
+            BuildError::Vm(e) => matches!(
+                e,
+                VmError::KvmMissing
+                    | VmError::KvmPermission
+                    | VmError::TooManyVcpus { .. }
+                    | VmError::ApiVersion(_)
+                    | VmError::MissingCap(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
+    move |source| BuildError::Io { what, source }
+}
+
+/// Builds the machine `config` describes.
+pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
+    config.validate()?;
+    let machine = &config.machine;
+    // Bad input in files is found before KVM is touched.
+    check_readable(config)?;
+    let kvm = vm::open_kvm(machine.vcpus)?;
+    let layout = MemoryLayout::new(machine.memory.0)?;
+    let mem = layout.allocate()?;
+    let vm = vm::create_vm(&kvm, &mem)?;
+    let entry = load_guest(&mem, &layout, config)?;
+
+    let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit event"))?);
+    let devices = DeviceManager::new(&vm, &exit, config)?;
+    let vcpus = create_vcpus(&kvm, &vm, config, entry)?;
+
+    let mut event_manager: EventManager<Subscriber> =
+        EventManager::new().map_err(BuildError::EventLoop)?;
+    let signals = SignalWatcher::install(exit.clone()).map_err(io_err("cannot watch signals"))?;
+    event_manager.add_subscriber(Arc::new(Mutex::new(signals)));
+    let terminal = match config.serial {
+        SerialOutput::Stdout => RawTerminal::enter(),
+        _ => None,
+    };
+    if terminal.is_some() {
+        let input = SerialInput::new(devices.serial.clone())
+            .map_err(io_err("cannot set up serial input"))?;
+        event_manager.add_subscriber(Arc::new(Mutex::new(input)));
+    }
+
+    Ok(Machine {
+        vcpus,
+        ctx: SharedContext {
+            pio: Arc::new(devices.pio),
+            mmio: Arc::new(devices.mmio),
+            exit,
+            stop: Arc::new(AtomicBool::new(false)),
+        },
+        event_manager,
+        terminal,
+        vm,
+        memory: mem,
+    })
+}
+
+/// Opens the kernel and initrd once up front so a missing file is reported as such.
+fn check_readable(config: &VmConfig) -> Result<(), LoadError> {
+    let files = [
+        ("kernel", &config.boot.kernel),
+        ("initrd", &config.boot.initrd),
+    ];
+    for (what, path) in files {
+        if let Some(path) = path {
+            File::open(path).map_err(|source| LoadError::Read {
+                what,
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The bundled demo guest as a file the loader can read.
+fn demo_guest() -> Result<File, BuildError> {
+    // SAFETY: the name is a valid NUL-terminated string and flags are valid; the result is
+    // checked before use.
+    let fd = unsafe { libc::memfd_create(c"petrel-demo-guest".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io_err("cannot create the demo guest image")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(resources::TEST_GUEST)
+        .map_err(io_err("cannot write the demo guest image"))?;
+    Ok(file)
+}
+
+/// Loads the kernel (or the demo guest), initrd and command line, and writes the zero page,
+/// boot page tables and MP table. Returns the entry point.
+fn load_guest(
+    mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
+    config: &VmConfig,
+) -> Result<u64, BuildError> {
+    let kernel = match &config.boot.kernel {
+        Some(path) => loader::load_kernel(mem, layout, path)?,
+        None => loader::load_kernel_file(
+            mem,
+            layout,
+            &mut demo_guest()?,
+            Path::new("<bundled demo guest>"),
+        )?,
+    };
+    let initrd = match &config.boot.initrd {
+        Some(path) => Some(loader::load_initrd(mem, layout, &kernel, path)?),
+        None => None,
+    };
+    let cmdline_addr = loader::load_cmdline(mem, config.cmdline(), kernel.cmdline_max())?;
+    let e820 = bootparams::e820_map(layout);
+    let params = bootparams::zero_page(&bootparams::ZeroPageInput {
+        setup_header: kernel.setup_header,
+        cmdline_addr,
+        initrd,
+        e820: &e820,
+    })
+    .map_err(|e| BuildError::Boot(e.to_string()))?;
+    LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
+        &BootParams::new(&params, GuestAddress(layout::ZERO_PAGE_ADDR)),
+        mem,
+    )
+    .map_err(|e| BuildError::Boot(e.to_string()))?;
+    regs::write_boot_tables(mem).map_err(|e| BuildError::Boot(e.to_string()))?;
+    mptable::setup(mem, config.machine.vcpus).map_err(|e| BuildError::Boot(e.to_string()))?;
+    Ok(kernel.entry)
+}
+
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    config: &VmConfig,
+    entry: u64,
+) -> Result<Vec<Vcpu>, BuildError> {
+    vcpu::install_kick_handler()?;
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(BuildError::Cpuid)?;
+    let tsc_deadline = vm.check_extension(Cap::TscDeadlineTimer);
+    (0..config.machine.vcpus)
+        .map(|id| {
+            let setup = VcpuSetup {
+                supported_cpuid: &supported,
+                vcpus: config.machine.vcpus,
+                template: config.machine.cpu_template,
+                tsc_deadline,
+                entry: (id == 0).then_some(entry),
+            };
+            Ok(Vcpu::new(vm, id, &setup)?)
+        })
+        .collect()
+}

@@ -1,0 +1,216 @@
+//! The `petrel` command line. Flags fill a `VmConfig`; `--config FILE` reads one from JSON
+//! and flags given beside it override its fields, so flags and file make identical machines.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ByteSize, ConfigError, CpuTemplate, SerialOutput, VmConfig};
+
+/// petrel: a virtual machine monitor on KVM.
+#[derive(Debug, Parser)]
+#[command(name = "petrel", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// petrel's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest and run it until it powers off or resets. With no --kernel, boots the
+    /// bundled demo guest.
+    Run(RunArgs),
+}
+
+/// Options of `petrel run`.
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// Kernel to boot: an ELF vmlinux or a bzImage with a 64-bit entry point. Without it,
+    /// petrel boots its bundled demo guest.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk, loaded at the top of RAM below 3 GiB.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=1", or the demo's].
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs, 1 to 254 [default: 1].
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+    /// Guest RAM: a number with a K, M, G or T suffix; a bare number is MiB [default: 128M].
+    /// RAM beyond 3 GiB is placed above 4 GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<ByteSize>,
+    /// Serial console (COM1) output: stdout, none, or file:PATH [default: stdout]. With
+    /// stdout and a terminal on standard input, what you type goes to the guest.
+    #[arg(long, value_name = "OUT", value_parser = parse_serial)]
+    pub serial: Option<SerialOutput>,
+    /// CPUID template: host (all KVM supports) or minimal (hides CMPXCHG16B, XSAVE and AVX)
+    /// [default: host].
+    #[arg(long, value_name = "NAME", value_parser = parse_template)]
+    pub cpu_template: Option<CpuTemplate>,
+    /// Read the machine from a JSON VmConfig file; other flags override its fields.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<ByteSize, ConfigError> {
+    s.parse()
+}
+
+fn parse_serial(s: &str) -> Result<SerialOutput, ConfigError> {
+    s.parse()
+}
+
+fn parse_template(s: &str) -> Result<CpuTemplate, ConfigError> {
+    s.parse()
+}
+
+impl RunArgs {
+    /// The configuration these flags describe.
+    pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => VmConfig::from_file(path)?,
+            None => VmConfig::default(),
+        };
+        if let Some(k) = &self.kernel {
+            config.boot.kernel = Some(k.clone());
+        }
+        if let Some(i) = &self.initrd {
+            config.boot.initrd = Some(i.clone());
+        }
+        if let Some(c) = &self.cmdline {
+            config.boot.cmdline = Some(c.clone());
+        }
+        if let Some(v) = self.vcpus {
+            config.machine.vcpus = v;
+        }
+        if let Some(m) = self.memory {
+            config.machine.memory = m;
+        }
+        if let Some(t) = self.cpu_template {
+            config.machine.cpu_template = t;
+        }
+        if let Some(s) = &self.serial {
+            config.serial = s.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["petrel", "run"];
+        argv.extend(args);
+        Cli::try_parse_from(argv).map(|c| match c.command {
+            Command::Run(r) => r,
+        })
+    }
+
+    #[test]
+    fn flags_fill_the_config() {
+        let c = run_args(&[
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/i",
+            "--cmdline",
+            "a=b c",
+            "--vcpus",
+            "4",
+            "--memory",
+            "1G",
+            "--serial",
+            "none",
+            "--cpu-template",
+            "minimal",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        assert_eq!(c.boot.kernel.as_deref(), Some(std::path::Path::new("/k")));
+        assert_eq!(c.boot.cmdline.as_deref(), Some("a=b c"));
+        assert_eq!(c.machine.vcpus, 4);
+        assert_eq!(c.machine.memory, ByteSize(1 << 30));
+        assert_eq!(c.serial, SerialOutput::None);
+        assert_eq!(c.machine.cpu_template, CpuTemplate::Minimal);
+    }
+
+    #[test]
+    fn flags_and_file_make_the_same_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(
+            &path,
+            r#"{"boot":{"kernel":"/k","cmdline":"x"},"machine":{"vcpus":2,"memory":"256M"},"serial":"none"}"#,
+        )
+        .unwrap();
+        let from_file = run_args(&["--config", path.to_str().unwrap()])
+            .unwrap()
+            .to_config()
+            .unwrap();
+        let from_flags = run_args(&[
+            "--kernel",
+            "/k",
+            "--cmdline",
+            "x",
+            "--vcpus",
+            "2",
+            "--memory",
+            "256M",
+            "--serial",
+            "none",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        assert_eq!(from_file, from_flags);
+        let overridden = run_args(&["--config", path.to_str().unwrap(), "--vcpus", "3"])
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert_eq!(overridden.machine.vcpus, 3);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(run_args(&["--memory", "lots"]).is_err());
+        assert!(run_args(&["--serial", "tty"]).is_err());
+        assert!(run_args(&["--cpu-template", "fast"]).is_err());
+        assert!(run_args(&["--vcpus", "-1"]).is_err());
+        assert!(run_args(&["--bogus"]).is_err());
+        assert_eq!(
+            run_args(&["--vcpus", "0"]).unwrap().to_config(),
+            Err(ConfigError::Vcpus { got: 0, max: 254 })
+        );
+        assert!(run_args(&["--vcpus", "300"]).unwrap().to_config().is_err());
+    }
+
+    #[test]
+    fn bad_config_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        for bad in [
+            r#"{"machine":{"cpus":1}}"#,
+            r#"{"machine":{"vcpus":"x"}}"#,
+            "not json",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let err = run_args(&["--config", path.to_str().unwrap()])
+                .unwrap()
+                .to_config()
+                .unwrap_err();
+            assert!(matches!(err, ConfigError::File { .. }), "{bad}: {err}");
+        }
+        let missing = run_args(&["--config", "/nonexistent/vm.json"])
+            .unwrap()
+            .to_config();
+        assert!(matches!(missing, Err(ConfigError::File { .. })));
+    }
+}

@@ -1,0 +1,91 @@
+//! Creates the devices a configuration asks for and puts them on the buses, with their
+//! interrupts wired to KVM as irqfds.
+
+use std::sync::{Arc, Mutex};
+
+use devices::legacy::{
+    PowerManagement, Rtc, Serial, SerialOutput, I8042, I8042_IRQ, I8042_PORT, I8042_PORT_LEN,
+    PM_PORT, PM_PORT_LEN, RTC_PORT, RTC_PORT_LEN, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORT_LEN,
+};
+use devices::{Bus, BusDevice, BusError, ExitSignal};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::{self, VmConfig};
+
+/// Errors creating devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The serial port's output could not be opened.
+    #[error(transparent)]
+    Serial(#[from] devices::legacy::SerialError),
+    /// An interrupt could not be created or registered with KVM.
+    #[error("cannot wire IRQ {irq}: {reason}")]
+    Irq { irq: u32, reason: String },
+    /// Two devices claim the same addresses.
+    #[error("device layout: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// The devices of a machine, on their buses.
+pub struct DeviceManager {
+    /// The port-I/O bus.
+    pub pio: Bus,
+    /// The MMIO bus.
+    pub mmio: Bus,
+    /// The serial console, for host input.
+    pub serial: Arc<Mutex<Serial>>,
+    /// The i8042, for Ctrl+Alt+Del.
+    pub i8042: Arc<Mutex<I8042>>,
+}
+
+/// An interrupt line: an `EventFd` registered with KVM for `irq`.
+fn irq_line(vm: &VmFd, irq: u32) -> Result<EventFd, DeviceError> {
+    let err = |reason: String| DeviceError::Irq { irq, reason };
+    let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| err(e.to_string()))?;
+    vm.register_irqfd(&evt, irq)
+        .map_err(|e| err(e.to_string()))?;
+    Ok(evt)
+}
+
+fn serial_output(out: &config::SerialOutput) -> SerialOutput {
+    match out {
+        config::SerialOutput::Stdout => SerialOutput::Stdout,
+        config::SerialOutput::File(p) => SerialOutput::File(p.clone()),
+        config::SerialOutput::None => SerialOutput::None,
+    }
+}
+
+impl DeviceManager {
+    /// Creates the legacy devices: COM1, the i8042, the RTC/CMOS and the power-management
+    /// register.
+    pub fn new(vm: &VmFd, exit: &Arc<ExitSignal>, config: &VmConfig) -> Result<Self, DeviceError> {
+        let serial = Arc::new(Mutex::new(Serial::with_output(
+            irq_line(vm, SERIAL_IRQ)?,
+            &serial_output(&config.serial),
+        )?));
+        let i8042 = Arc::new(Mutex::new(I8042::new(
+            exit.clone(),
+            irq_line(vm, I8042_IRQ)?,
+        )));
+        let rtc = Arc::new(Mutex::new(Rtc::new(config.machine.memory.0)));
+        let pm = Arc::new(Mutex::new(PowerManagement::new(exit.clone())));
+
+        let mut pio = Bus::new();
+        let devices: [(Arc<Mutex<dyn BusDevice>>, u64, u64); 4] = [
+            (serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN),
+            (i8042.clone(), I8042_PORT, I8042_PORT_LEN),
+            (rtc, RTC_PORT, RTC_PORT_LEN),
+            (pm, PM_PORT, PM_PORT_LEN),
+        ];
+        for (dev, base, len) in devices {
+            pio.insert(dev, base, len)?;
+        }
+        Ok(Self {
+            pio,
+            mmio: Bus::new(),
+            serial,
+            i8042,
+        })
+    }
+}

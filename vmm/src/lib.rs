@@ -1,0 +1,17 @@
+//! petrel's VMM: machine construction, vCPUs, the event loop, the lifecycle, x86_64
+//! specifics (CPUID, MSRs, GDT and paging, boot parameters, MP table) and the CLI.
+
+pub mod arch;
+pub mod builder;
+pub mod cli;
+pub mod config;
+pub mod device_manager;
+pub mod loader;
+pub mod machine;
+pub mod signals;
+pub mod stdin;
+pub mod vstate;
+
+pub use builder::{build, BuildError};
+pub use config::VmConfig;
+pub use machine::Machine;

@@ -1,0 +1,130 @@
+//! A running machine: the VMM thread's event loop, the vCPU threads, and an orderly
+//! teardown on every way out.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use devices::{ExitSignal, VmExit};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::VmFd;
+use memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+
+use crate::stdin::RawTerminal;
+use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuHandle};
+
+/// A subscriber as the event manager holds it.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Wakes the event loop when an exit is signalled; the loop then sees the reason.
+struct ExitWatcher(Arc<ExitSignal>);
+
+impl MutEventSubscriber for ExitWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.0.event(), EventSet::IN)) {
+            tracing::error!(?e, "cannot watch the exit event");
+        }
+    }
+
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.0.event().read();
+    }
+}
+
+/// Errors running the machine.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The event loop failed.
+    #[error("event loop: {0:?}")]
+    EventLoop(event_manager::Error),
+    /// A vCPU could not start.
+    #[error(transparent)]
+    Vcpu(#[from] crate::vstate::vcpu::VcpuError),
+}
+
+/// Everything a built VM owns. Fields drop in order: vCPU threads are joined before the VM
+/// fd and guest memory go away.
+pub struct Machine {
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) ctx: SharedContext,
+    pub(crate) event_manager: EventManager<Subscriber>,
+    pub(crate) terminal: Option<RawTerminal>,
+    pub(crate) vm: VmFd,
+    pub(crate) memory: GuestMemoryMmap,
+}
+
+/// What the vCPU threads share with the VMM thread.
+pub(crate) struct SharedContext {
+    pub pio: Arc<devices::Bus>,
+    pub mmio: Arc<devices::Bus>,
+    pub exit: Arc<ExitSignal>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl SharedContext {
+    fn for_vcpu(&self) -> VcpuContext {
+        VcpuContext {
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+            exit: self.exit.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+impl Machine {
+    /// Runs the guest until it stops, then tears the machine down. Returns why it stopped.
+    pub fn run(mut self) -> Result<VmExit, RunError> {
+        let exit = self.ctx.exit.clone();
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
+
+        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpus.len());
+        let mut result = Ok(());
+        for vcpu in self.vcpus.drain(..) {
+            match vcpu.start(self.ctx.for_vcpu()) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    result = Err(RunError::from(e));
+                    break;
+                }
+            }
+        }
+        while result.is_ok() && exit.reason().is_none() {
+            if let Err(e) = self.event_manager.run() {
+                result = Err(RunError::EventLoop(e));
+            }
+        }
+        self.stop_vcpus(handles);
+        result?;
+        Ok(exit
+            .reason()
+            .unwrap_or_else(|| VmExit::Fault("the VM stopped without a reason".into())))
+    }
+
+    /// Stops and joins every vCPU thread.
+    fn stop_vcpus(&self, handles: Vec<VcpuHandle>) {
+        self.ctx.stop.store(true, Ordering::Release);
+        for h in &handles {
+            h.kick();
+        }
+        for h in handles {
+            h.join();
+        }
+    }
+
+    /// The guest's memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The KVM VM.
+    pub fn vm(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// Whether standard input is attached to the serial console.
+    pub fn has_terminal(&self) -> bool {
+        self.terminal.is_some()
+    }
+}

@@ -1,0 +1,76 @@
+//! The `petrel` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use devices::VmExit;
+use vmm::cli::{Cli, Command};
+
+/// Exit status for bad input: flags, files, configuration, host setup.
+const EXIT_USAGE: u8 = 2;
+/// Exit status for a VMM failure or a crashed guest.
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run(&args),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PETREL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: &vmm::cli::RunArgs) -> ExitCode {
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    let machine = match vmm::build(&config) {
+        Ok(m) => m,
+        Err(e) => {
+            let code = if e.is_user_error() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            };
+            return fail(code, &e);
+        }
+    };
+    match machine.run() {
+        Ok(exit) => exit_status(&exit),
+        Err(e) => fail(EXIT_FAILURE, &e),
+    }
+}
+
+/// The process status for how the VM ended: 0 when the guest reset or powered off,
+/// 128 + n for signal n, 1 for a triple fault or a VMM failure (with the reason on stderr).
+fn exit_status(exit: &VmExit) -> ExitCode {
+    tracing::info!(%exit, "VM stopped");
+    match exit {
+        VmExit::Reset | VmExit::PowerOff => ExitCode::SUCCESS,
+        VmExit::Signal(sig) => ExitCode::from(128u8.saturating_add(*sig as u8)),
+        VmExit::TripleFault { .. } | VmExit::Fault(_) => {
+            eprintln!("petrel: {exit}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("petrel: error: {e}");
+    ExitCode::from(code)
+}

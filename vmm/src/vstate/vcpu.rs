@@ -1,0 +1,283 @@
+//! vCPUs: configuration (CPUID, MSRs, LAPIC, FPU, boot registers) and the thread that runs
+//! `KVM_RUN` and dispatches port I/O and MMIO exits to the buses.
+//!
+//! Stopping: the VMM sets `stop` and sends the kick signal to each vCPU thread. The signal
+//! handler sets `immediate_exit` in that thread's `kvm_run`, so a thread that was about to
+//! enter `KVM_RUN` returns at once with `EINTR` instead of missing the kick.
+
+use std::cell::Cell;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use devices::{Bus, ExitSignal, VmExit};
+use kvm_bindings::{kvm_run, CpuId};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::x86_64::{cpuid, msr, regs};
+use crate::config::CpuTemplate;
+
+/// Errors creating or configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM vCPU ioctl failed.
+    #[error("vCPU {id}: {what}: {source}")]
+    Kvm {
+        id: u32,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Building the CPUID failed.
+    #[error("vCPU {id}: cannot build CPUID: {reason}")]
+    Cpuid { id: u32, reason: String },
+    /// Not every boot MSR was accepted.
+    #[error("vCPU {id}: KVM accepted {set} of {total} boot MSRs")]
+    Msrs { id: u32, set: usize, total: usize },
+    /// Boot registers could not be set.
+    #[error("vCPU {id}: {source}")]
+    Regs {
+        id: u32,
+        #[source]
+        source: regs::RegsError,
+    },
+    /// The vCPU thread could not be started.
+    #[error("vCPU {id}: cannot start its thread: {source}")]
+    Spawn {
+        id: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+}
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+thread_local! {
+    // This thread's `kvm_run`, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let _ = KVM_RUN.try_with(|run| {
+        let run = run.get();
+        if !run.is_null() {
+            // SAFETY: the pointer is this thread's own `kvm_run` mapping, set by the vCPU
+            // thread before it first enters KVM_RUN and cleared before the VcpuFd (and so
+            // the mapping) is dropped; a volatile byte write is async-signal-safe.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+    fence(Ordering::SeqCst);
+}
+
+/// Installs the kick signal handler. Idempotent.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    register_signal_handler(kick_signal(), kick_handler).map_err(VcpuError::Signal)
+}
+
+/// What every vCPU of a VM shares.
+pub struct VcpuContext {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exit: Arc<ExitSignal>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// A configured vCPU, ready to run.
+pub struct Vcpu {
+    id: u32,
+    fd: VcpuFd,
+}
+
+/// How one vCPU is set up.
+pub struct VcpuSetup<'a> {
+    pub supported_cpuid: &'a CpuId,
+    pub vcpus: u32,
+    pub template: CpuTemplate,
+    pub tsc_deadline: bool,
+    /// The 64-bit entry point, for the boot vCPU only: the others wait for INIT/SIPI.
+    pub entry: Option<u64>,
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` and configures it.
+    pub fn new(vm: &VmFd, id: u32, setup: &VcpuSetup) -> Result<Self, VcpuError> {
+        let kvm = |what| move |source| VcpuError::Kvm { id, what, source };
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm("cannot create"))?;
+        let topo = cpuid::VcpuTopology {
+            apic_id: id,
+            vcpus: setup.vcpus,
+            tsc_deadline: setup.tsc_deadline,
+        };
+        let cpuid =
+            cpuid::vcpu_cpuid(setup.supported_cpuid, topo, setup.template).map_err(|e| {
+                VcpuError::Cpuid {
+                    id,
+                    reason: format!("{e:?}"),
+                }
+            })?;
+        fd.set_cpuid2(&cpuid).map_err(kvm("cannot set CPUID"))?;
+        let msrs = msr::boot_msrs().map_err(|e| VcpuError::Cpuid {
+            id,
+            reason: format!("boot MSRs: {e:?}"),
+        })?;
+        let set = fd.set_msrs(&msrs).map_err(kvm("cannot set MSRs"))?;
+        if set != msrs.as_slice().len() {
+            return Err(VcpuError::Msrs {
+                id,
+                set,
+                total: msrs.as_slice().len(),
+            });
+        }
+        regs::setup_lapic(&fd).map_err(|source| VcpuError::Regs { id, source })?;
+        if let Some(entry) = setup.entry {
+            regs::setup_fpu(&fd).map_err(|source| VcpuError::Regs { id, source })?;
+            regs::setup_boot_vcpu(&fd, entry).map_err(|source| VcpuError::Regs { id, source })?;
+        }
+        Ok(Self { id, fd })
+    }
+
+    /// Starts the vCPU's thread.
+    pub fn start(self, ctx: VcpuContext) -> Result<VcpuHandle, VcpuError> {
+        let id = self.id;
+        let thread = std::thread::Builder::new()
+            .name(format!("petrel_vcpu{id}"))
+            .spawn(move || self.run(ctx))
+            .map_err(|source| VcpuError::Spawn { id, source })?;
+        Ok(VcpuHandle { id, thread })
+    }
+
+    fn run(mut self, ctx: VcpuContext) {
+        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|r| r.set(run_ptr));
+        let reason = self.run_loop(&ctx);
+        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+        if let Some(reason) = reason {
+            ctx.exit.signal(reason);
+        }
+    }
+
+    /// Runs until the VM stops. Returns why, when this vCPU is the reason.
+    fn run_loop(&mut self, ctx: &VcpuContext) -> Option<VmExit> {
+        loop {
+            if ctx.stop.load(Ordering::Acquire) {
+                return None;
+            }
+            match self.fd.run() {
+                Ok(exit) => {
+                    if let Some(reason) = handle_exit(self.id, exit, ctx) {
+                        return Some(reason);
+                    }
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                }
+                Err(e) => {
+                    return Some(VmExit::Fault(format!(
+                        "vCPU {}: KVM_RUN failed: {e}",
+                        self.id
+                    )))
+                }
+            }
+            if matches!(self.internal_error(), Some(_)) {
+                return self.internal_error();
+            }
+        }
+    }
+
+    /// After `KVM_EXIT_INTERNAL_ERROR`, the reason with KVM's sub-error and the guest's rip.
+    fn internal_error(&mut self) -> Option<VmExit> {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
+            return None;
+        }
+        // SAFETY: exit_reason says the `internal` member of the union is the live one.
+        let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+        run.exit_reason = kvm_bindings::KVM_EXIT_UNKNOWN;
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        Some(VmExit::Fault(format!(
+            "vCPU {}: KVM internal error (suberror {suberror}) at rip {rip:#x}: KVM could not emulate the guest's instruction",
+            self.id
+        )))
+    }
+}
+
+/// Handles one exit. Returns a reason when the VM must stop.
+fn handle_exit(id: u32, exit: VcpuExit, ctx: &VcpuContext) -> Option<VmExit> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !ctx.pio.read(u64::from(port), data) {
+                tracing::debug!(port = format_args!("{port:#x}"), len = data.len(), "read from an unclaimed port");
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !ctx.pio.write(u64::from(port), data) {
+                tracing::debug!(port = format_args!("{port:#x}"), ?data, "write to an unclaimed port");
+            }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !ctx.mmio.read(addr, data) {
+                tracing::debug!(addr = format_args!("{addr:#x}"), len = data.len(), "read from unclaimed MMIO");
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !ctx.mmio.write(addr, data) {
+                tracing::debug!(addr = format_args!("{addr:#x}"), ?data, "write to unclaimed MMIO");
+            }
+        }
+        VcpuExit::Intr => {}
+        VcpuExit::Shutdown => return Some(VmExit::TripleFault { vcpu: id }),
+        VcpuExit::SystemEvent(kind, _) => {
+            return Some(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::PowerOff,
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmExit::Reset,
+                other => VmExit::Fault(format!("vCPU {id}: guest system event {other}")),
+            })
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Some(VmExit::Fault(format!(
+                "vCPU {id}: KVM failed to enter the guest (hardware reason {reason:#x}, host CPU {cpu})"
+            )))
+        }
+        // Reported with details by `internal_error` once the exit's borrow ends.
+        VcpuExit::InternalError => {}
+        other => {
+            return Some(VmExit::Fault(format!("vCPU {id}: unexpected KVM exit {other:?}")));
+        }
+    }
+    None
+}
+
+/// A running vCPU thread.
+pub struct VcpuHandle {
+    id: u32,
+    thread: JoinHandle<()>,
+}
+
+impl VcpuHandle {
+    /// Kicks the thread out of `KVM_RUN` (the caller has set `stop`).
+    pub fn kick(&self) {
+        if self.thread.is_finished() {
+            return;
+        }
+        if let Err(e) = self.thread.kill(kick_signal()) {
+            tracing::warn!(id = self.id, %e, "cannot kick vCPU thread");
+        }
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!(id = self.id, "vCPU thread panicked");
+        }
+    }
+}
