@@ -17,12 +17,20 @@ const MISSING_TARGET: &str =
     "the x86_64-unknown-none target is missing: run `rustup target add x86_64-unknown-none`";
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let guest_dir = manifest_dir.join("guest");
     let linker_script = guest_dir.join("linker.ld");
 
-    for path in ["build.rs", "guest/Cargo.toml", "guest/Cargo.lock", "guest/linker.ld", "guest/src"] {
+    for path in [
+        "build.rs",
+        "guest/Cargo.toml",
+        "guest/Cargo.lock",
+        "guest/build.rs",
+        "guest/linker.ld",
+        "guest/src",
+    ] {
         println!("cargo:rerun-if-changed={path}");
     }
 
@@ -56,13 +64,21 @@ fn main() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
         eprintln!("{stderr}");
-        if stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`") {
+        if stderr.contains("target may not be installed")
+            || stderr.contains("can't find crate for `core`")
+        {
             panic!("{MISSING_TARGET}");
         }
-        panic!("building the test guest failed ({}); see the output above", output.status);
+        panic!(
+            "building the test guest failed ({}); see the output above",
+            output.status
+        );
     }
 
-    let built = target_dir.join(GUEST_TARGET).join("release").join(GUEST_BIN);
+    let built = target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join(GUEST_BIN);
     copy(&built, &out_dir.join(GUEST_BIN));
 }
 
@@ -79,6 +95,10 @@ fn target_installed(rustc: &OsString) -> bool {
 
 fn copy(from: &Path, to: &Path) {
     if let Err(e) = fs::copy(from, to) {
-        panic!("cannot copy the test guest from {} to {}: {e}", from.display(), to.display());
+        panic!(
+            "cannot copy the test guest from {} to {}: {e}",
+            from.display(),
+            to.display()
+        );
     }
 }

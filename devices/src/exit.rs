@@ -70,7 +70,10 @@ impl ExitSignal {
 
     /// The reason recorded, if any.
     pub fn reason(&self) -> Option<VmExit> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The event the VMM thread waits on.

@@ -85,7 +85,7 @@ impl MemoryLayout {
                 reason: "above the 1 TiB maximum",
             });
         }
-        if size % PAGE_SIZE as u64 != 0 {
+        if !size.is_multiple_of(PAGE_SIZE as u64) {
             return Err(MemoryError::InvalidSize {
                 size,
                 reason: "not a multiple of 4 KiB",

@@ -1,2 +1,190 @@
 //! End-to-end tests that boot guests under KVM with the real `petrel` binary. The tests
-//! live in `tests/tests/`; this library holds the harness they share.
+//! live in `tests/tests/`; this library is the harness they share: it finds (and if needed
+//! builds) the binary, writes the test guest to a file, runs petrel with a timeout, and
+//! checks that KVM is there (in CI, a missing `/dev/kvm` fails the test instead of skipping).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Whether KVM can be used. Without it, a test returns early outside CI and fails in CI.
+pub fn kvm_available() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "/dev/kvm is missing or not accessible, and CI is set: end-to-end tests need KVM"
+        );
+        eprintln!("skipped: /dev/kvm is not available");
+    }
+    ok
+}
+
+/// The `petrel` binary, built with the same profile as this test (once per test process).
+pub fn petrel() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable lives in target/<profile>/deps");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .args(["build", "--quiet", "-p", "vmm", "--bin", "petrel"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for petrel");
+        assert!(status.success(), "building petrel failed");
+        profile_dir.join("petrel")
+    })
+}
+
+/// The test guest ELF, written once to a file.
+pub fn test_guest() -> &'static Path {
+    static GUEST: OnceLock<PathBuf> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("petrel-test-guest-{}", std::process::id()));
+        std::fs::write(&path, resources::TEST_GUEST).expect("write the test guest");
+        path
+    })
+}
+
+/// What a finished petrel run left.
+#[derive(Debug)]
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The stdout lines that start with `prefix`.
+    pub fn lines_with(&self, prefix: &str) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    }
+
+    /// Asserts a clean exit and a `PASS <scenario>` line.
+    pub fn assert_pass(&self, scenario: &str) {
+        assert!(
+            self.stdout.lines().any(|l| l == format!("PASS {scenario}")),
+            "no PASS {scenario}\n{self}"
+        );
+        assert_eq!(self.status.code(), Some(0), "{self}");
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A petrel command line.
+pub fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(petrel());
+    cmd.arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs petrel with `args` until it exits or `timeout` passes (then it is killed and the
+/// test fails).
+pub fn run(args: &[&str], timeout: Duration) -> Output {
+    let child = command(args).spawn().expect("spawn petrel");
+    wait(child, timeout)
+}
+
+/// Boots the test guest with `petrel.test=<scenario>` plus `extra` arguments.
+pub fn run_scenario(scenario: &str, extra: &[&str]) -> Output {
+    let cmdline = format!("petrel.test={scenario}");
+    let mut args = vec![
+        "--kernel",
+        test_guest().to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+    ];
+    args.extend_from_slice(extra);
+    run(&args, Duration::from_secs(120))
+}
+
+/// Waits for `child` to exit, killing it after `timeout`. Output is drained while it runs
+/// so a chatty guest never blocks on a full pipe.
+pub fn wait(mut child: Child, timeout: Duration) -> Output {
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let start = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for petrel") {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            timed_out = true;
+            break child.wait().expect("reap petrel");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let out = Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    assert!(!timed_out, "petrel did not exit within {timeout:?}\n{out}");
+    out
+}
+
+/// FNV-1a, 64-bit: the checksum the test guest computes over the initrd.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

@@ -39,6 +39,9 @@ pub struct DeviceManager {
     pub i8042: Arc<Mutex<I8042>>,
 }
 
+/// A device with its port range.
+type PortDevice = (Arc<Mutex<dyn BusDevice>>, u64, u64);
+
 /// An interrupt line: an `EventFd` registered with KVM for `irq`.
 fn irq_line(vm: &VmFd, irq: u32) -> Result<EventFd, DeviceError> {
     let err = |reason: String| DeviceError::Irq { irq, reason };
@@ -72,7 +75,7 @@ impl DeviceManager {
         let pm = Arc::new(Mutex::new(PowerManagement::new(exit.clone())));
 
         let mut pio = Bus::new();
-        let devices: [(Arc<Mutex<dyn BusDevice>>, u64, u64); 4] = [
+        let devices: [PortDevice; 4] = [
             (serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN),
             (i8042.clone(), I8042_PORT, I8042_PORT_LEN),
             (rtc, RTC_PORT, RTC_PORT_LEN),

@@ -56,7 +56,10 @@ extern "C" fn rust_main(zero_page: u64) -> ! {
     // describes stay valid and unwritten by anyone else while the guest runs.
     let boot = unsafe { BootParams::from_addr(zero_page) };
     rt::pages::init(&boot);
-    let name = boot.cmdline().get("petrel.test").unwrap_or(scenarios::DEFAULT);
+    let name = boot
+        .cmdline()
+        .get("petrel.test")
+        .unwrap_or(scenarios::DEFAULT);
     scenarios::run(name, &boot)
 }
 
@@ -68,7 +71,12 @@ fn panic(info: &PanicInfo) -> ! {
         rt::power::reset();
     }
     if let Some(location) = info.location() {
-        println!("panicked at {}:{}:{}", location.file(), location.line(), location.column());
+        println!(
+            "panicked at {}:{}:{}",
+            location.file(),
+            location.line(),
+            location.column()
+        );
     }
     println!("FAIL {}: panic: {}", scenarios::current(), info.message());
     rt::power::reset()

@@ -188,8 +188,8 @@ impl Vcpu {
                     )))
                 }
             }
-            if matches!(self.internal_error(), Some(_)) {
-                return self.internal_error();
+            if let Some(reason) = self.internal_error() {
+                return Some(reason);
             }
         }
     }

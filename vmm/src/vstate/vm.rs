@@ -54,13 +54,18 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// Opens `/dev/kvm` and checks the API version and the capabilities petrel needs.
-pub fn open_kvm(vcpus: u32) -> Result<Kvm, VmError> {
-    let kvm = Kvm::new().map_err(|e| match e.errno() {
+/// What a failure to open `/dev/kvm` means to the user.
+fn open_error(e: kvm_ioctls::Error) -> VmError {
+    match e.errno() {
         libc::ENOENT | libc::ENXIO | libc::ENODEV => VmError::KvmMissing,
         libc::EACCES | libc::EPERM => VmError::KvmPermission,
         _ => VmError::KvmOpen(e),
-    })?;
+    }
+}
+
+/// Opens `/dev/kvm` and checks the API version and the capabilities petrel needs.
+pub fn open_kvm(vcpus: u32) -> Result<Kvm, VmError> {
+    let kvm = Kvm::new().map_err(open_error)?;
     let api = kvm.get_api_version();
     if api != kvm_bindings::KVM_API_VERSION as i32 {
         return Err(VmError::ApiVersion(api));
@@ -107,4 +112,21 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> Result<VmFd, VmError> {
     vm.create_pit2(pit)
         .map_err(kvm_err("cannot create the PIT"))?;
     Ok(vm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_or_forbidden_dev_kvm_is_explained() {
+        let err = |n| open_error(kvm_ioctls::Error::new(n));
+        assert!(matches!(err(libc::ENOENT), VmError::KvmMissing));
+        assert!(err(libc::ENOENT)
+            .to_string()
+            .starts_with("/dev/kvm does not exist"));
+        assert!(matches!(err(libc::EACCES), VmError::KvmPermission));
+        assert!(err(libc::EPERM).to_string().contains("kvm group"));
+        assert!(matches!(err(libc::EIO), VmError::KvmOpen(_)));
+    }
 }

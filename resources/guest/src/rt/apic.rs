@@ -49,7 +49,9 @@ impl LocalApic {
         } else {
             // SAFETY: setting the global enable bit keeps the (default) base address.
             unsafe { cpu::wrmsr(MSR_APIC_BASE, base) };
-            let apic = LocalApic::XApic { base: base & APIC_BASE_ADDR_MASK };
+            let apic = LocalApic::XApic {
+                base: base & APIC_BASE_ADDR_MASK,
+            };
             apic.xapic_write(XAPIC_SVR, apic.xapic_read(XAPIC_SVR) | SVR_ENABLE);
             apic
         }

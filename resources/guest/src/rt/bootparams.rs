@@ -51,7 +51,9 @@ impl BootParams {
     /// the guest runs, whose command-line pointer (or 0), e820 table and initrd range are
     /// likewise valid identity-mapped memory that nothing writes.
     pub unsafe fn from_addr(addr: u64) -> Self {
-        BootParams { base: addr as *const u8 }
+        BootParams {
+            base: addr as *const u8,
+        }
     }
 
     fn read<T: Copy>(&self, offset: usize) -> T {
@@ -74,7 +76,9 @@ impl BootParams {
         };
         // SAFETY: the VMM's command line is valid, unwritten memory, NUL-terminated within
         // `max` bytes (`from_addr`'s contract); reading stops at the NUL or at `max`.
-        let len = (0..max).find(|&i| unsafe { ptr.add(i).read() } == 0).unwrap_or(max);
+        let len = (0..max)
+            .find(|&i| unsafe { ptr.add(i).read() } == 0)
+            .unwrap_or(max);
         // SAFETY: the `len` bytes just scanned are valid and never written (see above).
         let bytes = unsafe { core::slice::from_raw_parts(ptr, len) };
         let text = match core::str::from_utf8(bytes) {

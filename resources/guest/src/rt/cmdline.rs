@@ -19,10 +19,12 @@ impl Cmdline {
 
     /// Every token as `(key, Some(value))` for `key=value` or `(key, None)` for a bare `key`.
     pub fn params(&self) -> impl Iterator<Item = (&'static str, Option<&'static str>)> {
-        self.raw.split_ascii_whitespace().map(|token| match token.split_once('=') {
-            Some((key, value)) => (key, Some(value)),
-            None => (token, None),
-        })
+        self.raw
+            .split_ascii_whitespace()
+            .map(|token| match token.split_once('=') {
+                Some((key, value)) => (key, Some(value)),
+                None => (token, None),
+            })
     }
 
     /// The value of the last `key=value` token for `key`.

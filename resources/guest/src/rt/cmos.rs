@@ -32,6 +32,40 @@ pub struct Time {
     pub seconds: u8,
 }
 
+/// A calendar date from the RTC.
+pub struct Date {
+    pub century: u8,
+    pub year: u8,
+    pub month: u8,
+    pub day: u8,
+}
+
+const DAY_OF_MONTH: u8 = 0x07;
+const MONTH: u8 = 0x08;
+const YEAR: u8 = 0x09;
+const CENTURY: u8 = 0x32;
+
+/// Reads the date registers, decoded per status register B.
+pub fn read_date() -> Option<Date> {
+    let status_b = read(STATUS_B);
+    if status_b == 0xff {
+        return None;
+    }
+    let decode = |value: u8| {
+        if status_b & B_BINARY != 0 {
+            value
+        } else {
+            (value >> 4) * 10 + (value & 0x0f)
+        }
+    };
+    Some(Date {
+        century: decode(read(CENTURY)),
+        year: decode(read(YEAR)),
+        month: decode(read(MONTH)),
+        day: decode(read(DAY_OF_MONTH)),
+    })
+}
+
 /// Whether an RTC answers (an absent one reads 0xff everywhere).
 pub fn present() -> bool {
     read(STATUS_B) != 0xff
@@ -62,5 +96,9 @@ pub fn read_time() -> Option<Time> {
         let pm = raw_hours & 0x80 != 0;
         decode(raw_hours & 0x7f) % 12 + if pm { 12 } else { 0 }
     };
-    Some(Time { hours, minutes: decode(read(MINUTES)), seconds: decode(read(SECONDS)) })
+    Some(Time {
+        hours,
+        minutes: decode(read(MINUTES)),
+        seconds: decode(read(SECONDS)),
+    })
 }

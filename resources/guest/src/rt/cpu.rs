@@ -1,7 +1,7 @@
 //! Thin wrappers over privileged x86 instructions: port I/O, MSRs, control registers, CPUID.
 
 use core::arch::asm;
-use core::arch::x86_64::{CpuidResult, __cpuid};
+use core::arch::x86_64::{__cpuid, CpuidResult};
 
 /// Reads a byte from an I/O port.
 ///
@@ -11,7 +11,9 @@ use core::arch::x86_64::{CpuidResult, __cpuid};
 pub unsafe fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: the caller vouches for the port; `in` touches no memory.
-    unsafe { asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
     value
 }
 
@@ -21,7 +23,9 @@ pub unsafe fn inb(port: u16) -> u8 {
 /// Writing `value` to `port` must not break memory safety (no device DMA into memory Rust owns).
 pub unsafe fn outb(port: u16, value: u8) {
     // SAFETY: the caller vouches for the port and value; `out` touches no memory.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Reads a model-specific register.
@@ -31,7 +35,9 @@ pub unsafe fn outb(port: u16, value: u8) {
 pub unsafe fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: the caller guarantees the MSR exists; reading it has no side effects on memory.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -44,7 +50,9 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
 pub unsafe fn wrmsr(msr: u32, value: u64) {
     let (lo, hi) = (value as u32, (value >> 32) as u32);
     // SAFETY: the caller guarantees the MSR and value are valid and harmless to memory safety.
-    unsafe { asm!("wrmsr", in("ecx") msr, in("eax") lo, in("edx") hi, options(nostack, preserves_flags)) };
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") lo, in("edx") hi, options(nostack, preserves_flags))
+    };
 }
 
 /// IA32_EFER: long mode enable/active, NX enable, SYSCALL enable.
@@ -60,8 +68,11 @@ pub fn read_cr3() -> u64 {
 
 /// Executes CPUID for `leaf` (sub-leaf 0).
 pub fn cpuid(leaf: u32) -> CpuidResult {
+    #[allow(
+        unused_unsafe,
+        reason = "`__cpuid` is a safe fn in recent Rust, an unsafe one in older releases"
+    )]
     // SAFETY: CPUID is available on every x86_64 CPU and has no side effects.
-    #[allow(unused_unsafe)]
     unsafe {
         __cpuid(leaf)
     }

@@ -10,7 +10,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use super::layout;
 
 #[global_allocator]
-static HEAP: BumpHeap = BumpHeap { next: AtomicUsize::new(0) };
+static HEAP: BumpHeap = BumpHeap {
+    next: AtomicUsize::new(0),
+};
 
 struct BumpHeap {
     /// The first free byte; 0 until the first allocation (the heap's start is a link-time
@@ -34,7 +36,12 @@ unsafe impl GlobalAlloc for BumpHeap {
                 Some(end) if end <= heap.end => end,
                 _ => return ptr::null_mut(),
             };
-            match self.next.compare_exchange_weak(current, end, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.next.compare_exchange_weak(
+                current,
+                end,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return start as *mut u8,
                 Err(actual) => current = actual,
             }

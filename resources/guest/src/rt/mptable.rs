@@ -52,7 +52,12 @@ fn u16_at(bytes: &[u8], offset: usize) -> u16 {
 }
 
 fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-    u32::from_le_bytes([bytes[offset], bytes[offset + 1], bytes[offset + 2], bytes[offset + 3]])
+    u32::from_le_bytes([
+        bytes[offset],
+        bytes[offset + 1],
+        bytes[offset + 2],
+        bytes[offset + 3],
+    ])
 }
 
 /// Finds and parses the MP table, verifying signatures and checksums.
@@ -90,7 +95,9 @@ pub fn find() -> Result<MpTable, String> {
     let mut processors = Vec::new();
     let mut offset = CONFIG_HEADER_SIZE;
     for _ in 0..entry_count {
-        let kind = *table.get(offset).ok_or("MP table entries overrun the table")?;
+        let kind = *table
+            .get(offset)
+            .ok_or("MP table entries overrun the table")?;
         let size = match kind {
             0 => PROCESSOR_ENTRY_SIZE,
             1..=4 => OTHER_ENTRY_SIZE,

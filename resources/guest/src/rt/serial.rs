@@ -39,7 +39,7 @@ impl Write for Serial {
 }
 
 #[doc(hidden)]
-pub fn _print(args: fmt::Arguments) {
+pub fn print_args(args: fmt::Arguments) {
     // `Serial` never fails; an error can only come from a `Display` impl.
     let _ = Serial.write_fmt(args);
 }
@@ -47,6 +47,6 @@ pub fn _print(args: fmt::Arguments) {
 /// Like `std::println!`, on the serial console. Lines end with a bare `\n`.
 macro_rules! println {
     ($($arg:tt)*) => {
-        $crate::rt::serial::_print(format_args!("{}\n", format_args!($($arg)*)))
+        $crate::rt::serial::print_args(format_args!("{}\n", format_args!($($arg)*)))
     };
 }

@@ -16,7 +16,12 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
         println!("E820 {:#x} {:#x} {}", entry.addr, entry.size, entry.kind);
     }
     if let Some(initrd) = boot.initrd() {
-        println!("INITRD {:#x} {:#x} {:#x}", initrd.addr, initrd.data.len(), fnv1a64(initrd.data));
+        println!(
+            "INITRD {:#x} {:#x} {:#x}",
+            initrd.addr,
+            initrd.data.len(),
+            fnv1a64(initrd.data)
+        );
     }
     Ok(())
 }

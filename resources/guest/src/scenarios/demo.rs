@@ -27,7 +27,11 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
         Ok(table) => println!("vCPUs: {}", table.enabled().count()),
         Err(e) => println!("vCPUs: unknown ({e})"),
     }
-    let ram: u64 = boot.e820().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+    let ram: u64 = boot
+        .e820()
+        .filter(|e| e.kind == E820_RAM)
+        .map(|e| e.size)
+        .sum();
     println!("memory: {} MiB", (ram + MIB / 2) / MIB);
 
     let mut devices = Vec::new();
@@ -40,14 +44,25 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
     if cmos::present() {
         devices.push("rtc");
     }
-    println!("devices: {}", if devices.is_empty() { String::from("none") } else { devices.join(", ") });
+    println!(
+        "devices: {}",
+        if devices.is_empty() {
+            String::from("none")
+        } else {
+            devices.join(", ")
+        }
+    );
     match cmos::read_time() {
         Some(t) => println!("rtc: {:02}:{:02}:{:02}", t.hours, t.minutes, t.seconds),
         None => println!("rtc: absent"),
     }
 
     let free = pages::free();
-    println!("free pages: {} from {:#x}", (free.end - free.start) / pages::PAGE_SIZE, free.start);
+    println!(
+        "free pages: {} from {:#x}",
+        (free.end - free.start) / pages::PAGE_SIZE,
+        free.start
+    );
     check_page()
 }
 
@@ -64,7 +79,11 @@ fn check_page() -> Result<(), String> {
             page.add(i).read_volatile()
         };
         if back != pattern(i) {
-            return Err(format!("page {:#x} is not RAM: wrote {:#x}, read {back:#x}", page as usize, pattern(i)));
+            return Err(format!(
+                "page {:#x} is not RAM: wrote {:#x}, read {back:#x}",
+                page as usize,
+                pattern(i)
+            ));
         }
     }
     Ok(())

@@ -5,7 +5,9 @@
 //! then reset). Add a scenario by adding a module and a row to `SCENARIOS`.
 
 mod boot;
+mod crash;
 mod demo;
+mod machine;
 mod smp;
 
 use alloc::string::String;
@@ -31,9 +33,36 @@ pub struct Scenario {
 }
 
 pub static SCENARIOS: &[Scenario] = &[
-    Scenario { name: "boot", run: boot::run, exit: Exit::Reset },
-    Scenario { name: "smp", run: smp::run, exit: Exit::Reset },
-    Scenario { name: "demo", run: demo::run, exit: Exit::PowerOff },
+    Scenario {
+        name: "boot",
+        run: boot::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "smp",
+        run: smp::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "demo",
+        run: demo::run,
+        exit: Exit::PowerOff,
+    },
+    Scenario {
+        name: "machine",
+        run: machine::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "triplefault",
+        run: crash::triple_fault,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "idle",
+        run: crash::idle,
+        exit: Exit::Reset,
+    },
 ];
 
 /// Index into `SCENARIOS` of the running scenario (`usize::MAX` before one starts).
@@ -41,7 +70,9 @@ static CURRENT: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// The running scenario's name, for the panic handler.
 pub fn current() -> &'static str {
-    SCENARIOS.get(CURRENT.load(Ordering::Relaxed)).map_or("guest", |s| s.name)
+    SCENARIOS
+        .get(CURRENT.load(Ordering::Relaxed))
+        .map_or("guest", |s| s.name)
 }
 
 /// Runs the scenario called `name`, reports the outcome and ends the run.

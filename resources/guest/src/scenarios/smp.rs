@@ -26,10 +26,16 @@ pub fn run(_boot: &BootParams) -> Result<(), String> {
     if bsp_entries != 1 {
         return Err(format!("{bsp_entries} processor entries have the BSP flag"));
     }
-    let bsp = table.processors.iter().find(|p| p.bsp).map_or(0, |p| u32::from(p.apic_id));
+    let bsp = table
+        .processors
+        .iter()
+        .find(|p| p.bsp)
+        .map_or(0, |p| u32::from(p.apic_id));
     let running = cpu::apic_id();
     if bsp != running {
-        return Err(format!("the BSP flag is on APIC id {bsp}, but the BSP is APIC id {running}"));
+        return Err(format!(
+            "the BSP flag is on APIC id {bsp}, but the BSP is APIC id {running}"
+        ));
     }
 
     let aps: Vec<_> = table.enabled().filter(|p| !p.bsp).collect();

@@ -1,0 +1,106 @@
+//! A real Linux kernel: Debian's cloud `vmlinux` boots far enough to print its banner, the
+//! command line petrel passed, and an e820 map equal to the configured one. This is the one
+//! slow test (seconds to tens of seconds on an emulating KVM). The kernel comes from
+//! `resources/linux/fetch-kernel.sh`, which `.ci/run` runs and this test runs when needed.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tests::{kvm_available, workspace_root};
+
+fn kernel() -> std::path::PathBuf {
+    let out = workspace_root().join("resources/linux/out/vmlinux");
+    if !out.exists() {
+        let status = Command::new("bash")
+            .arg(workspace_root().join("resources/linux/fetch-kernel.sh"))
+            .status()
+            .expect("run fetch-kernel.sh");
+        assert!(status.success(), "fetching the Debian kernel failed");
+    }
+    out
+}
+
+fn expected_e820(size: u64) -> Vec<String> {
+    let line = |start: u64, end: u64, kind: &str| {
+        format!("BIOS-e820: [mem {start:#018x}-{:#018x}] {kind}", end - 1)
+    };
+    let mut map = vec![
+        line(0, 0x9fc00, "usable"),
+        line(0x9fc00, 0xa0000, "reserved"),
+        line(0xf0000, 0x100000, "reserved"),
+        line(0x100000, size.min(3 << 30), "usable"),
+    ];
+    if size > 3 << 30 {
+        map.push(line(1 << 32, (1 << 32) + size - (3 << 30), "usable"));
+    }
+    map
+}
+
+fn linux_prints_banner_cmdline_and_e820(memory: &str, size: u64) {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = kernel();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let cmdline = "earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 petrel.nonce=5eed";
+    let serial = format!("file:{}", log.display());
+    let child = tests::command(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        memory,
+        "--cmdline",
+        cmdline,
+        "--cpu-template",
+        "minimal",
+        "--serial",
+        &serial,
+    ])
+    .spawn()
+    .unwrap();
+    let pid = child.id().to_string();
+
+    let expected = expected_e820(size);
+    let start = Instant::now();
+    let mut text = String::new();
+    while start.elapsed() < Duration::from_secs(180) {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        let e820_done = text
+            .lines()
+            .any(|l| l.contains(&expected[expected.len() - 1]));
+        if text.contains("Command line: ") && e820_done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let out = tests::wait(child, Duration::from_secs(30));
+
+    assert!(
+        text.contains("Linux version 6."),
+        "no banner\n{text}\n{out}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.ends_with(&format!("Command line: {cmdline}"))),
+        "command line not echoed\n{text}"
+    );
+    let e820: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.find("BIOS-e820: ").map(|i| &l[i..]))
+        .collect();
+    assert_eq!(e820, expected, "\n{text}");
+    // The guest was still running when stopped: it exits on the signal, in order.
+    assert_eq!(out.status.code(), Some(128 + 15), "{out}");
+}
+
+#[test]
+fn linux_vmlinux_prints_banner_cmdline_and_e820_512m() {
+    linux_prints_banner_cmdline_and_e820("512M", 512 << 20);
+}
+
+#[test]
+fn linux_vmlinux_sees_ram_above_4g() {
+    linux_prints_banner_cmdline_and_e820("4G", 4 << 30);
+}
