@@ -61,7 +61,7 @@ fn parse_size(s: &str) -> Result<ByteSize, ConfigError> {
 }
 
 fn parse_serial(s: &str) -> Result<SerialOutput, ConfigError> {
-    s.parse()
+    Ok(s.parse()?)
 }
 
 fn parse_template(s: &str) -> Result<CpuTemplate, ConfigError> {

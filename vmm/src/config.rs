@@ -24,8 +24,8 @@ pub enum ConfigError {
     #[error("memory: {0}")]
     Memory(String),
     /// The serial option is not one of the accepted forms.
-    #[error("invalid serial {0:?}: expected stdout, none or file:PATH")]
-    Serial(String),
+    #[error(transparent)]
+    Serial(#[from] devices::legacy::SerialOutputError),
     /// The CPU template name is unknown.
     #[error("invalid cpu template {0:?}: expected host or minimal")]
     CpuTemplate(String),
@@ -94,49 +94,7 @@ impl From<ByteSize> for String {
     }
 }
 
-/// Where the serial console's output goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(try_from = "String", into = "String")]
-pub enum SerialOutput {
-    /// The process's standard output (and input from standard input when it is a terminal).
-    #[default]
-    Stdout,
-    /// Appended to a file.
-    File(PathBuf),
-    /// Discarded.
-    None,
-}
-
-impl FromStr for SerialOutput {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
-        match s {
-            "stdout" => Ok(Self::Stdout),
-            "none" => Ok(Self::None),
-            _ => match s.strip_prefix("file:") {
-                Some(p) if !p.is_empty() => Ok(Self::File(PathBuf::from(p))),
-                _ => Err(ConfigError::Serial(s.to_string())),
-            },
-        }
-    }
-}
-
-impl TryFrom<String> for SerialOutput {
-    type Error = ConfigError;
-    fn try_from(s: String) -> Result<Self, ConfigError> {
-        s.parse()
-    }
-}
-
-impl From<SerialOutput> for String {
-    fn from(s: SerialOutput) -> String {
-        match s {
-            SerialOutput::Stdout => "stdout".into(),
-            SerialOutput::None => "none".into(),
-            SerialOutput::File(p) => format!("file:{}", p.display()),
-        }
-    }
-}
+pub use devices::legacy::SerialOutput;
 
 /// Which CPUID the guest sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -313,6 +271,10 @@ mod tests {
             Ok(SerialOutput::File("/tmp/x".into()))
         );
         assert!("file:".parse::<SerialOutput>().is_err());
+        assert_eq!(
+            String::from(SerialOutput::File("/a b".into())),
+            "file:/a b".to_string()
+        );
         assert!("tty".parse::<SerialOutput>().is_err());
     }
 

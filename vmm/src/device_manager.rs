@@ -4,14 +4,14 @@
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::{
-    PowerManagement, Rtc, Serial, SerialOutput, I8042, I8042_IRQ, I8042_PORT, I8042_PORT_LEN,
-    PM_PORT, PM_PORT_LEN, RTC_PORT, RTC_PORT_LEN, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORT_LEN,
+    PowerManagement, Rtc, Serial, I8042, I8042_IRQ, I8042_PORT, I8042_PORT_LEN, PM_PORT,
+    PM_PORT_LEN, RTC_PORT, RTC_PORT_LEN, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORT_LEN,
 };
 use devices::{Bus, BusDevice, BusError, ExitSignal};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{self, VmConfig};
+use crate::config::VmConfig;
 
 /// Errors creating devices.
 #[derive(Debug, thiserror::Error)]
@@ -51,21 +51,13 @@ fn irq_line(vm: &VmFd, irq: u32) -> Result<EventFd, DeviceError> {
     Ok(evt)
 }
 
-fn serial_output(out: &config::SerialOutput) -> SerialOutput {
-    match out {
-        config::SerialOutput::Stdout => SerialOutput::Stdout,
-        config::SerialOutput::File(p) => SerialOutput::File(p.clone()),
-        config::SerialOutput::None => SerialOutput::None,
-    }
-}
-
 impl DeviceManager {
     /// Creates the legacy devices: COM1, the i8042, the RTC/CMOS and the power-management
     /// register.
     pub fn new(vm: &VmFd, exit: &Arc<ExitSignal>, config: &VmConfig) -> Result<Self, DeviceError> {
         let serial = Arc::new(Mutex::new(Serial::with_output(
             irq_line(vm, SERIAL_IRQ)?,
-            &serial_output(&config.serial),
+            &config.serial,
         )?));
         let i8042 = Arc::new(Mutex::new(I8042::new(
             exit.clone(),

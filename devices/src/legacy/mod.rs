@@ -16,7 +16,7 @@ pub use rtc::{
     host_clock, Clock, Rtc, RtcError, RtcState, CMOS_SIZE, RTC_IRQ, RTC_PORT, RTC_PORT_LEN,
 };
 pub use serial::{
-    Serial, SerialError, SerialOutput, SerialState, SERIAL_FIFO_SIZE, SERIAL_IRQ, SERIAL_PORT,
-    SERIAL_PORT_LEN,
+    Serial, SerialError, SerialOutput, SerialOutputError, SerialState, SERIAL_FIFO_SIZE,
+    SERIAL_IRQ, SERIAL_PORT, SERIAL_PORT_LEN,
 };
 pub use trigger::EventFdTrigger;

@@ -46,16 +46,54 @@ pub enum SerialError {
     Interrupt(#[source] io::Error),
 }
 
-/// Where the guest's serial output goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Where the guest's serial output goes. Written as `stdout`, `none` or `file:PATH`, on the
+/// command line and in JSON alike.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum SerialOutput {
     /// petrel's standard output.
+    #[default]
     Stdout,
     /// A file, created if missing and appended to.
     File(PathBuf),
     /// Discarded.
     None,
+}
+
+/// A serial output that is not one of the accepted forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid serial {0:?}: expected stdout, none or file:PATH")]
+pub struct SerialOutputError(pub String);
+
+impl std::str::FromStr for SerialOutput {
+    type Err = SerialOutputError;
+    fn from_str(s: &str) -> Result<Self, SerialOutputError> {
+        match s {
+            "stdout" => Ok(Self::Stdout),
+            "none" => Ok(Self::None),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(Self::File(PathBuf::from(p))),
+                _ => Err(SerialOutputError(s.to_string())),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for SerialOutput {
+    type Error = SerialOutputError;
+    fn try_from(s: String) -> Result<Self, SerialOutputError> {
+        s.parse()
+    }
+}
+
+impl From<SerialOutput> for String {
+    fn from(s: SerialOutput) -> String {
+        match s {
+            SerialOutput::Stdout => "stdout".into(),
+            SerialOutput::None => "none".into(),
+            SerialOutput::File(p) => format!("file:{}", p.display()),
+        }
+    }
 }
 
 impl SerialOutput {
