@@ -21,9 +21,14 @@ pub enum VmExit {
 }
 
 impl VmExit {
-    /// Whether this is an orderly end the guest chose (exit status 0).
-    pub fn is_orderly(&self) -> bool {
-        matches!(self, VmExit::Reset | VmExit::PowerOff | VmExit::Signal(_))
+    /// The process exit status for this end: 0 when the guest reset or powered off,
+    /// 128 + n for signal n, 1 for a triple fault or a fault.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            VmExit::Reset | VmExit::PowerOff => 0,
+            VmExit::Signal(sig) => 128u8.saturating_add(u8::try_from(*sig).unwrap_or(u8::MAX)),
+            VmExit::TripleFault { .. } | VmExit::Fault(_) => 1,
+        }
     }
 }
 
@@ -97,10 +102,11 @@ mod tests {
     }
 
     #[test]
-    fn only_guest_choices_and_signals_are_orderly() {
-        assert!(VmExit::PowerOff.is_orderly());
-        assert!(VmExit::Reset.is_orderly());
-        assert!(!VmExit::TripleFault { vcpu: 0 }.is_orderly());
-        assert!(!VmExit::Fault("x".into()).is_orderly());
+    fn guest_choices_exit_0_signals_128_plus_n_failures_1() {
+        assert_eq!(VmExit::PowerOff.exit_code(), 0);
+        assert_eq!(VmExit::Reset.exit_code(), 0);
+        assert_eq!(VmExit::Signal(15).exit_code(), 143);
+        assert_eq!(VmExit::TripleFault { vcpu: 0 }.exit_code(), 1);
+        assert_eq!(VmExit::Fault("x".into()).exit_code(), 1);
     }
 }

@@ -1,9 +1,10 @@
 //! Bad input from the user: each is refused with one line naming the problem on stderr and
-//! exit status 2 — never a panic or a backtrace.
+//! exit status 2 — never a panic or a backtrace. petrel checks all of it before it opens
+//! `/dev/kvm`, so these tests need no KVM.
 
 use std::time::Duration;
 
-use tests::{kvm_available, run, test_guest};
+use tests::{run, test_guest};
 
 fn refused(args: &[&str], needle: &str) {
     let out = run(args, Duration::from_secs(60));
@@ -41,9 +42,6 @@ fn missing_initrd_is_named() {
 
 #[test]
 fn a_file_that_is_neither_elf_nor_bzimage_is_refused() {
-    if !kvm_available() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk");
     std::fs::write(&junk, vec![0x42u8; 8192]).unwrap();
@@ -55,9 +53,6 @@ fn a_file_that_is_neither_elf_nor_bzimage_is_refused() {
 
 #[test]
 fn memory_too_small_for_the_initrd_is_refused() {
-    if !kvm_available() {
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd");
     std::fs::write(&initrd, vec![0u8; 20 << 20]).unwrap();
@@ -89,9 +84,6 @@ fn unparseable_sizes_are_refused() {
 
 #[test]
 fn a_command_line_longer_than_the_protocol_allows_is_refused() {
-    if !kvm_available() {
-        return;
-    }
     let long = "x".repeat(4096);
     refused(
         &[

@@ -2,7 +2,17 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tests::{kvm_available, run_scenario};
+use tests::{kvm_available, run_scenario, Output};
+
+/// Runs the `machine` scenario with `args`; None when KVM is absent (outside CI).
+fn machine(args: &[&str]) -> Option<Output> {
+    if !kvm_available() {
+        return None;
+    }
+    let out = run_scenario("machine", args);
+    out.assert_pass("machine");
+    Some(out)
+}
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line.split(' ')
@@ -12,11 +22,7 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn unclaimed_port_and_mmio_read_all_ones_and_the_guest_keeps_running() {
-    if !kvm_available() {
-        return;
-    }
-    let out = run_scenario("machine", &[]);
-    out.assert_pass("machine");
+    let Some(out) = machine(&[]) else { return };
     assert_eq!(
         out.lines_with("UNCLAIMED "),
         vec!["UNCLAIMED port=0xff mmio=0xffffffff"]
@@ -25,11 +31,9 @@ fn unclaimed_port_and_mmio_read_all_ones_and_the_guest_keeps_running() {
 
 #[test]
 fn cpuid_shows_the_apic_id_and_the_hypervisor() {
-    if !kvm_available() {
+    let Some(out) = machine(&["--cpu-template", "host"]) else {
         return;
-    }
-    let out = run_scenario("machine", &["--cpu-template", "host"]);
-    out.assert_pass("machine");
+    };
     let line = out.lines_with("CPUID ")[0];
     assert_eq!(field(line, "apic"), "0");
     assert_eq!(field(line, "hypervisor"), "1");
@@ -38,11 +42,9 @@ fn cpuid_shows_the_apic_id_and_the_hypervisor() {
 
 #[test]
 fn minimal_template_hides_cmpxchg16b() {
-    if !kvm_available() {
+    let Some(out) = machine(&["--cpu-template", "minimal"]) else {
         return;
-    }
-    let out = run_scenario("machine", &["--cpu-template", "minimal"]);
-    out.assert_pass("machine");
+    };
     let line = out.lines_with("CPUID ")[0];
     assert_eq!(field(line, "cx16"), "0", "{line}");
     // XSAVE and AVX are cleared in what petrel gives KVM (unit-tested in vmm's cpuid

@@ -21,10 +21,10 @@ use crate::arch::x86_64::{bootparams, layout, mptable, regs};
 use crate::config::{ConfigError, SerialOutput, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::loader::{self, LoadError};
-use crate::machine::{Machine, SharedContext, Subscriber};
+use crate::machine::{Machine, Subscriber};
 use crate::signals::SignalWatcher;
 use crate::stdin::{RawTerminal, SerialInput};
-use crate::vstate::vcpu::{self, Vcpu, VcpuError, VcpuSetup};
+use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError, VcpuSetup};
 use crate::vstate::vm::{self, VmError};
 
 /// Errors building a machine.
@@ -84,13 +84,13 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
 pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     config.validate()?;
     let machine = &config.machine;
-    // Bad input in files is found before KVM is touched.
-    check_readable(config)?;
-    let kvm = vm::open_kvm(machine.vcpus)?;
+    // What boots is loaded before KVM is touched, so bad files are reported as such even on
+    // a host without KVM.
     let layout = MemoryLayout::new(machine.memory.0)?;
     let mem = layout.allocate()?;
-    let vm = vm::create_vm(&kvm, &mem)?;
     let entry = load_guest(&mem, &layout, config)?;
+    let kvm = vm::open_kvm(machine.vcpus)?;
+    let vm = vm::create_vm(&kvm, &mem)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit event"))?);
     let devices = DeviceManager::new(&vm, &exit, config)?;
@@ -112,7 +112,7 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
 
     Ok(Machine {
         vcpus,
-        ctx: SharedContext {
+        ctx: VcpuContext {
             pio: Arc::new(devices.pio),
             mmio: Arc::new(devices.mmio),
             exit,
@@ -123,24 +123,6 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
         vm,
         memory: mem,
     })
-}
-
-/// Opens the kernel and initrd once up front so a missing file is reported as such.
-fn check_readable(config: &VmConfig) -> Result<(), LoadError> {
-    let files = [
-        ("kernel", &config.boot.kernel),
-        ("initrd", &config.boot.initrd),
-    ];
-    for (what, path) in files {
-        if let Some(path) = path {
-            File::open(path).map_err(|source| LoadError::Read {
-                what,
-                path: path.clone(),
-                source,
-            })?;
-        }
-    }
-    Ok(())
 }
 
 /// The bundled demo guest as a file the loader can read.

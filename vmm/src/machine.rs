@@ -1,7 +1,7 @@
 //! A running machine: the VMM thread's event loop, the vCPU threads, and an orderly
 //! teardown on every way out.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use devices::{ExitSignal, VmExit};
@@ -46,30 +46,11 @@ pub enum RunError {
 /// fd and guest memory go away.
 pub struct Machine {
     pub(crate) vcpus: Vec<Vcpu>,
-    pub(crate) ctx: SharedContext,
+    pub(crate) ctx: VcpuContext,
     pub(crate) event_manager: EventManager<Subscriber>,
     pub(crate) terminal: Option<RawTerminal>,
     pub(crate) vm: VmFd,
     pub(crate) memory: GuestMemoryMmap,
-}
-
-/// What the vCPU threads share with the VMM thread.
-pub(crate) struct SharedContext {
-    pub pio: Arc<devices::Bus>,
-    pub mmio: Arc<devices::Bus>,
-    pub exit: Arc<ExitSignal>,
-    pub stop: Arc<AtomicBool>,
-}
-
-impl SharedContext {
-    fn for_vcpu(&self) -> VcpuContext {
-        VcpuContext {
-            pio: self.pio.clone(),
-            mmio: self.mmio.clone(),
-            exit: self.exit.clone(),
-            stop: self.stop.clone(),
-        }
-    }
 }
 
 impl Machine {
@@ -82,7 +63,7 @@ impl Machine {
         let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpus.len());
         let mut result = Ok(());
         for vcpu in self.vcpus.drain(..) {
-            match vcpu.start(self.ctx.for_vcpu()) {
+            match vcpu.start(self.ctx.clone()) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     result = Err(RunError::from(e));

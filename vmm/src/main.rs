@@ -62,18 +62,14 @@ fn run(args: &vmm::cli::RunArgs) -> ExitCode {
     }
 }
 
-/// The process status for how the VM ended: 0 when the guest reset or powered off,
-/// 128 + n for signal n, 1 for a triple fault or a VMM failure (with the reason on stderr).
+/// The process status for how the VM ended; a failure's reason goes to stderr.
 fn exit_status(exit: &VmExit) -> ExitCode {
     tracing::info!(%exit, "VM stopped");
-    match exit {
-        VmExit::Reset | VmExit::PowerOff => ExitCode::SUCCESS,
-        VmExit::Signal(sig) => ExitCode::from(128u8.saturating_add(*sig as u8)),
-        VmExit::TripleFault { .. } | VmExit::Fault(_) => {
-            eprintln!("petrel: {exit}");
-            ExitCode::from(EXIT_FAILURE)
-        }
+    let code = exit.exit_code();
+    if code == EXIT_FAILURE {
+        eprintln!("petrel: {exit}");
     }
+    ExitCode::from(code)
 }
 
 fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {

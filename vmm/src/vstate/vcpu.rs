@@ -82,7 +82,8 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     register_signal_handler(kick_signal(), kick_handler).map_err(VcpuError::Signal)
 }
 
-/// What every vCPU of a VM shares.
+/// What every vCPU of a VM shares with the others and with the VMM thread.
+#[derive(Clone)]
 pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
