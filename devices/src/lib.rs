@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod exit;
 pub mod legacy;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use exit::{ExitSignal, VmExit};

@@ -1,0 +1,92 @@
+//! The interface between a virtio device and its transport.
+
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events};
+use memory::GuestMemoryMmap;
+use virtio_queue::Queue;
+
+use super::Interrupt;
+
+/// Event-loop tokens at or above this value belong to the device's own host-side sources;
+/// below it they are queue indices.
+pub const HOST_EVENT_BASE: u32 = 1 << 16;
+
+/// What an activated device works with.
+#[derive(Clone)]
+pub struct DeviceEnv {
+    /// The guest's memory.
+    pub mem: GuestMemoryMmap,
+    /// The device's interrupt.
+    pub interrupt: Arc<Interrupt>,
+    /// The features the driver accepted.
+    pub acked_features: u64,
+}
+
+/// Why a device could not start working with the queues the driver gave it.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set up fewer or more queues than the device works with.
+    #[error("the device needs {expected} queues, the driver enabled {got}")]
+    QueueCount { expected: usize, got: usize },
+    /// A host resource the device needs failed.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// A virtio device, independent of its transport. Methods run on the VMM thread, except
+/// `read_config` and `write_config`, which run on the vCPU thread of the access.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (see [`super::ids`]).
+    fn device_type(&self) -> u32;
+
+    /// The features the device offers, including [`super::features::COMMON`] where it
+    /// supports them.
+    fn avail_features(&self) -> u64;
+
+    /// The maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Reads `data.len()` bytes of the device-specific config space at `offset`. Bytes past
+    /// the end of the config space read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the device-specific config space. Most devices have nothing writable: the
+    /// default logs and ignores the write.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::debug!(
+            device = self.device_type(),
+            offset,
+            len = data.len(),
+            "ignored write to read-only config space"
+        );
+    }
+
+    /// The driver set DRIVER_OK: the device takes its queues and starts working.
+    fn activate(&mut self, queues: Vec<Queue>, env: DeviceEnv) -> Result<(), ActivateError>;
+
+    /// The driver reset the device: it drops its queues, stops any in-flight work and goes
+    /// back to its state before activation. Host-side connections (a TAP, a disk file) stay.
+    fn reset(&mut self);
+
+    /// The queues of an active device, for saving (the transport saves them with its own
+    /// state). An inactive device returns none.
+    fn queues(&self) -> Vec<&Queue>;
+
+    /// The driver notified queue `index` (only called while the device is active).
+    fn queue_notify(&mut self, index: usize);
+
+    /// Registers the device's host-side event sources with tokens from
+    /// [`HOST_EVENT_BASE`] up. Called once when the device joins the event loop.
+    fn init_host_events(&mut self, _ops: &mut EventOps) {}
+
+    /// One of the device's host-side sources is ready. The device may add or remove sources
+    /// through `ops`.
+    fn host_event(&mut self, _events: Events, _ops: &mut EventOps) {}
+
+    /// The device-specific config generation changes whenever the device changes its config
+    /// space on its own (for example link status or console size).
+    fn config_generation(&self) -> u32 {
+        0
+    }
+}

@@ -1,0 +1,52 @@
+//! A queue's saved state.
+
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueT};
+
+/// Everything about a virtqueue that a snapshot keeps: the driver's configuration and the
+/// device's ring positions. Descriptors the driver made available but the device has not
+/// used are in guest memory, past `next_avail`, and are picked up after restore.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx: bool,
+}
+
+impl QueueState {
+    /// The state of `queue`.
+    pub fn of(queue: &Queue) -> Self {
+        QueueState {
+            max_size: queue.max_size(),
+            size: queue.size(),
+            ready: queue.ready(),
+            desc_table: queue.desc_table(),
+            avail_ring: queue.avail_ring(),
+            used_ring: queue.used_ring(),
+            next_avail: queue.next_avail(),
+            next_used: queue.next_used(),
+            event_idx: queue.event_idx_enabled(),
+        }
+    }
+
+    /// Rebuilds the queue, checking the saved values as `virtio-queue` checks a driver's.
+    pub fn to_queue(&self) -> Result<Queue, virtio_queue::Error> {
+        Queue::try_from(virtio_queue::QueueState {
+            max_size: self.max_size,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            event_idx_enabled: self.event_idx,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+        })
+    }
+}
