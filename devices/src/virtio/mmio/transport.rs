@@ -376,7 +376,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(word) if offset % 4 == 0 => *word = self.read_register(offset as u32).to_le_bytes(),
+            Ok(word) if offset.is_multiple_of(4) => *word = self.read_register(offset as u32).to_le_bytes(),
             _ => {
                 tracing::debug!(
                     offset,
@@ -397,7 +397,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(word) if offset % 4 == 0 => {
+            Ok(word) if offset.is_multiple_of(4) => {
                 self.write_register(offset as u32, u32::from_le_bytes(word))
             }
             _ => tracing::debug!(
