@@ -376,7 +376,9 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(word) if offset.is_multiple_of(4) => *word = self.read_register(offset as u32).to_le_bytes(),
+            Ok(word) if offset.is_multiple_of(4) => {
+                *word = self.read_register(offset as u32).to_le_bytes()
+            }
             _ => {
                 tracing::debug!(
                     offset,
