@@ -7,6 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod options;
+pub use options::Options;
+
 /// The most vCPUs petrel starts: every APIC id must fit the MP table's 8-bit field, and
 /// 255 is the broadcast id (the IOAPIC takes the id after the last vCPU).
 pub const MAX_VCPUS: u32 = 254;
@@ -29,6 +32,9 @@ pub enum ConfigError {
     /// The CPU template name is unknown.
     #[error("invalid cpu template {0:?}: expected host or minimal")]
     CpuTemplate(String),
+    /// A device flag (`--disk`, `--net`, `--console`) is malformed.
+    #[error("--{flag}: {reason}")]
+    Option { flag: &'static str, reason: String },
     /// The config file could not be read or parsed.
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },

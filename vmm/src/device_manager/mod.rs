@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
+pub mod allocator;
+
 use devices::legacy::{
     PowerManagement, Rtc, Serial, I8042, I8042_IRQ, I8042_PORT, I8042_PORT_LEN, PM_PORT,
     PM_PORT_LEN, RTC_PORT, RTC_PORT_LEN, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORT_LEN,
