@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use devices::virtio::mmio::VirtioSubscriber;
 use devices::ExitSignal;
 use event_manager::{EventManager, SubscriberOps};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -19,6 +20,8 @@ use vm_memory::GuestAddress;
 
 use crate::arch::x86_64::{bootparams, layout, mptable, regs};
 use crate::config::{ConfigError, SerialOutput, VmConfig};
+use crate::device_manager::allocator::ResourceAllocator;
+use crate::device_manager::virtio::{self, PlannedDevice};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::loader::{self, LoadError};
 use crate::machine::{Machine, Subscriber};
@@ -62,7 +65,7 @@ impl BuildError {
     pub fn is_user_error(&self) -> bool {
         match self {
             BuildError::Config(_) | BuildError::Load(_) | BuildError::Memory(_) => true,
-            BuildError::Devices(DeviceError::Serial(_)) => true,
+            BuildError::Devices(e) => e.is_user_error(),
             BuildError::Vm(e) => matches!(
                 e,
                 VmError::KvmMissing
@@ -88,18 +91,25 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     // a host without KVM.
     let layout = MemoryLayout::new(machine.memory.0)?;
     let mem = layout.allocate()?;
-    let entry = load_guest(&mem, &layout, config)?;
+    let mut allocator = ResourceAllocator::new(memory::MMIO32_START);
+    let planned = virtio::open_devices(config, &mut allocator)?;
+    let cmdline = guest_cmdline(config, &planned);
+    let entry = load_guest(&mem, &layout, config, &cmdline)?;
     let kvm = vm::open_kvm(machine.vcpus)?;
     let vm = vm::create_vm(&kvm, &mem)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit event"))?);
-    let devices = DeviceManager::new(&vm, &exit, config)?;
+    let devices = DeviceManager::new(&vm, &exit, config, &mem, planned)?;
     let vcpus = create_vcpus(&kvm, &vm, config, entry)?;
 
     let mut event_manager: EventManager<Subscriber> =
         EventManager::new().map_err(BuildError::EventLoop)?;
     let signals = SignalWatcher::install(exit.clone()).map_err(io_err("cannot watch signals"))?;
     event_manager.add_subscriber(Arc::new(Mutex::new(signals)));
+    for handle in &devices.virtio {
+        let subscriber = VirtioSubscriber::new(handle.transport.clone());
+        event_manager.add_subscriber(Arc::new(Mutex::new(subscriber)));
+    }
     let terminal = match config.serial {
         SerialOutput::Stdout => RawTerminal::enter(),
         _ => None,
@@ -125,6 +135,17 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     })
 }
 
+/// The guest's command line: the configured one plus a `virtio_mmio.device=` entry per
+/// virtio device, so Linux finds them without ACPI.
+fn guest_cmdline(config: &VmConfig, planned: &[PlannedDevice]) -> String {
+    let mut cmdline = config.cmdline().to_string();
+    for device in planned {
+        cmdline.push(' ');
+        cmdline.push_str(&device.slot.virtio_cmdline_param());
+    }
+    cmdline
+}
+
 /// The bundled demo guest as a file the loader can read.
 fn demo_guest() -> Result<File, BuildError> {
     // SAFETY: the name is a valid NUL-terminated string and flags are valid; the result is
@@ -148,6 +169,7 @@ fn load_guest(
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     config: &VmConfig,
+    cmdline: &str,
 ) -> Result<u64, BuildError> {
     let kernel = match &config.boot.kernel {
         Some(path) => loader::load_kernel(mem, layout, path)?,
@@ -162,7 +184,7 @@ fn load_guest(
         Some(path) => Some(loader::load_initrd(mem, layout, &kernel, path)?),
         None => None,
     };
-    let cmdline_addr = loader::load_cmdline(mem, config.cmdline(), kernel.cmdline_max())?;
+    let cmdline_addr = loader::load_cmdline(mem, cmdline, kernel.cmdline_max())?;
     let e820 = bootparams::e820_map(layout);
     let params = bootparams::zero_page(&bootparams::ZeroPageInput {
         setup_header: kernel.setup_header,

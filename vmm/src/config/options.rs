@@ -112,7 +112,10 @@ mod tests {
         let mut o = Options::parse("disk", "path=/a,readonly=on,rate=bw=5M,ops=10").unwrap();
         assert_eq!(o.require("path").unwrap(), "/a");
         assert!(o.take_bool("readonly").unwrap());
-        assert_eq!(o.take_group(&["bw", "ops", "bw_burst"]).unwrap(), "bw=5M,ops=10");
+        assert_eq!(
+            o.take_group(&["bw", "ops", "bw_burst"]).unwrap(),
+            "bw=5M,ops=10"
+        );
         o.finish().unwrap();
     }
 
@@ -128,6 +131,10 @@ mod tests {
         let mut o = Options::parse("disk", "readonly=maybe").unwrap();
         assert!(o.take_bool("readonly").is_err());
         let mut o = Options::parse("disk", "x=1").unwrap();
-        assert!(o.require("path").unwrap_err().to_string().contains("path= is required"));
+        assert!(o
+            .require("path")
+            .unwrap_err()
+            .to_string()
+            .contains("path= is required"));
     }
 }

@@ -116,7 +116,9 @@ mod tests {
         for (i, s) in slots.iter().enumerate() {
             assert!(!RESERVED_IRQS.contains(&s.irq));
             assert!(s.irq < 24);
-            assert!(slots[..i].iter().all(|o| o.irq != s.irq && o.base != s.base));
+            assert!(slots[..i]
+                .iter()
+                .all(|o| o.irq != s.irq && o.base != s.base));
         }
         assert_eq!(
             a.allocate_slot(0x1000),

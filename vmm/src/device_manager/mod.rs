@@ -4,6 +4,8 @@
 use std::sync::{Arc, Mutex};
 
 pub mod allocator;
+mod backends;
+pub mod virtio;
 
 use devices::legacy::{
     PowerManagement, Rtc, Serial, I8042, I8042_IRQ, I8042_PORT, I8042_PORT_LEN, PM_PORT,
@@ -11,6 +13,7 @@ use devices::legacy::{
 };
 use devices::{Bus, BusDevice, BusError, ExitSignal};
 use kvm_ioctls::VmFd;
+use memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::VmConfig;
@@ -27,6 +30,19 @@ pub enum DeviceError {
     /// Two devices claim the same addresses.
     #[error("device layout: {0}")]
     Bus(#[from] BusError),
+    /// Device resources ran out.
+    #[error(transparent)]
+    Alloc(#[from] allocator::AllocError),
+    /// The host side of a device (its disk image, TAP or socket) could not be opened.
+    #[error("{kind} {id}: {reason}")]
+    Open {
+        kind: &'static str,
+        id: String,
+        reason: String,
+    },
+    /// A virtio device could not be put on the machine.
+    #[error("virtio device {id}: {reason}")]
+    Virtio { id: String, reason: String },
 }
 
 /// The devices of a machine, on their buses.
@@ -39,6 +55,8 @@ pub struct DeviceManager {
     pub serial: Arc<Mutex<Serial>>,
     /// The i8042, for Ctrl+Alt+Del.
     pub i8042: Arc<Mutex<I8042>>,
+    /// The virtio devices, in the order the guest sees them.
+    pub virtio: Vec<virtio::VirtioHandle>,
 }
 
 /// A device with its port range.
@@ -54,9 +72,15 @@ fn irq_line(vm: &VmFd, irq: u32) -> Result<EventFd, DeviceError> {
 }
 
 impl DeviceManager {
-    /// Creates the legacy devices: COM1, the i8042, the RTC/CMOS and the power-management
-    /// register.
-    pub fn new(vm: &VmFd, exit: &Arc<ExitSignal>, config: &VmConfig) -> Result<Self, DeviceError> {
+    /// Creates the legacy devices (COM1, the i8042, the RTC/CMOS and the power-management
+    /// register) and attaches the virtio devices opened before.
+    pub fn new(
+        vm: &VmFd,
+        exit: &Arc<ExitSignal>,
+        config: &VmConfig,
+        mem: &GuestMemoryMmap,
+        planned: Vec<virtio::PlannedDevice>,
+    ) -> Result<Self, DeviceError> {
         let serial = Arc::new(Mutex::new(Serial::with_output(
             irq_line(vm, SERIAL_IRQ)?,
             &config.serial,
@@ -78,11 +102,28 @@ impl DeviceManager {
         for (dev, base, len) in devices {
             pio.insert(dev, base, len)?;
         }
+        let mut mmio = Bus::new();
+        let virtio = planned
+            .into_iter()
+            .map(|p| virtio::attach(vm, mem, &mut mmio, p))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             pio,
-            mmio: Bus::new(),
+            mmio,
+            virtio,
             serial,
             i8042,
         })
+    }
+}
+
+impl DeviceError {
+    /// Whether the user's input is at fault: an output file, a disk image, a TAP or a
+    /// socket path that cannot be used, or more devices than the machine has room for.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            DeviceError::Serial(_) | DeviceError::Alloc(_) | DeviceError::Open { .. }
+        )
     }
 }

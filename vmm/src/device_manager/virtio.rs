@@ -1,0 +1,83 @@
+//! Virtio devices: opened on the host before the VM exists (so a bad disk or TAP is
+//! reported as the user's error on any host), then put on the MMIO bus with an irqfd and
+//! one ioeventfd per queue.
+
+use std::sync::{Arc, Mutex};
+
+use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, NOTIFY_OFFSET};
+use devices::virtio::{Interrupt, VirtioDevice};
+use devices::Bus;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use memory::GuestMemoryMmap;
+
+use super::allocator::{DeviceSlot, ResourceAllocator};
+use super::{irq_line, DeviceError};
+use crate::config::VmConfig;
+
+/// A virtio device opened on the host, with the place it will have in the machine.
+pub struct PlannedDevice {
+    /// The device's id from the configuration.
+    pub id: String,
+    /// Its MMIO window and interrupt.
+    pub slot: DeviceSlot,
+    /// The device.
+    pub device: Box<dyn VirtioDevice>,
+}
+
+/// A virtio device on the MMIO bus.
+pub struct VirtioHandle {
+    /// The device's id from the configuration.
+    pub id: String,
+    /// Its MMIO window and interrupt.
+    pub slot: DeviceSlot,
+    /// The transport, shared with the MMIO bus and the event loop.
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// Opens every virtio device `config` asks for, in the order the guest will see them, and
+/// gives each a slot.
+pub fn open_devices(
+    config: &VmConfig,
+    allocator: &mut ResourceAllocator,
+) -> Result<Vec<PlannedDevice>, DeviceError> {
+    let opened = super::backends::open(config)?;
+    opened
+        .into_iter()
+        .map(|(id, device)| {
+            let slot = allocator.allocate_slot(MMIO_SIZE)?;
+            Ok(PlannedDevice { id, slot, device })
+        })
+        .collect()
+}
+
+/// Puts a planned device on `bus` and wires its interrupt and queue notifications to KVM.
+pub fn attach(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    bus: &mut Bus,
+    planned: PlannedDevice,
+) -> Result<VirtioHandle, DeviceError> {
+    let PlannedDevice { id, slot, device } = planned;
+    let interrupt = Arc::new(Interrupt::new(irq_line(vm, slot.irq)?));
+    let transport =
+        MmioTransport::new(device, mem.clone(), interrupt).map_err(|e| DeviceError::Virtio {
+            id: id.clone(),
+            reason: e.to_string(),
+        })?;
+    let notify = IoEventAddress::Mmio(slot.base + NOTIFY_OFFSET);
+    for (index, evt) in transport.queue_evts().iter().enumerate() {
+        vm.register_ioevent(evt, &notify, index as u32)
+            .map_err(|e| DeviceError::Virtio {
+                id: id.clone(),
+                reason: format!("cannot register the ioeventfd of queue {index}: {e}"),
+            })?;
+    }
+    let transport = Arc::new(Mutex::new(transport));
+    bus.insert(transport.clone(), slot.base, slot.len)?;
+    tracing::debug!(%id, base = slot.base, irq = slot.irq, "virtio device attached");
+    Ok(VirtioHandle {
+        id,
+        slot,
+        transport,
+    })
+}
