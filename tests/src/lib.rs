@@ -9,6 +9,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -121,6 +123,28 @@ pub fn command(args: &[&str]) -> Command {
 pub fn run(args: &[&str], timeout: Duration) -> Output {
     let child = command(args).spawn().expect("spawn petrel");
     wait(child, timeout)
+}
+
+/// Runs petrel with `args` and extra environment variables.
+pub fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = command(args);
+    cmd.envs(env.iter().copied());
+    wait(cmd.spawn().expect("spawn petrel"), Duration::from_secs(120))
+}
+
+/// The metrics petrel logged for device `id` when it stopped (with
+/// `PETREL_LOG=petrel::metrics=info`), as JSON.
+pub fn device_metrics(out: &Output, id: &str) -> serde_json::Value {
+    let marker = format!("device={id} ");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("petrel::metrics") && l.contains(&marker))
+        .unwrap_or_else(|| panic!("no metrics for {id}\n{out}"));
+    let json = &line[line
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in {line}"))..];
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("metrics of {id}: {e}: {json}"))
 }
 
 /// Boots the test guest with `petrel.test=<scenario>` plus `extra` arguments.

@@ -130,6 +130,7 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
         },
         event_manager,
         terminal,
+        virtio: devices.virtio,
         vm,
         memory: mem,
     })

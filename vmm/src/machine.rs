@@ -10,6 +10,7 @@ use kvm_ioctls::VmFd;
 use memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
+use crate::device_manager::virtio::VirtioHandle;
 use crate::stdin::RawTerminal;
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuHandle};
 
@@ -49,6 +50,7 @@ pub struct Machine {
     pub(crate) ctx: VcpuContext,
     pub(crate) event_manager: EventManager<Subscriber>,
     pub(crate) terminal: Option<RawTerminal>,
+    pub(crate) virtio: Vec<VirtioHandle>,
     pub(crate) vm: VmFd,
     pub(crate) memory: GuestMemoryMmap,
 }
@@ -77,6 +79,7 @@ impl Machine {
             }
         }
         self.stop_vcpus(handles);
+        self.log_metrics();
         result?;
         Ok(exit
             .reason()
@@ -91,6 +94,18 @@ impl Machine {
         }
         for h in handles {
             h.join();
+        }
+    }
+
+    /// Logs every virtio device's counters (target `petrel::metrics`, level info).
+    fn log_metrics(&self) {
+        for handle in &self.virtio {
+            let transport = handle
+                .transport
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let metrics = transport.device().metrics();
+            tracing::info!(target: "petrel::metrics", "device={} {metrics}", handle.id);
         }
     }
 

@@ -84,6 +84,11 @@ pub trait VirtioDevice: Send {
     /// through `ops`.
     fn host_event(&mut self, _events: Events, _ops: &mut EventOps) {}
 
+    /// The device's counters, as JSON (for logs and metrics endpoints).
+    fn metrics(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
     /// The device-specific config generation changes whenever the device changes its config
     /// space on its own (for example link status or console size).
     fn config_generation(&self) -> u32 {
