@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ByteSize, ConfigError, CpuTemplate, SerialOutput, VmConfig};
+use crate::config::{
+    parse_console, parse_disk, parse_net, ByteSize, ConfigError, CpuTemplate, SerialOutput,
+    VmConfig,
+};
 
 /// petrel: a virtual machine monitor on KVM.
 #[derive(Debug, Parser)]
@@ -51,6 +54,18 @@ pub struct RunArgs {
     /// [default: host].
     #[arg(long, value_name = "NAME", value_parser = parse_template)]
     pub cpu_template: Option<CpuTemplate>,
+    /// A virtio-blk disk: path=FILE[,id=ID][,readonly=on][,serial=STR][,rate=bw=BYTES/s,
+    /// ops=N/s,bw_burst=BYTES,ops_burst=N]. A raw image file or a host block device;
+    /// repeatable.
+    #[arg(long = "disk", value_name = "OPTS")]
+    pub disks: Vec<String>,
+    /// A virtio-net interface on a TAP: tap=NAME[,id=ID][,mac=MAC][,rate=...]. The TAP is
+    /// created if it does not exist; repeatable.
+    #[arg(long = "net", value_name = "OPTS")]
+    pub nets: Vec<String>,
+    /// A virtio console: [id=ID,]output=stdout|file:PATH|pty|socket:PATH|none; repeatable.
+    #[arg(long = "console", value_name = "OPTS")]
+    pub consoles: Vec<String>,
     /// Read the machine from a JSON VmConfig file; other flags override its fields.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -95,6 +110,19 @@ impl RunArgs {
         }
         if let Some(s) = &self.serial {
             config.serial = s.clone();
+        }
+        // Device flags add to the devices of the config file.
+        for text in &self.disks {
+            let index = config.disks.len();
+            config.disks.push(parse_disk(text, index)?);
+        }
+        for text in &self.nets {
+            let index = config.nets.len();
+            config.nets.push(parse_net(text, index)?);
+        }
+        for text in &self.consoles {
+            let index = config.consoles.len();
+            config.consoles.push(parse_console(text, index)?);
         }
         config.validate()?;
         Ok(config)

@@ -7,7 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod devices;
 mod options;
+pub use devices::{parse_console, parse_disk, parse_net};
 pub use options::Options;
 
 /// The most vCPUs petrel starts: every APIC id must fit the MP table's 8-bit field, and
@@ -35,6 +37,9 @@ pub enum ConfigError {
     /// A device flag (`--disk`, `--net`, `--console`) is malformed.
     #[error("--{flag}: {reason}")]
     Option { flag: &'static str, reason: String },
+    /// Two devices conflict (same id, same backend).
+    #[error("conflicting devices: {0}")]
+    Conflict(String),
     /// The config file could not be read or parsed.
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
@@ -191,6 +196,15 @@ pub struct VmConfig {
     /// The serial console's output.
     #[serde(default)]
     pub serial: SerialOutput,
+    /// virtio-blk disks, in the order the guest sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<::devices::virtio::block::BlockConfig>,
+    /// virtio-net interfaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<::devices::virtio::net::NetConfig>,
+    /// virtio-console ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consoles: Vec<::devices::virtio::console::ConsoleConfig>,
 }
 
 impl VmConfig {
@@ -215,7 +229,7 @@ impl VmConfig {
         }
         memory::MemoryLayout::new(self.machine.memory.0)
             .map_err(|e| ConfigError::Memory(e.to_string()))?;
-        Ok(())
+        devices::validate(self)
     }
 
     /// The command line the guest gets.

@@ -1,0 +1,180 @@
+//! The virtio device flags (`--disk`, `--net`, `--console`) and the checks that span
+//! devices: ids are unique, and no two devices share a backend.
+
+use std::collections::HashSet;
+
+use devices::rate_limiter::RateLimitConfig;
+use devices::virtio::block::BlockConfig;
+use devices::virtio::console::{ConsoleConfig, ConsoleOutput};
+use devices::virtio::net::{MacAddr, NetConfig};
+
+use super::{ConfigError, Options, VmConfig};
+
+/// The keys of a `rate=` group.
+const RATE_KEYS: [&str; 4] = ["bw", "ops", "bw_burst", "ops_burst"];
+
+fn rate_limit(o: &mut Options) -> Result<Option<RateLimitConfig>, ConfigError> {
+    match o.take_group(&RATE_KEYS) {
+        None => Ok(None),
+        Some(spec) => RateLimitConfig::parse(&spec)
+            .map(Some)
+            .map_err(|e| o.invalid("rate", &spec, &e.to_string())),
+    }
+}
+
+/// `--disk path=FILE[,id=ID][,readonly=on][,serial=STR][,rate=...]`.
+pub fn parse_disk(text: &str, index: usize) -> Result<BlockConfig, ConfigError> {
+    let mut o = Options::parse("disk", text)?;
+    let config = BlockConfig {
+        path: o.require("path")?.into(),
+        id: o.take("id").unwrap_or_else(|| format!("disk{index}")),
+        readonly: o.take_bool("readonly")?,
+        serial: o.take("serial"),
+        rate_limiter: rate_limit(&mut o)?,
+    };
+    o.finish()?;
+    Ok(config)
+}
+
+/// `--net tap=NAME[,id=ID][,mac=MAC][,rate=...]`; the rate applies to each direction.
+pub fn parse_net(text: &str, index: usize) -> Result<NetConfig, ConfigError> {
+    let mut o = Options::parse("net", text)?;
+    let tap = o.require("tap")?;
+    let id = o.take("id").unwrap_or_else(|| format!("net{index}"));
+    let mac = o.take_parsed("mac", |m| m.parse::<MacAddr>())?;
+    let rate = rate_limit(&mut o)?;
+    o.finish()?;
+    Ok(NetConfig {
+        tap,
+        id,
+        mac,
+        rx_rate_limiter: rate,
+        tx_rate_limiter: rate,
+    })
+}
+
+/// `--console [id=ID,]output=stdout|file:PATH|pty|socket:PATH|none`.
+pub fn parse_console(text: &str, index: usize) -> Result<ConsoleConfig, ConfigError> {
+    let mut o = Options::parse("console", text)?;
+    let id = o.take("id").unwrap_or_else(|| format!("console{index}"));
+    let output = o
+        .take_parsed("output", |s| s.parse::<ConsoleOutput>())?
+        .unwrap_or(ConsoleOutput::Stdout);
+    o.finish()?;
+    Ok(ConsoleConfig { id, output })
+}
+
+/// Whether `id` is a usable device id: 1 to 64 letters, digits, `-` or `_`.
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Checks what spans devices: unique, well-formed ids; no disk image, TAP or console
+/// socket used twice; valid rate limits.
+pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
+    let conflict = |reason: String| ConfigError::Conflict(reason);
+    let ids = config
+        .disks
+        .iter()
+        .map(|d| ("disk", &d.id))
+        .chain(config.nets.iter().map(|n| ("net", &n.id)))
+        .chain(config.consoles.iter().map(|c| ("console", &c.id)));
+    let mut seen = HashSet::new();
+    for (kind, id) in ids {
+        if !valid_id(id) {
+            return Err(ConfigError::Option {
+                flag: kind,
+                reason: format!("invalid id {id:?}: use 1 to 64 letters, digits, - or _"),
+            });
+        }
+        if !seen.insert(id.as_str()) {
+            return Err(conflict(format!("device id {id:?} is used twice")));
+        }
+    }
+    let mut paths = HashSet::new();
+    for d in &config.disks {
+        if !paths.insert(d.path.clone()) {
+            return Err(conflict(format!(
+                "disk image {} is used twice",
+                d.path.display()
+            )));
+        }
+        if let Some(r) = &d.rate_limiter {
+            r.validate()
+                .map_err(|e| conflict(format!("disk {}: rate limit: {e}", d.id)))?;
+        }
+    }
+    let mut taps = HashSet::new();
+    for n in &config.nets {
+        if !taps.insert(n.tap.as_str()) {
+            return Err(conflict(format!("TAP {} is used twice", n.tap)));
+        }
+        for r in [&n.rx_rate_limiter, &n.tx_rate_limiter].into_iter().flatten() {
+            r.validate()
+                .map_err(|e| conflict(format!("net {}: rate limit: {e}", n.id)))?;
+        }
+    }
+    let mut sockets = HashSet::new();
+    for c in &config.consoles {
+        if let ConsoleOutput::Socket(path) = &c.output {
+            if !sockets.insert(path.clone()) {
+                return Err(conflict(format!(
+                    "console socket {} is used twice",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_flags_fill_a_block_config() {
+        let d = parse_disk("path=/img,readonly=on,serial=abc,rate=bw=1M,ops=10", 3).unwrap();
+        assert_eq!(d.path, std::path::PathBuf::from("/img"));
+        assert_eq!(d.id, "disk3");
+        assert!(d.readonly);
+        assert_eq!(d.serial.as_deref(), Some("abc"));
+        let r = d.rate_limiter.unwrap();
+        assert_eq!(r.bandwidth.unwrap().size, 1 << 20);
+        assert_eq!(r.ops.unwrap().size, 10);
+    }
+
+    #[test]
+    fn bad_device_flags_are_refused() {
+        assert!(parse_disk("readonly=on", 0).is_err());
+        assert!(parse_disk("path=/a,readonly=yes", 0).is_err());
+        assert!(parse_disk("path=/a,cache=none", 0).is_err());
+        assert!(parse_disk("path=/a,rate=bw=fast", 0).is_err());
+        assert!(parse_net("mac=02:00:00:00:00:01", 0).is_err());
+        assert!(parse_net("tap=t0,mac=02:00:00:00:00", 0).is_err());
+        assert!(parse_net("tap=t0,mac=zz:00:00:00:00:01", 0).is_err());
+        assert!(parse_console("output=tty", 0).is_err());
+        assert!(parse_console("output=socket:", 0).is_err());
+    }
+
+    #[test]
+    fn duplicate_ids_and_shared_backends_conflict() {
+        let mut c = VmConfig::default();
+        c.disks.push(parse_disk("path=/a,id=x", 0).unwrap());
+        c.nets.push(parse_net("tap=t0,id=x", 0).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        c.nets[0].id = "n".into();
+        assert_eq!(validate(&c), Ok(()));
+        c.disks.push(parse_disk("path=/a", 1).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        c.disks.pop();
+        c.nets.push(parse_net("tap=t0", 1).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        c.nets.pop();
+        c.consoles.push(parse_console("id=bad id,output=none", 0).unwrap());
+        assert!(validate(&c).is_err());
+    }
+}
