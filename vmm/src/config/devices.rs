@@ -112,7 +112,10 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
         if !taps.insert(n.tap.as_str()) {
             return Err(conflict(format!("TAP {} is used twice", n.tap)));
         }
-        for r in [&n.rx_rate_limiter, &n.tx_rate_limiter].into_iter().flatten() {
+        for r in [&n.rx_rate_limiter, &n.tx_rate_limiter]
+            .into_iter()
+            .flatten()
+        {
             r.validate()
                 .map_err(|e| conflict(format!("net {}: rate limit: {e}", n.id)))?;
         }
@@ -174,7 +177,8 @@ mod tests {
         c.nets.push(parse_net("tap=t0", 1).unwrap());
         assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
         c.nets.pop();
-        c.consoles.push(parse_console("id=bad id,output=none", 0).unwrap());
+        c.consoles
+            .push(parse_console("id=bad id,output=none", 0).unwrap());
         assert!(validate(&c).is_err());
     }
 }

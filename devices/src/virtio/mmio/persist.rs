@@ -17,6 +17,8 @@ pub struct MmioState {
     pub driver_features_sel: u32,
     pub queue_sel: u32,
     pub queue_config_error: bool,
+    #[serde(default)]
+    pub disabled_queues: u64,
     pub interrupt_status: u32,
     pub active: bool,
     pub queues: Vec<QueueState>,
@@ -62,6 +64,7 @@ impl MmioTransport {
             driver_features_sel: self.driver_features_sel,
             queue_sel: self.queue_sel,
             queue_config_error: self.queue_config_error,
+            disabled_queues: self.disabled_queues,
             interrupt_status: self.interrupt.status(),
             active: self.active,
             queues,
@@ -107,6 +110,7 @@ impl MmioTransport {
             driver_features_sel: state.driver_features_sel,
             queue_sel: state.queue_sel,
             queue_config_error: state.queue_config_error,
+            disabled_queues: state.disabled_queues,
         };
         if state.active && state.device_status & status::DRIVER_OK != 0 {
             let env = DeviceEnv {

@@ -358,3 +358,19 @@ fn restore_refuses_a_state_for_another_device() {
         Err(RestoreError::Queue { index: 0, .. })
     ));
 }
+
+#[test]
+fn queue_ready_zero_on_a_running_device_reads_back_until_reset() {
+    let mut t = transport();
+    bring_up(&mut t);
+    write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+    write(&mut t, VIRTIO_MMIO_QUEUE_READY, 0);
+    assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+    write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 0);
+    assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
+    assert!(t.is_active());
+    write(&mut t, VIRTIO_MMIO_STATUS, 0);
+    bring_up(&mut t);
+    write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+    assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
+}

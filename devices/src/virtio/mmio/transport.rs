@@ -37,6 +37,9 @@ pub struct MmioTransport {
     pub(super) queue_sel: u32,
     /// The driver wrote an invalid queue size or address since the last reset.
     pub(super) queue_config_error: bool,
+    /// Queues the driver wrote QueueReady = 0 for while the device was active (a bit per
+    /// queue index).
+    pub(super) disabled_queues: u64,
 }
 
 /// Queues of the sizes `device` offers, not yet configured.
@@ -86,6 +89,7 @@ impl MmioTransport {
             driver_features_sel: 0,
             queue_sel: 0,
             queue_config_error: false,
+            disabled_queues: 0,
         })
     }
 
@@ -152,7 +156,8 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_READY => {
                 let sel = self.queue_sel as usize;
                 let ready = if self.active {
-                    self.device.queues().get(sel).is_some_and(|q| q.ready())
+                    let disabled = self.disabled_queues & (1 << sel.min(63)) != 0;
+                    !disabled && self.device.queues().get(sel).is_some_and(|q| q.ready())
                 } else {
                     self.queues.get(sel).is_some_and(|q| q.ready())
                 };
@@ -183,6 +188,7 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_NUM => {
                 self.configure_queue(|q| value <= 0xffff && q.try_set_size(value as u16).is_ok())
             }
+            VIRTIO_MMIO_QUEUE_READY if self.active => self.disable_active_queue(value),
             VIRTIO_MMIO_QUEUE_READY => self.configure_queue(|q| {
                 q.set_ready(value == 1);
                 true
@@ -199,6 +205,20 @@ impl MmioTransport {
                 value,
                 "write to a read-only or unknown virtio-mmio register"
             ),
+        }
+    }
+
+    /// QueueReady written while the device runs. Without VIRTIO_F_RING_RESET a driver may
+    /// not take a queue away from a running device, but some (the `virtio-drivers` crate,
+    /// when it drops a device) write 0 and wait to read 0 back before they reset the
+    /// device: the register says so, and the device keeps the queue until the reset.
+    fn disable_active_queue(&mut self, value: u32) {
+        if value == 0 && self.queue_sel < 64 {
+            tracing::debug!(
+                queue = self.queue_sel,
+                "queue disabled while the device runs"
+            );
+            self.disabled_queues |= 1 << self.queue_sel;
         }
     }
 
@@ -361,6 +381,7 @@ impl MmioTransport {
         self.driver_features_sel = 0;
         self.queue_sel = 0;
         self.queue_config_error = false;
+        self.disabled_queues = 0;
         self.interrupt.reset();
         for evt in &self.queue_evts {
             let _ = evt.read();
