@@ -16,6 +16,7 @@ extern crate alloc;
 #[macro_use]
 mod rt;
 mod scenarios;
+mod virtio;
 
 use core::arch::global_asm;
 use core::panic::PanicInfo;

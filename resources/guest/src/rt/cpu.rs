@@ -83,6 +83,16 @@ pub fn apic_id() -> u32 {
     cpuid(1).ebx >> 24
 }
 
+/// Reads the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDTSC (allowed at CPL 0 whatever CR4.TSD says) only reads the counter.
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
 /// Busy-waits for `iterations` rounds of `pause`. Under this project's emulated KVM, a few
 /// thousand iterations already take milliseconds; on hardware-assisted KVM they are much faster.
 pub fn spin(iterations: u32) {

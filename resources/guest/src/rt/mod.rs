@@ -8,6 +8,8 @@ pub mod bootparams;
 pub mod cmdline;
 pub mod cmos;
 pub mod cpu;
+pub mod deadline;
+pub mod fnv;
 pub mod heap;
 pub mod layout;
 pub mod mptable;

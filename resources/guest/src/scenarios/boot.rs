@@ -9,6 +9,7 @@
 use alloc::string::String;
 
 use crate::rt::bootparams::BootParams;
+use crate::rt::fnv::fnv1a64;
 
 pub fn run(boot: &BootParams) -> Result<(), String> {
     println!("CMDLINE {}", boot.cmdline().as_str());
@@ -24,11 +25,4 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-/// FNV-1a, 64-bit.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }

@@ -4,13 +4,18 @@
 //! `PASS <name>` and ends the run the scenario's way) or `Err(reason)` (`FAIL <name>: <reason>`,
 //! then reset). Add a scenario by adding a module and a row to `SCENARIOS`.
 
+mod blk;
+mod blkrate;
 mod boot;
+mod console;
 mod crash;
 mod demo;
 mod machine;
+mod net;
 mod smp;
 
 use alloc::string::String;
+use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::rt::bootparams::BootParams;
@@ -63,6 +68,26 @@ pub static SCENARIOS: &[Scenario] = &[
         run: crash::idle,
         exit: Exit::Reset,
     },
+    Scenario {
+        name: "blk",
+        run: blk::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "net",
+        run: net::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "console",
+        run: console::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "blkrate",
+        run: blkrate::run,
+        exit: Exit::Reset,
+    },
 ];
 
 /// Index into `SCENARIOS` of the running scenario (`usize::MAX` before one starts).
@@ -91,9 +116,14 @@ pub fn run(name: &str, boot: &BootParams) -> ! {
                 Exit::PowerOff => power::power_off(),
             }
         }
-        Err(reason) => {
-            println!("FAIL {name}: {reason}");
-            power::reset()
-        }
+        Err(reason) => fail_now(reason),
     }
+}
+
+/// Reports `FAIL <scenario>: <reason>` and resets at once, without returning: for failures
+/// after which unwinding the scenario would not be sound or could hang (a device that timed
+/// out still owns buffers on the stack, and dropping its driver waits for it).
+pub fn fail_now(reason: impl fmt::Display) -> ! {
+    println!("FAIL {}: {reason}", current());
+    power::reset()
 }

@@ -1,0 +1,22 @@
+//! Guest-side virtio through the `virtio-drivers` crate: an implementation independent of
+//! petrel's devices, so the end-to-end tests check petrel against someone else's reading of the
+//! specification.
+//!
+//! - `hal`: the [`virtio_drivers::Hal`] for this guest (identity-mapped DMA from the page
+//!   allocator);
+//! - `cmdline`: the `virtio_mmio.device=<size>@<addr>:<irq>` tokens petrel appends to the
+//!   kernel command line, one per device, in the order the user gave the devices;
+//! - `devices`: probes those windows and hands scenarios the transports by device type;
+//! - `poll`, `blk`: waiting for a device with a timeout (a timeout is a failure, never a hang).
+//!
+//! The guest runs with interrupts disabled: drivers are polled, never interrupt-driven.
+
+pub mod blk;
+pub mod cmdline;
+pub mod devices;
+pub mod hal;
+pub mod poll;
+
+pub use devices::take;
+pub use hal::PetrelHal;
+pub use virtio_drivers::transport::DeviceType;
