@@ -5,6 +5,7 @@
 //! vCPUs: <enabled processors in the MP table>
 //! memory: <usable e820 RAM, MiB, rounded to nearest> MiB
 //! devices: serial 0x3f8, i8042, rtc          (those that answer)
+//! virtio: <net|block|console> at <addr> irq <n>   (one per virtio_mmio.device= entry)
 //! rtc: <hh:mm:ss>                            (or `rtc: absent`)
 //! free pages: <n> from <addr 0x..>           (the page allocator's pool; one page is then
 //!                                            allocated and checked)
@@ -16,6 +17,7 @@ use alloc::vec::Vec;
 
 use crate::rt::bootparams::{BootParams, E820_RAM};
 use crate::rt::{cmos, cpu, mptable, pages};
+use crate::virtio;
 
 const MIB: u64 = 1 << 20;
 const COM1_LSR: u16 = 0x3f8 + 5;
@@ -52,6 +54,7 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
             devices.join(", ")
         }
     );
+    print_virtio(boot);
     match cmos::read_time() {
         Some(t) => println!("rtc: {:02}:{:02}:{:02}", t.hours, t.minutes, t.seconds),
         None => println!("rtc: absent"),
@@ -64,6 +67,32 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
         free.start
     );
     check_page()
+}
+
+/// One line per `virtio_mmio.device=` window: its device type as the device reports it.
+fn print_virtio(boot: &BootParams) {
+    let windows = match virtio::cmdline::windows(&boot.cmdline()) {
+        Ok(w) => w,
+        Err(e) => {
+            println!("virtio: {e}");
+            return;
+        }
+    };
+    for w in windows {
+        let reg = |offset: u64| {
+            // SAFETY: the VMM put a virtio-mmio register file at this identity-mapped
+            // address; reading the magic and device id registers has no side effects.
+            unsafe { core::ptr::read_volatile((w.addr + offset) as *const u32) }
+        };
+        let kind = match (reg(0), reg(8)) {
+            (0x7472_6976, 1) => "net",
+            (0x7472_6976, 2) => "block",
+            (0x7472_6976, 3) => "console",
+            (0x7472_6976, _) => "other",
+            _ => "absent",
+        };
+        println!("virtio: {kind} at {:#x} irq {}", w.addr, w.irq);
+    }
 }
 
 /// Takes a page from the allocator and checks that it is writable RAM.
