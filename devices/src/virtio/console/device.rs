@@ -138,7 +138,7 @@ impl Console {
             self.backend.close_gone_client();
         }
         self.backend.accept();
-        self.sync();
+        self.flush_output();
     }
 
     /// The config space: `cols`, `rows`, `max_nr_ports` (1), `emerg_wr` (0).

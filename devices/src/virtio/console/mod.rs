@@ -9,8 +9,9 @@
 //!   interrupt.
 //! - Output (transmitq) never stalls the guest: every chain is used as soon as its bytes are
 //!   taken. Bytes a non-blocking backend (pty, socket client) cannot take at once wait in a
-//!   buffer of [`OUTPUT_BUFFER_SIZE`] bytes, flushed when the backend is writable again; past
-//!   that bound, and while a socket has no client, output is dropped and counted in
+//!   buffer of [`OUTPUT_BUFFER_SIZE`] bytes, flushed when the backend is writable again or a
+//!   socket client attaches (so a person attaching late sees what the guest printed); past
+//!   that bound output is dropped and counted in
 //!   [`ConsoleMetrics::tx_dropped_bytes`]. Stdout and files are written with ordinary
 //!   (blocking) writes, as the serial console does.
 //! - Input (receiveq) from a pty or a socket client is read into a pending buffer of at most

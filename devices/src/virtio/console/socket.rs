@@ -165,7 +165,9 @@ impl Socket {
 
     pub(super) fn write(&mut self, data: &[u8]) -> Write {
         let Some(client) = self.client.as_mut().filter(|c| !c.gone) else {
-            return Write::Lost;
+            // Kept (up to the device's output bound) for the next client, so a person who
+            // attaches after boot still sees what the guest printed.
+            return Write::WouldBlock;
         };
         // SAFETY: `data` is valid for reads of `data.len()` bytes for the call, and the
         // descriptor belongs to `client.stream`, which is open. MSG_NOSIGNAL turns a hung-up
