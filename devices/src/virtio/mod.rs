@@ -12,6 +12,7 @@
 //! The guest is untrusted: a malformed descriptor chain fails that request, or marks the
 //! device as needing reset; it never panics and never stops the VMM.
 
+pub mod block;
 pub mod console;
 mod device;
 mod interrupt;

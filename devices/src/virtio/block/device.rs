@@ -1,0 +1,230 @@
+//! The virtio-blk device as the transport sees it: features, config space, activation and
+//! reset, events. The request queue itself is served by [`super::queue`].
+
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events};
+use virtio_bindings::virtio_blk::*;
+use virtio_queue::Queue;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::config_space::{self, CONFIG_LEN};
+use super::disk::Disk;
+use super::metrics::{BlockMetrics, Counters};
+use super::queue::Active;
+use super::request::{DiskInfo, ID_BYTES};
+use super::worker::{Worker, WorkerEnv};
+use super::{BlockConfig, BlockError, QUEUE_SIZE};
+use crate::virtio::{features, ids, ActivateError, DeviceEnv, VirtioDevice, HOST_EVENT_BASE};
+
+const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
+
+/// A virtio-blk device backed by one disk image.
+pub struct Block {
+    config: BlockConfig,
+    disk: Arc<Disk>,
+    /// What GET_ID returns: the serial or the id, NUL-padded.
+    id: [u8; ID_BYTES],
+    avail_features: u64,
+    config_space: [u8; CONFIG_LEN],
+    /// The I/O thread writes it once per finished request.
+    completion_evt: EventFd,
+    counters: Arc<Counters>,
+    active: Option<Active>,
+}
+
+impl Block {
+    /// Opens and locks the disk image. The I/O thread starts when the driver activates the
+    /// device.
+    pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
+        if config.id.is_empty() || config.id.contains('\0') {
+            return Err(BlockError::InvalidId {
+                id: config.id.clone(),
+                reason: "it must be non-empty and contain no NUL byte",
+            });
+        }
+        let disk = Disk::open(&config.path, config.readonly)?;
+        let completion_evt = EventFd::new(EFD_NONBLOCK).map_err(|source| BlockError::EventFd {
+            id: config.id.clone(),
+            source,
+        })?;
+        let mut id = [0u8; ID_BYTES];
+        let name = config.serial.as_deref().unwrap_or(&config.id).as_bytes();
+        let n = name.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&name[..n]);
+        let mut avail_features = features::COMMON
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_DISCARD
+            | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        if config.readonly {
+            avail_features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        tracing::info!(
+            id = %config.id,
+            path = %config.path.display(),
+            sectors = disk.capacity(),
+            readonly = config.readonly,
+            "disk opened"
+        );
+        Ok(Block {
+            config_space: config_space::build(disk.capacity()),
+            config,
+            disk: Arc::new(disk),
+            id,
+            avail_features,
+            completion_evt,
+            counters: Arc::default(),
+            active: None,
+        })
+    }
+
+    /// The configuration the disk was built from.
+    pub fn config(&self) -> &BlockConfig {
+        &self.config
+    }
+
+    /// The disk's size in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.capacity()
+    }
+
+    /// The disk's counters.
+    pub fn metrics(&self) -> BlockMetrics {
+        self.counters.snapshot()
+    }
+
+    /// The eventfd the I/O thread signals when requests finish.
+    pub fn completion_evt(&self) -> &EventFd {
+        &self.completion_evt
+    }
+
+    /// Puts finished requests on the used ring, interrupts the driver if it asked for it,
+    /// and serves requests that waited for room. Runs when the completion eventfd fires.
+    pub fn process_completions(&mut self) {
+        if let Err(e) = self.completion_evt.read() {
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                tracing::warn!(%e, "cannot read the disk completion eventfd");
+            }
+        }
+        if let Some(active) = self.active.as_mut() {
+            active.collect_completions(&self.counters);
+        }
+        self.process_queue();
+    }
+
+    /// Waits for every request in flight and puts it on the used ring, so that nothing is
+    /// left inside the device (for a save).
+    pub(super) fn quiesce(&mut self) {
+        if let Some(active) = self.active.as_mut() {
+            active.quiesce(&self.counters);
+        }
+    }
+
+    fn process_queue(&mut self) {
+        let info = DiskInfo {
+            capacity: self.disk.capacity(),
+            readonly: self.config.readonly,
+        };
+        if let Some(active) = self.active.as_mut() {
+            active.process(info, &self.counters);
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        ids::BLOCK
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        config_space::read(&self.config_space, offset, data);
+    }
+
+    fn activate(&mut self, mut queues: Vec<Queue>, env: DeviceEnv) -> Result<(), ActivateError> {
+        if queues.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: queues.len(),
+            });
+        }
+        if self.active.is_some() {
+            self.reset();
+        }
+        // A completion signal left from before a reset means nothing now.
+        let _ = self.completion_evt.read();
+        let id = self.config.id.clone();
+        let done_evt = self.completion_evt.try_clone().map_err(|source| {
+            ActivateError::Backend(
+                BlockError::EventFd {
+                    id: id.clone(),
+                    source,
+                }
+                .to_string(),
+            )
+        })?;
+        let worker_env = WorkerEnv {
+            disk: self.disk.clone(),
+            mem: env.mem.clone(),
+            id: self.id,
+            counters: self.counters.clone(),
+            done_evt,
+        };
+        let worker = Worker::spawn(format!("petrel-blk-{id}"), worker_env).map_err(|source| {
+            ActivateError::Backend(BlockError::Thread { id, source }.to_string())
+        })?;
+        let Some(queue) = queues.pop() else {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: 0,
+            });
+        };
+        self.active = Some(Active::new(queue, env, worker));
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(mut active) = self.active.take() {
+            // Waits for the requests in flight; their completions no longer matter.
+            active.stop();
+        }
+        let _ = self.completion_evt.read();
+    }
+
+    fn queues(&self) -> Vec<&Queue> {
+        self.active.iter().map(Active::queue).collect()
+    }
+
+    fn queue_notify(&mut self, index: usize) {
+        if index == 0 {
+            self.process_queue();
+        } else {
+            tracing::debug!(index, "notification for a queue the disk does not have");
+        }
+    }
+
+    fn init_host_events(&mut self, ops: &mut EventOps) {
+        let events = Events::with_data(&self.completion_evt, HOST_EVENT_BASE, EventSet::IN);
+        if let Err(e) = ops.add(events) {
+            tracing::error!(?e, id = %self.config.id, "cannot watch disk completions");
+        }
+    }
+
+    fn host_event(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == HOST_EVENT_BASE {
+            self.process_completions();
+        } else {
+            tracing::debug!(token = events.data(), "unknown disk event");
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Saving and restoring a disk. The queue and the transport's registers are saved by
+//! [`crate::virtio::mmio::MmioTransport::save`]; the disk saves what it was built from.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Block, BlockConfig, BlockError};
+
+/// A disk's saved state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockState {
+    pub config: BlockConfig,
+    /// The size the guest saw, in sectors; restore refuses an image of another size.
+    pub capacity: u64,
+}
+
+impl Block {
+    /// The disk's state. Requests in flight are finished and put on the used ring first,
+    /// so nothing is hidden inside the device; call this before the transport's `save` so
+    /// the saved queue includes them. The vCPUs must be paused.
+    pub fn save(&mut self) -> BlockState {
+        self.quiesce();
+        BlockState {
+            config: self.config().clone(),
+            capacity: self.capacity(),
+        }
+    }
+
+    /// Reopens (and relocks) the disk of `state`. If the device was active, the transport
+    /// then activates it with the restored queues and notifies it, which serves whatever
+    /// the driver made available before the save.
+    pub fn restore(state: &BlockState) -> Result<Self, BlockError> {
+        let block = Block::new(state.config.clone())?;
+        if block.capacity() != state.capacity {
+            return Err(BlockError::CapacityChanged {
+                path: state.config.path.clone(),
+                saved: state.capacity,
+                now: block.capacity(),
+            });
+        }
+        Ok(block)
+    }
+}
