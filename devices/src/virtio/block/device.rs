@@ -16,6 +16,7 @@ use super::queue::Active;
 use super::request::{DiskInfo, ID_BYTES};
 use super::worker::{Worker, WorkerEnv};
 use super::{BlockConfig, BlockError, QUEUE_SIZE};
+use crate::rate_limiter::{RateLimitConfig, RateLimiter};
 use crate::virtio::{features, ids, ActivateError, DeviceEnv, VirtioDevice, HOST_EVENT_BASE};
 
 const QUEUE_SIZES: &[u16] = &[QUEUE_SIZE];
@@ -31,13 +32,33 @@ pub struct Block {
     /// The I/O thread writes it once per finished request.
     completion_evt: EventFd,
     counters: Arc<Counters>,
+    limiter: RateLimiter,
     active: Option<Active>,
 }
+
+/// The event-loop token of the rate limiter's timer (the completion eventfd has
+/// `HOST_EVENT_BASE`).
+const LIMITER_TOKEN: u32 = HOST_EVENT_BASE + 1;
 
 impl Block {
     /// Opens and locks the disk image. The I/O thread starts when the driver activates the
     /// device.
     pub fn new(config: BlockConfig) -> Result<Self, BlockError> {
+        let limiter =
+            RateLimiter::new(config.rate_limiter.unwrap_or_default()).map_err(|source| {
+                BlockError::RateLimiter {
+                    id: config.id.clone(),
+                    source,
+                }
+            })?;
+        Self::with_limiter(config, limiter)
+    }
+
+    /// Opens the disk with a limiter already built (restore brings its budgets back).
+    pub(super) fn with_limiter(
+        config: BlockConfig,
+        limiter: RateLimiter,
+    ) -> Result<Self, BlockError> {
         if config.id.is_empty() || config.id.contains('\0') {
             return Err(BlockError::InvalidId {
                 id: config.id.clone(),
@@ -77,6 +98,7 @@ impl Block {
             avail_features,
             completion_evt,
             counters: Arc::default(),
+            limiter,
             active: None,
         })
     }
@@ -94,6 +116,26 @@ impl Block {
     /// The disk's counters.
     pub fn metrics(&self) -> BlockMetrics {
         self.counters.snapshot()
+    }
+
+    /// The rate limiter (its counters, its saved state).
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Replaces the rate limit while the disk runs; a queue the old limit held back is
+    /// served again when the limiter's timer fires.
+    pub fn update_rate_limiter(&mut self, config: RateLimitConfig) {
+        self.limiter.update(config);
+        self.config.rate_limiter = config.is_limited().then_some(config);
+    }
+
+    /// The limiter's timer fired: serve what it held back.
+    pub fn process_rate_limiter(&mut self) {
+        if let Err(e) = self.limiter.event_handler() {
+            tracing::debug!(%e, id = %self.config.id, "rate limiter event");
+        }
+        self.process_queue();
     }
 
     /// The eventfd the I/O thread signals when requests finish.
@@ -129,7 +171,7 @@ impl Block {
             readonly: self.config.readonly,
         };
         if let Some(active) = self.active.as_mut() {
-            active.process(info, &self.counters);
+            active.process(info, &self.counters, &mut self.limiter);
         }
     }
 }
@@ -201,6 +243,17 @@ impl VirtioDevice for Block {
         let _ = self.completion_evt.read();
     }
 
+    fn metrics(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self.metrics()).unwrap_or_default();
+        if let (Some(map), Ok(limiter)) = (
+            value.as_object_mut(),
+            serde_json::to_value(self.limiter.metrics()),
+        ) {
+            map.insert("rate_limiter".into(), limiter);
+        }
+        value
+    }
+
     fn queues(&self) -> Vec<&Queue> {
         self.active.iter().map(Active::queue).collect()
     }
@@ -218,11 +271,17 @@ impl VirtioDevice for Block {
         if let Err(e) = ops.add(events) {
             tracing::error!(?e, id = %self.config.id, "cannot watch disk completions");
         }
+        let timer = Events::with_data(&self.limiter, LIMITER_TOKEN, EventSet::IN);
+        if let Err(e) = ops.add(timer) {
+            tracing::error!(?e, id = %self.config.id, "cannot watch the rate limiter");
+        }
     }
 
     fn host_event(&mut self, events: Events, _ops: &mut EventOps) {
         if events.data() == HOST_EVENT_BASE {
             self.process_completions();
+        } else if events.data() == LIMITER_TOKEN {
+            self.process_rate_limiter();
         } else {
             tracing::debug!(token = events.data(), "unknown disk event");
         }

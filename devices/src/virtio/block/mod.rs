@@ -52,6 +52,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rate_limiter::RateLimitConfig;
+
 pub use device::Block;
 pub use metrics::BlockMetrics;
 pub use persist::BlockState;
@@ -76,6 +78,9 @@ pub struct BlockConfig {
     /// bytes); the id when not set.
     #[serde(default)]
     pub serial: Option<String>,
+    /// Bandwidth and operation limits (Firecracker's `rate_limiter` shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimitConfig>,
 }
 
 /// Why a disk could not be set up. Every variant except `EventFd` and `Thread` is a user
@@ -124,6 +129,13 @@ pub enum BlockError {
         path.display()
     )]
     CapacityChanged { path: PathBuf, saved: u64, now: u64 },
+    /// The rate limit is invalid, or its timer could not be created.
+    #[error("disk {id}: rate limit: {source}")]
+    RateLimiter {
+        id: String,
+        #[source]
+        source: crate::rate_limiter::RateLimiterError,
+    },
     /// The completion eventfd could not be created.
     #[error("cannot create an eventfd for disk {id}: {source}")]
     EventFd {

@@ -4,13 +4,16 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Block, BlockConfig, BlockError};
+use crate::rate_limiter::{RateLimiter, RateLimiterState};
 
 /// A disk's saved state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BlockState {
     pub config: BlockConfig,
     /// The size the guest saw, in sectors; restore refuses an image of another size.
     pub capacity: u64,
+    /// The rate limiter's budgets.
+    pub rate_limiter: RateLimiterState,
 }
 
 impl Block {
@@ -22,6 +25,7 @@ impl Block {
         BlockState {
             config: self.config().clone(),
             capacity: self.capacity(),
+            rate_limiter: self.rate_limiter().save(),
         }
     }
 
@@ -29,7 +33,13 @@ impl Block {
     /// then activates it with the restored queues and notifies it, which serves whatever
     /// the driver made available before the save.
     pub fn restore(state: &BlockState) -> Result<Self, BlockError> {
-        let block = Block::new(state.config.clone())?;
+        let limiter = RateLimiter::restore(&state.rate_limiter).map_err(|source| {
+            BlockError::RateLimiter {
+                id: state.config.id.clone(),
+                source,
+            }
+        })?;
+        let block = Block::with_limiter(state.config.clone(), limiter)?;
         if block.capacity() != state.capacity {
             return Err(BlockError::CapacityChanged {
                 path: state.config.path.clone(),

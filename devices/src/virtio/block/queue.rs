@@ -10,6 +10,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::metrics::{add, worth_logging, Counters};
 use super::request::{self, DiskInfo, Reason, Rejected, STATUS_IOERR};
 use super::worker::{Completion, Worker};
+use crate::rate_limiter::{RateLimiter, TokenType};
 use crate::virtio::DeviceEnv;
 
 /// A device the driver activated: its queue, its environment and its I/O thread.
@@ -33,6 +34,8 @@ enum Stop {
     Full,
     /// The queue cannot be used.
     Broken,
+    /// The rate limiter ran out; its timer serves the queue again.
+    Throttled,
 }
 
 impl Active {
@@ -57,7 +60,12 @@ impl Active {
 
     /// Serves the queue until it is empty (with notifications re-enabled), the in-flight
     /// bound is reached, or the queue turns out broken.
-    pub(super) fn process(&mut self, info: DiskInfo, counters: &Counters) {
+    pub(super) fn process(
+        &mut self,
+        info: DiskInfo,
+        counters: &Counters,
+        limiter: &mut RateLimiter,
+    ) {
         if self.broken {
             return;
         }
@@ -66,7 +74,7 @@ impl Active {
             if let Err(e) = self.queue.disable_notification(&self.env.mem) {
                 tracing::debug!(%e, "cannot disable queue notifications");
             }
-            match self.pop_requests(info, counters, &mut used) {
+            match self.pop_requests(info, counters, limiter, &mut used) {
                 Stop::Empty => match self.queue.enable_notification(&self.env.mem) {
                     // More chains arrived while notifications were off.
                     Ok(true) => continue,
@@ -76,7 +84,7 @@ impl Active {
                         break;
                     }
                 },
-                Stop::Full | Stop::Broken => break,
+                Stop::Full | Stop::Broken | Stop::Throttled => break,
             }
         }
         if used {
@@ -130,7 +138,13 @@ impl Active {
 
     /// Pops and dispatches chains until the ring is empty, the in-flight bound is reached,
     /// or the queue turns out broken. Sets `used` when a chain went on the used ring.
-    fn pop_requests(&mut self, info: DiskInfo, counters: &Counters, used: &mut bool) -> Stop {
+    fn pop_requests(
+        &mut self,
+        info: DiskInfo,
+        counters: &Counters,
+        limiter: &mut RateLimiter,
+        used: &mut bool,
+    ) -> Stop {
         loop {
             if self.in_flight >= self.queue.size() {
                 return Stop::Full;
@@ -153,9 +167,11 @@ impl Active {
             };
             match request::parse(chain, &self.env.mem, info) {
                 Ok(request) => {
-                    // A rate limiter goes here: if it refuses `request`, call
-                    // `self.queue.go_to_previous_position()`, drop `request` and return a
-                    // `Stop::Throttled`; its timer serves the queue again.
+                    if !admit(limiter, request.op.data_len()) {
+                        // The chain stays available; the limiter's timer serves it.
+                        self.queue.go_to_previous_position();
+                        return Stop::Throttled;
+                    }
                     match self.worker.submit(request) {
                         Ok(()) => self.in_flight += 1,
                         Err(request) => {
@@ -221,6 +237,18 @@ impl Active {
             }
         }
     }
+}
+
+/// Takes one operation and `bytes` from the limiter, or nothing if either is short.
+fn admit(limiter: &mut RateLimiter, bytes: u64) -> bool {
+    if !limiter.consume(1, TokenType::Ops) {
+        return false;
+    }
+    if bytes > 0 && !limiter.consume(bytes, TokenType::Bytes) {
+        limiter.manual_replenish(1, TokenType::Ops);
+        return false;
+    }
+    true
 }
 
 /// Counts a rejected chain and logs the first few.

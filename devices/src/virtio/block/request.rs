@@ -60,6 +60,16 @@ pub(super) enum Op {
 }
 
 impl Op {
+    /// Bytes the request moves between guest memory and the disk, for the bandwidth limit.
+    pub(super) fn data_len(&self) -> u64 {
+        match self {
+            Op::Read { data, .. } | Op::Write { data, .. } => {
+                data.iter().map(|s| u64::from(s.len)).sum()
+            }
+            _ => 0,
+        }
+    }
+
     /// The request type's name, for logs.
     pub(super) fn name(&self) -> &'static str {
         match self {

@@ -158,6 +158,7 @@ fn missing_image_is_an_open_error_naming_the_path() {
         id: "d".into(),
         readonly: false,
         serial: None,
+        rate_limiter: None,
     };
 
     let err = Block::new(config).err().expect("no such file");
@@ -212,6 +213,7 @@ fn config_reads_from_json_with_defaults_and_rejects_unknown_fields() {
             id: "root".into(),
             readonly: false,
             serial: None,
+            rate_limiter: None,
         }
     );
     let unknown = serde_json::from_str::<BlockConfig>(r#"{"path": "/d", "id": "r", "cache": 1}"#);

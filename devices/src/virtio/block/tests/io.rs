@@ -278,3 +278,45 @@ fn image_size_not_a_multiple_of_512_rounds_down() {
         (DISK..DISK + 100).map(pattern).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn ops_limit_holds_requests_back_until_the_timer_refills_the_bucket() {
+    use crate::rate_limiter::{RateLimitConfig, TokenBucketConfig};
+    let mem = guest_memory();
+    let image = Image::new(DISK);
+    let mut config = image.config(false);
+    // Two operations per 50 ms, no burst.
+    config.rate_limiter = Some(RateLimitConfig {
+        bandwidth: None,
+        ops: Some(TokenBucketConfig {
+            size: 2,
+            one_time_burst: 0,
+            refill_time: 50,
+        }),
+    });
+    let mut driver = Driver::new(&mem, config);
+    for sector in 0..5u64 {
+        driver.queue_request(VIRTIO_BLK_T_IN, sector, &[], 512);
+    }
+
+    // The bucket covers two; the rest stay on the available ring, in order.
+    assert_eq!(driver.run(2).len(), 2);
+    assert!(driver.block.rate_limiter().is_blocked());
+    assert_eq!(driver.block.metrics().read_ops, 2);
+
+    // Each timer expiry lets the next ones through, until all five are served.
+    while driver.block.metrics().read_ops < 5 {
+        wait_readable(driver.block.rate_limiter(), Duration::from_secs(5));
+        driver.block.process_rate_limiter();
+        driver.drain_completions();
+    }
+    let limiter = driver.block.rate_limiter().metrics();
+    assert_eq!(limiter.consumed_ops, 5);
+    assert!(limiter.throttled_ops_events >= 2, "{limiter:?}");
+    let used: Vec<u32> = driver.used_so_far().iter().map(|u| u.id()).collect();
+    assert_eq!(
+        used,
+        vec![0, 3, 6, 9, 12],
+        "served in the order made available"
+    );
+}

@@ -75,6 +75,7 @@ impl Image {
             id: "disk0".into(),
             readonly,
             serial: None,
+            rate_limiter: None,
         }
     }
 
@@ -264,6 +265,24 @@ impl<'a> Driver<'a> {
         used
     }
 
+    /// Serves whatever the I/O thread finished, without waiting.
+    fn drain_completions(&mut self) {
+        wait_readable(self.block.completion_evt(), Duration::from_millis(100));
+        self.block.process_completions();
+    }
+
+    /// Every chain the device has put on the used ring so far, in order.
+    fn used_so_far(&self) -> Vec<VirtqUsedElem> {
+        (0..self.used_idx())
+            .map(|i| {
+                let slot = u64::from(i % QSIZE);
+                self.mem
+                    .read_obj(GuestAddress(USED + 4 + 8 * slot))
+                    .unwrap()
+            })
+            .collect()
+    }
+
     /// Adds a standard request (header, optional device-readable data, optional
     /// device-writable data of `in_len` bytes, status) without notifying; returns the
     /// addresses of the data buffer and status byte.
@@ -348,7 +367,7 @@ fn segment(sector: u64, sectors: u32, flags: u32) -> Vec<u8> {
     seg
 }
 
-fn wait_readable(evt: &EventFd, timeout: Duration) {
+fn wait_readable(evt: &impl AsRawFd, timeout: Duration) {
     let mut pfd = libc::pollfd {
         fd: evt.as_raw_fd(),
         events: libc::POLLIN,
