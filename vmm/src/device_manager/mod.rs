@@ -34,7 +34,8 @@ pub enum DeviceError {
     #[error(transparent)]
     Alloc(#[from] allocator::AllocError),
     /// The host side of a device (its disk image, TAP or socket) could not be opened.
-    #[error("{kind} {id}: {reason}")]
+    /// The device's own error names the path, TAP or socket at fault.
+    #[error("{reason}")]
     Open {
         kind: &'static str,
         id: String,
