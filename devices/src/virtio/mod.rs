@@ -17,6 +17,7 @@ pub mod console;
 mod device;
 mod interrupt;
 pub mod mmio;
+pub mod net;
 mod queue;
 
 pub use device::{ActivateError, DeviceEnv, VirtioDevice, HOST_EVENT_BASE};

@@ -1,0 +1,47 @@
+//! Saving and restoring a network device.
+//!
+//! The transport saves the queues and the negotiated features; the device saves its
+//! configuration (with the MAC address in use, so a generated one survives) and the features
+//! it offered. A frame waiting in the device for receive buffers is not saved: it is lost, as
+//! a frame on a wire may be. Counters start again from zero.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Net, NetConfig, NetError};
+
+/// A network device's saved state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetState {
+    /// The configuration, with `mac` always set.
+    pub config: NetConfig,
+    /// The virtio-net features the device offered; the restored device offers the same.
+    pub avail_features: u64,
+}
+
+impl Net {
+    /// The device's state. The device must be quiescent (the VMM thread is the only one
+    /// touching it, vCPUs paused).
+    pub fn save(&self) -> NetState {
+        NetState {
+            config: self.config.clone(),
+            avail_features: self.avail_features,
+        }
+    }
+
+    /// A device as `state` describes it: reopens the TAP. The transport activates it again
+    /// with the restored queues.
+    pub fn restore(state: &NetState) -> Result<Self, NetError> {
+        let mut net = Net::new(state.config.clone())?;
+        let missing = state.avail_features & !net.avail_features;
+        if missing != 0 {
+            return Err(NetError::RestoreFeatures {
+                id: state.config.id.clone(),
+                tap: state.config.tap.clone(),
+                missing,
+            });
+        }
+        net.avail_features = state.avail_features;
+        Ok(net)
+    }
+}
