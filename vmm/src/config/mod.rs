@@ -7,9 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-mod devices;
+mod device_options;
 mod options;
-pub use devices::{parse_console, parse_disk, parse_net};
+pub use device_options::{parse_console, parse_disk, parse_net};
 pub use options::Options;
 
 /// The most vCPUs petrel starts: every APIC id must fit the MP table's 8-bit field, and
@@ -229,7 +229,7 @@ impl VmConfig {
         }
         memory::MemoryLayout::new(self.machine.memory.0)
             .map_err(|e| ConfigError::Memory(e.to_string()))?;
-        devices::validate(self)
+        device_options::validate(self)
     }
 
     /// The command line the guest gets.

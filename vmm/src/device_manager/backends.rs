@@ -27,7 +27,7 @@ pub fn open(config: &VmConfig) -> Result<Vec<(String, Box<dyn VirtioDevice>)>, D
         opened.push((disk.id.clone(), Box::new(block)));
     }
     for net in &config.nets {
-        let device = Net::new(net).map_err(|e| open_error("net", &net.id, e))?;
+        let device = Net::new(net.clone()).map_err(|e| open_error("net", &net.id, e))?;
         opened.push((net.id.clone(), Box::new(device)));
     }
     for console in &config.consoles {

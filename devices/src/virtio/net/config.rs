@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::rate_limiter::RateLimitConfig;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A network device as the user configures it.
@@ -16,6 +17,12 @@ pub struct NetConfig {
     /// The guest's MAC address; without one the device makes up a locally administered one.
     #[serde(default)]
     pub mac: Option<MacAddr>,
+    /// Limits on what the guest receives (Firecracker's `rx_rate_limiter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimitConfig>,
+    /// Limits on what the guest sends (Firecracker's `tx_rate_limiter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimitConfig>,
 }
 
 /// An Ethernet unicast MAC address, written `aa:bb:cc:dd:ee:ff`.

@@ -14,6 +14,7 @@ use super::rx::RxBuffers;
 use super::{
     LogLimit, MacAddr, NetConfig, NetError, NetMetrics, Tap, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
 };
+use crate::rate_limiter::{RateLimitConfig, RateLimiter, TokenType};
 use crate::virtio::{
     features, ids, ActivateError, DeviceEnv, Interrupt, VirtioDevice, HOST_EVENT_BASE,
 };
@@ -34,6 +35,36 @@ pub struct Net {
     pub(super) rx: RxBuffers,
     pub(super) metrics: NetMetrics,
     pub(super) log: LogLimit,
+    /// Limits frames to the guest and from the guest.
+    pub(super) rx_limiter: RateLimiter,
+    pub(super) tx_limiter: RateLimiter,
+}
+
+/// The event-loop tokens of the rate limiters' timers.
+const RX_LIMITER_EVENT: u32 = HOST_EVENT_BASE + 1;
+const TX_LIMITER_EVENT: u32 = HOST_EVENT_BASE + 2;
+
+/// The two limiters of a configuration.
+fn limiters(config: &NetConfig) -> Result<(RateLimiter, RateLimiter), NetError> {
+    let make = |c: Option<RateLimitConfig>| {
+        RateLimiter::new(c.unwrap_or_default()).map_err(|source| NetError::RateLimiter {
+            id: config.id.clone(),
+            source,
+        })
+    };
+    Ok((make(config.rx_rate_limiter)?, make(config.tx_rate_limiter)?))
+}
+
+/// Takes one frame of `bytes` from `limiter`, or nothing if either bucket is short.
+pub(super) fn admit(limiter: &mut RateLimiter, bytes: u64) -> bool {
+    if !limiter.consume(1, TokenType::Ops) {
+        return false;
+    }
+    if !limiter.consume(bytes, TokenType::Bytes) {
+        limiter.manual_replenish(1, TokenType::Ops);
+        return false;
+    }
+    true
 }
 
 /// What an activated device works with.
@@ -137,6 +168,7 @@ impl Net {
             id: config.id.clone(),
             source,
         })?;
+        let (rx_limiter, tx_limiter) = limiters(&config)?;
         let avail_features = features_for(tap.supported_offloads());
         tracing::info!(
             id = %config.id,
@@ -157,6 +189,8 @@ impl Net {
             rx: RxBuffers::new(),
             metrics: NetMetrics::default(),
             log: LogLimit::default(),
+            rx_limiter,
+            tx_limiter,
         })
     }
 
@@ -173,6 +207,36 @@ impl Net {
     /// The device's counters.
     pub fn metrics(&self) -> NetMetrics {
         self.metrics
+    }
+
+    /// The receive and transmit rate limiters.
+    pub fn rate_limiters(&self) -> (&RateLimiter, &RateLimiter) {
+        (&self.rx_limiter, &self.tx_limiter)
+    }
+
+    /// Replaces the rate limits while the device runs.
+    pub fn update_rate_limiters(&mut self, rx: RateLimitConfig, tx: RateLimitConfig) {
+        self.rx_limiter.update(rx);
+        self.tx_limiter.update(tx);
+        self.config.rx_rate_limiter = rx.is_limited().then_some(rx);
+        self.config.tx_rate_limiter = tx.is_limited().then_some(tx);
+    }
+
+    /// A limiter's timer fired: carry on with what it held back.
+    pub fn process_limiter_event(&mut self, token: u32) {
+        let (limiter, direction) = if token == RX_LIMITER_EVENT {
+            (&mut self.rx_limiter, RX_QUEUE)
+        } else {
+            (&mut self.tx_limiter, TX_QUEUE)
+        };
+        if let Err(e) = limiter.event_handler() {
+            tracing::debug!(%e, id = %self.config.id, "rate limiter event");
+        }
+        if direction == RX_QUEUE {
+            self.process_rx();
+        } else {
+            self.process_tx();
+        }
     }
 
     /// The TAP the device uses.
@@ -254,6 +318,21 @@ impl VirtioDevice for Net {
         }
     }
 
+    fn metrics(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self.metrics).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            for (name, limiter) in [
+                ("rx_rate_limiter", &self.rx_limiter),
+                ("tx_rate_limiter", &self.tx_limiter),
+            ] {
+                if let Ok(m) = serde_json::to_value(limiter.metrics()) {
+                    map.insert(name.into(), m);
+                }
+            }
+        }
+        value
+    }
+
     fn queues(&self) -> Vec<&Queue> {
         match &self.active {
             Some(active) => vec![&active.rx_queue, &active.tx_queue],
@@ -274,6 +353,14 @@ impl VirtioDevice for Net {
     }
 
     fn init_host_events(&mut self, ops: &mut EventOps) {
+        for (limiter, token) in [
+            (&self.rx_limiter, RX_LIMITER_EVENT),
+            (&self.tx_limiter, TX_LIMITER_EVENT),
+        ] {
+            if let Err(e) = ops.add(Events::with_data(limiter, token, EventSet::IN)) {
+                tracing::error!(id = %self.config.id, ?e, "cannot watch a rate limiter");
+            }
+        }
         // Edge-triggered: the device stops reading while the guest has no receive buffers, and
         // a level-triggered TAP would wake the loop again and again meanwhile. Every pass reads
         // until EAGAIN or until buffers run out, and the driver's next receive notification
@@ -294,6 +381,10 @@ impl VirtioDevice for Net {
     }
 
     fn host_event(&mut self, events: Events, _ops: &mut EventOps) {
+        if matches!(events.data(), RX_LIMITER_EVENT | TX_LIMITER_EVENT) {
+            self.process_limiter_event(events.data());
+            return;
+        }
         if events.data() != TAP_EVENT {
             tracing::debug!(id = %self.config.id, token = events.data(), "unknown host event");
             return;

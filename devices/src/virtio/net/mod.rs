@@ -78,6 +78,13 @@ pub enum NetError {
         tap: String,
         missing: u64,
     },
+    /// A rate limit is invalid, or its timer could not be created.
+    #[error("net device {id:?}: rate limit: {source}")]
+    RateLimiter {
+        id: String,
+        #[source]
+        source: crate::rate_limiter::RateLimiterError,
+    },
 }
 
 impl NetError {
@@ -89,6 +96,12 @@ impl NetError {
             NetError::Tap { source, .. } => source.is_user_error(),
             NetError::Random { .. } => false,
             NetError::RestoreFeatures { .. } => true,
+            NetError::RateLimiter { source, .. } => {
+                matches!(
+                    source,
+                    crate::rate_limiter::RateLimiterError::InvalidConfig(_)
+                )
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBU
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
+use super::device::admit;
 use super::device::{signal_used, Active};
 use super::{LogLimit, Net, NetMetrics, ETH_HLEN, MAX_PACKET_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 
@@ -91,6 +92,7 @@ impl Net {
             metrics,
             log,
             config,
+            rx_limiter,
             ..
         } = self;
         let Some(active) = active.as_mut() else {
@@ -141,8 +143,10 @@ impl Net {
                     }
                 },
             };
-            // A rate limiter checks here: refused, the frame stays pending and a timer resumes
-            // this loop.
+            if !admit(rx_limiter, (len - VNET_HDR_LEN) as u64) {
+                // The frame stays pending; the limiter's timer resumes this loop.
+                break;
+            }
             match place_frame(active, rx, len, &mut used, metrics, log, &config.id) {
                 Outcome::Delivered => {
                     rx.pending = None;

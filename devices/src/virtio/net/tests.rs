@@ -263,6 +263,8 @@ fn a_generated_mac_is_kept_in_the_config_and_the_saved_state() {
     in_netns(|| {
         let net = Net::new(NetConfig {
             mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
             ..config("ptgen")
         })
         .unwrap();

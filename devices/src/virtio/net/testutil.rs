@@ -258,6 +258,8 @@ pub fn config(tap: &str) -> NetConfig {
         tap: tap.to_string(),
         id: "net0".to_string(),
         mac: Some("02:00:00:00:00:01".parse().expect("test MAC")),
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
     }
 }
 

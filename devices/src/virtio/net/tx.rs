@@ -14,9 +14,10 @@
 use std::ptr;
 
 use memory::GuestMemoryMmap;
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryBackend;
 
+use super::device::admit;
 use super::device::{signal_used, Active};
 use super::rx::{add_used, next_chain};
 use super::{LogLimit, Net, NetMetrics, Tap, ETH_HLEN, MAX_PACKET_LEN, VNET_HDR_LEN};
@@ -49,6 +50,7 @@ impl Net {
             metrics,
             log,
             config,
+            tx_limiter,
             ..
         } = self;
         let Some(Active {
@@ -72,9 +74,15 @@ impl Net {
         let mut used = false;
         while let Some(chain) = next_chain(queue, mem, interrupt, log, id) {
             let head = chain.head_index();
-            // A rate limiter checks here: refused, `go_to_previous_position` puts the chain
-            // back and a timer resumes this loop.
-            match gather(chain, mem, &mut iov) {
+            let gathered = gather(chain, mem, &mut iov);
+            if let Ok((_, len)) = gathered {
+                if !admit(tx_limiter, (len - VNET_HDR_LEN) as u64) {
+                    // The chain stays available; the limiter's timer resumes this loop.
+                    queue.go_to_previous_position();
+                    break;
+                }
+            }
+            match gathered {
                 // SAFETY: `gather` filled `iov[..pieces]` with slices of guest memory, which
                 // `mem` (borrowed for this whole function) keeps mapped; the regions are plain
                 // mmaps, so the pointers need no guard.

@@ -106,6 +106,8 @@ fn save_and_restore_keep_the_mac_and_the_device_carries_on() {
         let mem = guest_memory();
         let mut net = Net::new(NetConfig {
             mac: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
             ..config(&host.name)
         })
         .unwrap();
