@@ -116,3 +116,88 @@ fn unknown_flags_are_refused_with_usage() {
     assert_eq!(out.status.code(), Some(2), "{out}");
     assert!(out.stderr.contains("--bogus"), "{out}");
 }
+
+#[test]
+fn missing_disk_image_is_named() {
+    refused(
+        &["--disk", "path=/nonexistent/disk.img"],
+        "/nonexistent/disk.img",
+    );
+}
+
+#[test]
+fn disk_image_locked_by_another_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("locked.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let holder = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    // SAFETY: `holder` is open and `lock` is a valid flock for F_OFD_SETLK.
+    let rc = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&holder),
+            libc::F_OFD_SETLK,
+            &lock,
+        )
+    };
+    assert_eq!(rc, 0);
+    refused(
+        &["--disk", &format!("path={}", img.display())],
+        "locked by another process",
+    );
+    drop(holder);
+}
+
+#[test]
+fn malformed_device_options_are_refused() {
+    refused(&["--disk", "path=/a,readonly=maybe"], "readonly=maybe");
+    refused(&["--disk", "path=/a,cache=none"], "unknown option cache");
+    refused(&["--disk", "readonly=on"], "path= is required");
+    refused(&["--disk", "path=/a,path=/b"], "path is given twice");
+    refused(&["--disk", "path=/a,rate=bw=fast"], "bw=fast");
+    refused(
+        &["--net", "tap=t0,mac=02:00:00:00:00"],
+        "mac=02:00:00:00:00",
+    );
+    refused(
+        &["--net", "tap=t0,mac=01:00:00:00:00:01"],
+        "mac=01:00:00:00:00:01",
+    );
+    refused(&["--console", "output=tty"], "tty");
+}
+
+#[test]
+fn duplicate_ids_and_shared_backends_are_refused() {
+    refused(
+        &["--disk", "path=/a,id=x", "--console", "id=x,output=none"],
+        "device id \"x\" is used twice",
+    );
+    refused(
+        &["--net", "tap=t0", "--net", "tap=t0"],
+        "TAP t0 is used twice",
+    );
+}
+
+#[test]
+fn bad_tap_name_is_refused() {
+    refused(&["--net", "tap=name-longer-than-15"], "name-longer-than-15");
+    refused(&["--net", "tap=a/b"], "a/b");
+}
+
+#[test]
+fn console_socket_in_a_missing_directory_is_refused() {
+    refused(
+        &["--console", "output=socket:/nonexistent/dir/c.sock"],
+        "/nonexistent/dir/c.sock",
+    );
+}

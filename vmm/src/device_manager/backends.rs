@@ -2,19 +2,20 @@
 //! backends. Everything here fails on the user's input (a path, a name, a permission), so
 //! errors carry the device's id and read as one line.
 
-use devices::virtio::block::Block;
-use devices::virtio::console::Console;
+use devices::virtio::block::{Block, BlockError};
+use devices::virtio::console::{Console, ConsoleError};
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
 
 use super::DeviceError;
 use crate::config::VmConfig;
 
-fn open_error(kind: &'static str, id: &str, e: impl std::fmt::Display) -> DeviceError {
+fn open_error(kind: &'static str, id: &str, e: impl std::fmt::Display, user: bool) -> DeviceError {
     DeviceError::Open {
         kind,
         id: id.to_string(),
         reason: e.to_string(),
+        user,
     }
 }
 
@@ -23,15 +24,24 @@ fn open_error(kind: &'static str, id: &str, e: impl std::fmt::Display) -> Device
 pub fn open(config: &VmConfig) -> Result<Vec<(String, Box<dyn VirtioDevice>)>, DeviceError> {
     let mut opened: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
     for disk in &config.disks {
-        let block = Block::new(disk.clone()).map_err(|e| open_error("disk", &disk.id, e))?;
+        let block = Block::new(disk.clone()).map_err(|e| {
+            let user = !matches!(e, BlockError::EventFd { .. } | BlockError::Thread { .. });
+            open_error("disk", &disk.id, e, user)
+        })?;
         opened.push((disk.id.clone(), Box::new(block)));
     }
     for net in &config.nets {
-        let device = Net::new(net.clone()).map_err(|e| open_error("net", &net.id, e))?;
+        let device = Net::new(net.clone()).map_err(|e| {
+            let user = e.is_user_error();
+            open_error("net", &net.id, e, user)
+        })?;
         opened.push((net.id.clone(), Box::new(device)));
     }
     for console in &config.consoles {
-        let device = Console::new(console).map_err(|e| open_error("console", &console.id, e))?;
+        let device = Console::new(console).map_err(|e| {
+            let user = !matches!(e, ConsoleError::EventFd { .. });
+            open_error("console", &console.id, e, user)
+        })?;
         opened.push((console.id.clone(), Box::new(device)));
     }
     Ok(opened)

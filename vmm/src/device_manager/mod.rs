@@ -40,6 +40,8 @@ pub enum DeviceError {
         kind: &'static str,
         id: String,
         reason: String,
+        /// Whether the user can fix it (a path, a name, a permission), or the host failed.
+        user: bool,
     },
     /// A virtio device could not be put on the machine.
     #[error("virtio device {id}: {reason}")]
@@ -122,9 +124,10 @@ impl DeviceError {
     /// Whether the user's input is at fault: an output file, a disk image, a TAP or a
     /// socket path that cannot be used, or more devices than the machine has room for.
     pub fn is_user_error(&self) -> bool {
-        matches!(
-            self,
-            DeviceError::Serial(_) | DeviceError::Alloc(_) | DeviceError::Open { .. }
-        )
+        match self {
+            DeviceError::Serial(_) | DeviceError::Alloc(_) => true,
+            DeviceError::Open { user, .. } => *user,
+            _ => false,
+        }
     }
 }
