@@ -172,7 +172,7 @@ impl PacketSocket {
                 continue;
             }
             let frame = &buf[..n as usize];
-            let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING as u8;
+            let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
             if !outgoing && from.sll_ifindex == self.ifindex && want(frame) {
                 return Some(frame.to_vec());
             }

@@ -19,10 +19,13 @@ fn open_error(kind: &'static str, id: &str, e: impl std::fmt::Display, user: boo
     }
 }
 
+/// A device opened on the host, with its id.
+pub type Opened = (String, Box<dyn VirtioDevice>);
+
 /// Every virtio device of `config` with its id: disks, then network interfaces, then
 /// consoles, each in the order given.
-pub fn open(config: &VmConfig) -> Result<Vec<(String, Box<dyn VirtioDevice>)>, DeviceError> {
-    let mut opened: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
+    let mut opened: Vec<Opened> = Vec::new();
     for disk in &config.disks {
         let block = Block::new(disk.clone()).map_err(|e| {
             let user = !matches!(e, BlockError::EventFd { .. } | BlockError::Thread { .. });
