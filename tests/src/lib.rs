@@ -36,6 +36,22 @@ pub fn kvm_available() -> bool {
     ok
 }
 
+/// Whether this process may create network namespaces and TAPs (root with `/dev/net/tun`).
+/// Without it, a test returns early outside CI and fails in CI.
+pub fn netns_available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = root && Path::new("/dev/net/tun").exists();
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "virtio-net tests need root and /dev/net/tun, and CI is set"
+        );
+        eprintln!("skipped: needs root and /dev/net/tun");
+    }
+    ok
+}
+
 /// The `petrel` binary, built with the same profile as this test (once per test process).
 pub fn petrel() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tests::netns::NetNs;
-use tests::{fnv1a64, kvm_available, petrel, test_guest, wait};
+use tests::{fnv1a64, kvm_available, netns_available, petrel, test_guest, wait};
 
 const MAC: [u8; 6] = [0x02, 0x50, 0x54, 0x52, 0x4c, 0x01];
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
@@ -32,7 +32,7 @@ fn host_frame() -> Vec<u8> {
 
 #[test]
 fn frames_cross_the_tap_byte_for_byte_in_both_directions() {
-    if !kvm_available() {
+    if !kvm_available() || !netns_available() {
         return;
     }
     let ns = NetNs::with_tap(&format!("petrel-t{}", std::process::id()), "ptap0");
