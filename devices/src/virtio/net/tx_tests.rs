@@ -1,11 +1,12 @@
 //! The transmit path, and save/restore: frames the test driver sends, arriving on the host
 //! side of the TAP.
 
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use super::testutil::*;
 use super::*;
-use crate::virtio::{features, VirtioDevice};
+use crate::virtio::{features, VirtioDevice, HOST_EVENT_BASE};
 
 const BROADCAST: [u8; 6] = [0xff; 6];
 
@@ -175,5 +176,67 @@ fn restore_refuses_a_tap_without_the_offloads_the_guest_may_use() {
             .expect("restored with impossible features");
         assert!(matches!(err, NetError::RestoreFeatures { .. }), "{err}");
         assert!(err.to_string().contains("ptrestore"));
+    });
+}
+
+#[test]
+fn tx_ops_limit_holds_frames_back_until_the_timer_fires() {
+    if !require_root("tx_ops_limit_holds_frames_back_until_the_timer_fires") {
+        return;
+    }
+    in_netns(|| {
+        use crate::rate_limiter::{RateLimitConfig, TokenBucketConfig};
+        let host = HostSide::new(&tap_name("txrl")).unwrap();
+        let mem = guest_memory();
+        let mut cfg = config(&host.name);
+        // One frame per 50 ms, no burst.
+        cfg.tx_rate_limiter = Some(RateLimitConfig {
+            bandwidth: None,
+            ops: Some(TokenBucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time: 50,
+            }),
+        });
+        let mut net = Net::new(cfg).unwrap();
+        host.up();
+        let rx = DriverQueue::new(&mem, RX_RING);
+        let mut tx = DriverQueue::new(&mem, TX_RING);
+        activate(&mut net, &mem, &rx, &tx, 0);
+        let frames: Vec<Vec<u8>> = (0..3).map(|i| frame(BROADCAST, 80, i)).collect();
+        for (i, f) in frames.iter().enumerate() {
+            let addr = BUFFERS + 0x1000 * i as u64;
+            let len = write_packet(&mem, addr, f);
+            tx.post(&[Buf(addr, len, false)]);
+        }
+        net.queue_notify(TX_QUEUE);
+
+        // The bucket lets one through; the others wait on the ring, in order.
+        assert_eq!(tx.take_used(), vec![(0, 0)]);
+        assert_eq!(
+            host.recv(Duration::from_secs(2)).as_deref(),
+            Some(&frames[0][..])
+        );
+        let mut sent = 1;
+        while sent < 3 {
+            let timer = net.rate_limiters().1.as_raw_fd();
+            assert!(
+                wait_readable(timer, Duration::from_secs(5)),
+                "the limiter's timer fired"
+            );
+            net.process_limiter_event(HOST_EVENT_BASE + 2);
+            for (head, _) in tx.take_used() {
+                assert_eq!(head as usize, sent);
+                assert_eq!(
+                    host.recv(Duration::from_secs(2)).as_deref(),
+                    Some(&frames[sent][..])
+                );
+                sent += 1;
+            }
+        }
+        let limiter = net.rate_limiters().1.metrics();
+        assert_eq!(limiter.consumed_ops, 3);
+        assert!(limiter.throttled_ops_events >= 2, "{limiter:?}");
+        assert_eq!(net.metrics().tx_frames, 3);
     });
 }
