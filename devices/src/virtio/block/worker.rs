@@ -31,7 +31,7 @@ pub(super) struct WorkerEnv {
     /// What GET_ID returns.
     pub id: [u8; ID_BYTES],
     pub counters: Arc<Counters>,
-    /// Written once per completion.
+    /// Written when completions are waiting (once per batch).
     pub done_evt: EventFd,
 }
 
@@ -99,8 +99,14 @@ impl Drop for Worker {
     }
 }
 
+/// Completions reported before the VMM thread is woken even if more requests are queued,
+/// so the guest sees early results of a long batch.
+const SIGNAL_EVERY: u32 = 16;
+
 fn run(env: WorkerEnv, jobs: Receiver<Request>, done: Sender<Completion>, cancel: Arc<AtomicBool>) {
-    for request in jobs.iter() {
+    let mut next = jobs.recv().ok();
+    let mut unsignalled = 0;
+    while let Some(request) = next.take() {
         let used_len = serve(&env, &request, &cancel);
         let completion = Completion {
             head: request.head,
@@ -110,8 +116,21 @@ fn run(env: WorkerEnv, jobs: Receiver<Request>, done: Sender<Completion>, cancel
             // The device is gone; nobody waits for completions.
             return;
         }
-        if let Err(e) = env.done_evt.write(1) {
-            tracing::error!(%e, "cannot signal a disk completion");
+        unsignalled += 1;
+        // One wake-up per batch: while more requests are queued, the VMM thread is told
+        // only every SIGNAL_EVERY completions; it is always told before this thread waits.
+        next = match jobs.try_recv() {
+            Ok(request) => Some(request),
+            Err(_) => None,
+        };
+        if next.is_none() || unsignalled >= SIGNAL_EVERY {
+            if let Err(e) = env.done_evt.write(1) {
+                tracing::error!(%e, "cannot signal a disk completion");
+            }
+            unsignalled = 0;
+        }
+        if next.is_none() {
+            next = jobs.recv().ok();
         }
     }
 }
