@@ -119,10 +119,7 @@ fn run(env: WorkerEnv, jobs: Receiver<Request>, done: Sender<Completion>, cancel
         unsignalled += 1;
         // One wake-up per batch: while more requests are queued, the VMM thread is told
         // only every SIGNAL_EVERY completions; it is always told before this thread waits.
-        next = match jobs.try_recv() {
-            Ok(request) => Some(request),
-            Err(_) => None,
-        };
+        next = jobs.try_recv().ok();
         if next.is_none() || unsignalled >= SIGNAL_EVERY {
             if let Err(e) = env.done_evt.write(1) {
                 tracing::error!(%e, "cannot signal a disk completion");
