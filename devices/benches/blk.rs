@@ -180,6 +180,7 @@ fn device_case(path: &Path, blocks: u64, op: Op, depth: usize, settings: &Settin
         mem: mem.clone(),
         interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("irqfd"))),
         acked_features: features::VERSION_1 | (1 << VIRTIO_BLK_F_FLUSH),
+        kicks: Default::default(),
     };
     dev.activate(vec![drv.ring.queue()], env).expect("activate");
     for slot in 0..depth {

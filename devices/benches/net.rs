@@ -281,6 +281,7 @@ fn setup() -> Result<Bench, String> {
             EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?,
         )),
         acked_features: features::VERSION_1 | (1 << VIRTIO_NET_F_MAC),
+        kicks: Default::default(),
     };
     let mut dev = Dev(net);
     dev.0

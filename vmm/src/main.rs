@@ -33,7 +33,10 @@ fn main() -> ExitCode {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PETREL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // virtio-queue logs malformed rings through `log` at error level; the guest
+        // controls those, so by default they stay off (petrel counts and logs them itself,
+        // rate-limited).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,virtio_queue=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,10 +1,12 @@
 //! The interface between a virtio device and its transport.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events};
 use memory::GuestMemoryMmap;
 use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::Interrupt;
 
@@ -21,6 +23,52 @@ pub struct DeviceEnv {
     pub interrupt: Arc<Interrupt>,
     /// The features the driver accepted.
     pub acked_features: u64,
+    /// The queues' notification eventfds, for a device to call itself back.
+    pub kicks: QueueKicks,
+}
+
+/// The most descriptor chains a device serves from one queue in one event-loop callback.
+/// A guest can keep a ring full forever; past this budget the device schedules itself
+/// again with [`QueueKicks::kick`] and returns, so the event loop (signals, the exit
+/// event, other devices) keeps running.
+pub const CHAINS_PER_PASS: usize = 256;
+
+/// The notification eventfds of a device's queues (shared with the transport).
+#[derive(Clone, Default)]
+pub struct QueueKicks(Arc<Vec<EventFd>>);
+
+impl QueueKicks {
+    /// Kicks for `evts`, one per queue.
+    pub fn new(evts: Arc<Vec<EventFd>>) -> Self {
+        QueueKicks(evts)
+    }
+
+    /// Makes the event loop call `queue_notify(index)` again, after what else is ready.
+    pub fn kick(&self, index: usize) {
+        if let Some(evt) = self.0.get(index) {
+            if let Err(e) = evt.write(1) {
+                tracing::error!(%e, index, "cannot reschedule a queue");
+            }
+        }
+    }
+}
+
+/// Gives `dyn VirtioDevice` a way back to its concrete type (for device-specific state,
+/// metrics and runtime updates).
+pub trait AsAny {
+    /// The device as `Any`.
+    fn as_any(&self) -> &dyn Any;
+    /// The device as mutable `Any`.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
 }
 
 /// Why a device could not start working with the queues the driver gave it.
@@ -34,9 +82,10 @@ pub enum ActivateError {
     Backend(String),
 }
 
-/// A virtio device, independent of its transport. Methods run on the VMM thread, except
-/// `read_config` and `write_config`, which run on the vCPU thread of the access.
-pub trait VirtioDevice: Send {
+/// A virtio device, independent of its transport. `queue_notify`, `init_host_events` and
+/// `host_event` run on the VMM thread; `read_config`, `write_config`, `activate` and `reset`
+/// run on the vCPU thread whose MMIO access caused them. All run with the transport locked.
+pub trait VirtioDevice: Send + AsAny {
     /// The virtio device id (see [`super::ids`]).
     fn device_type(&self) -> u32;
 
@@ -88,6 +137,10 @@ pub trait VirtioDevice: Send {
     fn metrics(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+
+    /// Finishes whatever the device has in flight (requests handed to an I/O thread) and
+    /// puts it on the used rings, so that saved queues hide nothing. The vCPUs are paused.
+    fn quiesce(&mut self) {}
 
     /// The device-specific config generation changes whenever the device changes its config
     /// space on its own (for example link status or console size).

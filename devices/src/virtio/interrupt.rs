@@ -45,6 +45,12 @@ impl Interrupt {
         self.signal_config_change();
     }
 
+    /// Sets DEVICE_NEEDS_RESET again after a restore, without a new interrupt (the saved
+    /// status already carries the one the driver has not acknowledged).
+    pub fn restore_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::Release);
+    }
+
     /// Whether the device asked for a reset.
     pub fn needs_reset(&self) -> bool {
         self.needs_reset.load(Ordering::Acquire)

@@ -20,7 +20,9 @@ pub mod mmio;
 pub mod net;
 mod queue;
 
-pub use device::{ActivateError, DeviceEnv, VirtioDevice, HOST_EVENT_BASE};
+pub use device::{
+    ActivateError, AsAny, DeviceEnv, QueueKicks, VirtioDevice, CHAINS_PER_PASS, HOST_EVENT_BASE,
+};
 pub use interrupt::Interrupt;
 pub use queue::QueueState;
 

@@ -159,7 +159,7 @@ impl Block {
 
     /// Waits for every request in flight and puts it on the used ring, so that nothing is
     /// left inside the device (for a save).
-    pub(super) fn quiesce(&mut self) {
+    pub(super) fn finish_in_flight(&mut self) {
         if let Some(active) = self.active.as_mut() {
             active.quiesce(&self.counters);
         }
@@ -241,6 +241,10 @@ impl VirtioDevice for Block {
             active.stop();
         }
         let _ = self.completion_evt.read();
+    }
+
+    fn quiesce(&mut self) {
+        self.finish_in_flight();
     }
 
     fn metrics(&self) -> serde_json::Value {

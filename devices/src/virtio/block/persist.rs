@@ -21,7 +21,7 @@ impl Block {
     /// so nothing is hidden inside the device; call this before the transport's `save` so
     /// the saved queue includes them. The vCPUs must be paused.
     pub fn save(&mut self) -> BlockState {
-        self.quiesce();
+        self.finish_in_flight();
         BlockState {
             config: self.config().clone(),
             capacity: self.capacity(),

@@ -11,7 +11,7 @@ use super::metrics::{add, worth_logging, Counters};
 use super::request::{self, DiskInfo, Reason, Rejected, STATUS_IOERR};
 use super::worker::{Completion, Worker};
 use crate::rate_limiter::{RateLimiter, TokenType};
-use crate::virtio::DeviceEnv;
+use crate::virtio::{DeviceEnv, CHAINS_PER_PASS};
 
 /// A device the driver activated: its queue, its environment and its I/O thread.
 pub(super) struct Active {
@@ -36,6 +36,8 @@ enum Stop {
     Broken,
     /// The rate limiter ran out; its timer serves the queue again.
     Throttled,
+    /// This pass served its budget of chains; a kick of the queue serves the rest.
+    Budget,
 }
 
 impl Active {
@@ -84,6 +86,10 @@ impl Active {
                         break;
                     }
                 },
+                Stop::Budget => {
+                    self.env.kicks.kick(0);
+                    break;
+                }
                 Stop::Full | Stop::Broken | Stop::Throttled => break,
             }
         }
@@ -145,7 +151,7 @@ impl Active {
         limiter: &mut RateLimiter,
         used: &mut bool,
     ) -> Stop {
-        loop {
+        for _ in 0..CHAINS_PER_PASS {
             if self.in_flight >= self.queue.size() {
                 return Stop::Full;
             }
@@ -189,6 +195,7 @@ impl Active {
                 }
             }
         }
+        Stop::Budget
     }
 
     /// Writes `code` as the status (if there is a status byte) and puts the chain on the

@@ -60,12 +60,14 @@ pub(super) enum Op {
 }
 
 impl Op {
-    /// Bytes the request moves between guest memory and the disk, for the bandwidth limit.
+    /// Bytes the request moves to or from the disk, for the bandwidth limit. Write-zeroes
+    /// counts the range it may write out; discard and flush move no data.
     pub(super) fn data_len(&self) -> u64 {
         match self {
             Op::Read { data, .. } | Op::Write { data, .. } => {
                 data.iter().map(|s| u64::from(s.len)).sum()
             }
+            Op::WriteZeroes { len, .. } => *len,
             _ => 0,
         }
     }

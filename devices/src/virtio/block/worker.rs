@@ -107,6 +107,11 @@ fn run(env: WorkerEnv, jobs: Receiver<Request>, done: Sender<Completion>, cancel
     let mut next = jobs.recv().ok();
     let mut unsignalled = 0;
     while let Some(request) = next.take() {
+        if cancel.load(Ordering::Acquire) {
+            // A reset: the device drops the queue, so queued requests are not carried out.
+            next = jobs.recv().ok();
+            continue;
+        }
         let used_len = serve(&env, &request, &cancel);
         let completion = Completion {
             head: request.head,

@@ -92,6 +92,7 @@ impl<'a> Driver<'a> {
             mem: self.mem.clone(),
             interrupt: self.interrupt.clone(),
             acked_features: features::COMMON | VIRTIO_CONSOLE_F_SIZE,
+            kicks: Default::default(),
         }
     }
 
@@ -312,6 +313,26 @@ fn write_only_or_outside_memory_transmit_chains_are_refused() {
         b"ok",
         "the device carries on"
     );
+}
+
+#[test]
+fn a_transmit_chain_repeating_memory_past_the_limit_is_refused() {
+    let dir = TempDir::new_with_prefix("/tmp/petrel-console").unwrap();
+    let path = dir.as_path().join("out.log");
+    let mem = memory();
+    let mut drv = Driver::new(&mem);
+    let mut console = Console::new(&config(ConsoleOutput::File(path.clone()))).unwrap();
+    drv.activate(&mut console);
+
+    // Eight descriptors over the same 256 KiB: 2 MiB of output from 256 KiB of memory.
+    let len = 256 << 10;
+    let addr = drv.buffer(16);
+    drv.add_chain(1, &[(addr, len, RO); 8]);
+    console.queue_notify(1);
+
+    assert_eq!(drv.used(1), vec![(0, 0)]);
+    assert_eq!(console.metrics().malformed, 1);
+    assert_eq!(std::fs::read(&path).unwrap(), b"");
 }
 
 #[test]

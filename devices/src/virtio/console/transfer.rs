@@ -4,13 +4,13 @@
 
 use memory::GuestMemoryMmap;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::backend::{Read, Write};
 use super::device::{Console, RX_QUEUE, TX_QUEUE};
 use super::{INPUT_BUFFER_SIZE, OUTPUT_BUFFER_SIZE};
-use crate::virtio::DeviceEnv;
+use crate::virtio::{DeviceEnv, CHAINS_PER_PASS};
 
 /// Bytes copied per step between guest memory and the backend.
 const CHUNK: usize = 4096;
@@ -26,7 +26,18 @@ enum Malformed {
     ReadOnly,
     #[error("buffer {addr:#x}+{len:#x} is outside guest memory")]
     OutOfRange { addr: u64, len: u32 },
+    #[error("transmit chain of {0} bytes is over the {MAX_TX_CHAIN} byte limit")]
+    TooLong(u64),
 }
+
+/// The most bytes one transmit chain may carry. Linux sends at most 32 KiB per buffer; a
+/// chain that repeats the same guest memory up to 4 GiB would make the VMM thread copy
+/// (and a file backend store) gigabytes per notification.
+const MAX_TX_CHAIN: u64 = 1 << 20;
+
+/// Passes over an available ring that popped nothing before the device stops looking: an
+/// index the queue cannot serve must not spin the event loop.
+const EMPTY_ROUNDS: u32 = 2;
 
 /// The buffers of `chain`, each checked to be inside guest memory and, if `writable`, to be
 /// device-writable, else device-readable.
@@ -69,20 +80,41 @@ fn signal_used(queue: &mut Queue, env: &DeviceEnv) {
 }
 
 /// After a pass over the available ring: re-enables notifications and says whether to go
-/// round again (buffers arrived meanwhile). An available index the queue cannot serve
-/// (nothing popped, yet not caught up) ends the pass instead of spinning.
-fn go_again(queue: &mut Queue, mem: &GuestMemoryMmap, popped: bool, id: &str) -> bool {
+/// round again (buffers arrived meanwhile). `empty_rounds` counts passes that popped
+/// nothing; after [`EMPTY_ROUNDS`] of them an available index the queue cannot serve ends
+/// the pass instead of spinning.
+fn go_again(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    popped: bool,
+    empty_rounds: &mut u32,
+    id: &str,
+) -> bool {
+    if !popped {
+        *empty_rounds += 1;
+    }
     match queue.enable_notification(mem) {
-        Ok(true) if popped => true,
+        Ok(true) if *empty_rounds < EMPTY_ROUNDS => true,
         Ok(true) => {
-            tracing::warn!(id, "console queue has an invalid available index");
+            tracing::debug!(id, "console queue has an invalid available index");
             false
         }
         Ok(false) => false,
         Err(e) => {
-            tracing::warn!(%e, id, "console queue ring is unreadable");
+            tracing::debug!(%e, id, "console queue ring is unreadable");
             false
         }
+    }
+}
+
+/// Puts a chain on the used ring; a head past the ring (a garbage available entry) is
+/// skipped so that virtio-queue does not log it once per chain.
+fn add_used(queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32, id: &str) {
+    if head >= queue.size() {
+        return;
+    }
+    if let Err(e) = queue.add_used(mem, head, len) {
+        tracing::debug!(%e, id, head, "console used ring");
     }
 }
 
@@ -147,20 +179,33 @@ impl Console {
             return;
         };
         let mut used = false;
-        loop {
+        let mut budget = CHAINS_PER_PASS;
+        let mut empty_rounds = 0;
+        'pass: loop {
             let mut popped = false;
             while let Some(chain) = active.tx.pop_descriptor_chain(&active.env.mem) {
+                if budget == 0 {
+                    // The rest waits for the next pass, after the event loop served others.
+                    active.tx.go_to_previous_position();
+                    active.env.kicks.kick(TX_QUEUE);
+                    break 'pass;
+                }
+                budget -= 1;
                 popped = true;
                 let head = chain.head_index();
                 if let Err(why) = self.transmit(&active.env.mem, chain) {
                     self.malformed(TX_QUEUE, &why);
                 }
-                if let Err(e) = active.tx.add_used(&active.env.mem, head, 0) {
-                    tracing::warn!(%e, id = self.config.id, "console transmitq used ring");
-                }
+                add_used(&mut active.tx, &active.env.mem, head, 0, &self.config.id);
                 used = true;
             }
-            if !go_again(&mut active.tx, &active.env.mem, popped, &self.config.id) {
+            if !go_again(
+                &mut active.tx,
+                &active.env.mem,
+                popped,
+                &mut empty_rounds,
+                &self.config.id,
+            ) {
                 break;
             }
         }
@@ -180,26 +225,38 @@ impl Console {
             return;
         };
         let mut used = false;
-        loop {
+        let mut budget = CHAINS_PER_PASS;
+        let mut empty_rounds = 0;
+        'pass: loop {
             let mut popped = false;
             while !self.input.is_empty() {
                 let Some(chain) = active.rx.pop_descriptor_chain(&active.env.mem) else {
                     break;
                 };
+                if budget == 0 {
+                    active.rx.go_to_previous_position();
+                    active.env.kicks.kick(RX_QUEUE);
+                    break 'pass;
+                }
+                budget -= 1;
                 popped = true;
                 let head = chain.head_index();
                 let len = self.receive(&active.env.mem, chain).unwrap_or_else(|why| {
                     self.malformed(RX_QUEUE, &why);
                     0
                 });
-                if let Err(e) = active.rx.add_used(&active.env.mem, head, len) {
-                    tracing::warn!(%e, id = self.config.id, "console receiveq used ring");
-                }
+                add_used(&mut active.rx, &active.env.mem, head, len, &self.config.id);
                 used = true;
             }
             // Out of buffers with input left: ask the driver to tell us when it posts more.
             if self.input.is_empty()
-                || !go_again(&mut active.rx, &active.env.mem, popped, &self.config.id)
+                || !go_again(
+                    &mut active.rx,
+                    &active.env.mem,
+                    popped,
+                    &mut empty_rounds,
+                    &self.config.id,
+                )
             {
                 break;
             }
@@ -217,7 +274,12 @@ impl Console {
         chain: DescriptorChain<&GuestMemoryMmap>,
     ) -> Result<(), Malformed> {
         let mut buf = [0u8; CHUNK];
-        for (addr, len) in buffers(mem, chain, false)? {
+        let bufs = buffers(mem, chain, false)?;
+        let total: u64 = bufs.iter().map(|&(_, len)| u64::from(len)).sum();
+        if total > MAX_TX_CHAIN {
+            return Err(Malformed::TooLong(total));
+        }
+        for (addr, len) in bufs {
             let mut done = 0usize;
             while done < len as usize {
                 let n = (len as usize - done).min(CHUNK);

@@ -6,7 +6,7 @@ use memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 
 use super::transport::{queue_events, MmioTransport};
-use crate::virtio::{status, DeviceEnv, Interrupt, QueueState, VirtioDevice};
+use crate::virtio::{features, status, Interrupt, QueueState, VirtioDevice};
 
 /// The transport's registers and queues. The device's own state is saved by the device.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +20,9 @@ pub struct MmioState {
     #[serde(default)]
     pub disabled_queues: u64,
     pub interrupt_status: u32,
+    /// The device had asked for a reset (DEVICE_NEEDS_RESET).
+    #[serde(default)]
+    pub needs_reset: bool,
     pub active: bool,
     pub queues: Vec<QueueState>,
 }
@@ -36,6 +39,11 @@ pub enum RestoreError {
         index: usize,
         source: virtio_queue::Error,
     },
+    /// The saved features are not ones the device offers.
+    #[error(
+        "saved features {acked:#x} are not a subset of the device's {offered:#x} with VERSION_1"
+    )]
+    Features { acked: u64, offered: u64 },
     /// The device refused the restored queues.
     #[error("device activation: {0}")]
     Activate(#[from] crate::virtio::ActivateError),
@@ -45,9 +53,12 @@ pub enum RestoreError {
 }
 
 impl MmioTransport {
-    /// The transport's state. The device must be quiescent (vCPUs paused, no request in
-    /// flight in a worker).
-    pub fn save(&self) -> MmioState {
+    /// The transport's state. The vCPUs must be paused; the device first finishes what it
+    /// has in flight, so the saved queues include it.
+    pub fn save(&mut self) -> MmioState {
+        if self.active {
+            self.device.quiesce();
+        }
         let queues = if self.active {
             self.device
                 .queues()
@@ -66,6 +77,7 @@ impl MmioTransport {
             queue_config_error: self.queue_config_error,
             disabled_queues: self.disabled_queues,
             interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset(),
             active: self.active,
             queues,
         }
@@ -81,6 +93,16 @@ impl MmioTransport {
         state: &MmioState,
     ) -> Result<Self, RestoreError> {
         let expected = device.queue_max_sizes().len();
+        let offered = device.avail_features();
+        if state.acked_features & !offered != 0
+            || (state.device_status & status::FEATURES_OK != 0
+                && state.acked_features & features::VERSION_1 == 0)
+        {
+            return Err(RestoreError::Features {
+                acked: state.acked_features,
+                offered,
+            });
+        }
         if state.queues.len() != expected {
             return Err(RestoreError::QueueCount {
                 saved: state.queues.len(),
@@ -97,6 +119,9 @@ impl MmioTransport {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let interrupt = Arc::new(Interrupt::with_status(irqfd, state.interrupt_status));
+        if state.needs_reset {
+            interrupt.restore_needs_reset();
+        }
         let mut transport = MmioTransport {
             queue_evts: queue_events(queues.len())?,
             device,
@@ -113,11 +138,7 @@ impl MmioTransport {
             disabled_queues: state.disabled_queues,
         };
         if state.active && state.device_status & status::DRIVER_OK != 0 {
-            let env = DeviceEnv {
-                mem: transport.mem.clone(),
-                interrupt: transport.interrupt.clone(),
-                acked_features: transport.acked_features,
-            };
+            let env = transport.device_env();
             transport.device.activate(queues, env)?;
             transport.active = true;
             // Buffers the driver made available while the VM was being saved are served now.

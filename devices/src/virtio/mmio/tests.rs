@@ -22,6 +22,7 @@ struct Recorder {
     notified: Vec<usize>,
     acked: u64,
     config: [u8; 8],
+    refuse: bool,
 }
 
 impl VirtioDevice for Recorder {
@@ -47,6 +48,9 @@ impl VirtioDevice for Recorder {
         }
     }
     fn activate(&mut self, queues: Vec<Queue>, env: DeviceEnv) -> Result<(), ActivateError> {
+        if self.refuse {
+            return Err(ActivateError::Backend("refused".into()));
+        }
         self.queues = queues;
         self.activations += 1;
         self.acked = env.acked_features;
@@ -74,9 +78,10 @@ fn transport() -> MmioTransport {
 }
 
 fn recorder(t: &MmioTransport) -> &Recorder {
-    // SAFETY: every transport in these tests wraps a `Recorder`, so the data pointer of the
-    // trait object points at one, live for as long as `t` is borrowed.
-    unsafe { &*(t.device() as *const dyn VirtioDevice as *const Recorder) }
+    t.device()
+        .as_any()
+        .downcast_ref()
+        .expect("these tests wrap a Recorder")
 }
 
 fn read(t: &mut MmioTransport, offset: u32) -> u32 {
@@ -325,7 +330,7 @@ fn save_and_restore_an_active_device_with_its_queues() {
     assert_eq!(state.interrupt_status, 1);
 
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-    let restored =
+    let mut restored =
         MmioTransport::restore(Box::<Recorder>::default(), memory(), irq, &state).unwrap();
     assert!(restored.is_active());
     let dev = recorder(&restored);
@@ -373,4 +378,40 @@ fn queue_ready_zero_on_a_running_device_reads_back_until_reset() {
     bring_up(&mut t);
     write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
     assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
+}
+
+#[test]
+fn a_device_that_refuses_activation_needs_reset_and_keeps_its_queue_setup() {
+    let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    let device = Recorder {
+        refuse: true,
+        ..Default::default()
+    };
+    let mut t = MmioTransport::new(Box::new(device), memory(), interrupt).unwrap();
+    bring_up(&mut t);
+    assert!(!t.is_active());
+    assert_ne!(t.device_status() & status::DEVICE_NEEDS_RESET, 0);
+    write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+    assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_READY), 1);
+    // A snapshot of it still has every queue, and restores.
+    let state = t.save();
+    assert_eq!(state.queues.len(), 2);
+    assert!(state.needs_reset);
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let restored =
+        MmioTransport::restore(Box::<Recorder>::default(), memory(), irq, &state).unwrap();
+    assert_ne!(restored.device_status() & status::DEVICE_NEEDS_RESET, 0);
+}
+
+#[test]
+fn restore_refuses_features_the_device_does_not_offer() {
+    let mut t = transport();
+    bring_up(&mut t);
+    let mut state = t.save();
+    state.acked_features |= 1 << 40;
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    assert!(matches!(
+        MmioTransport::restore(Box::<Recorder>::default(), memory(), irq, &state),
+        Err(RestoreError::Features { .. })
+    ));
 }

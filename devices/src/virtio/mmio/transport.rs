@@ -9,7 +9,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bus::BusDevice;
-use crate::virtio::{features, status, DeviceEnv, Interrupt, VirtioDevice};
+use crate::virtio::{features, status, DeviceEnv, Interrupt, QueueKicks, QueueState, VirtioDevice};
 
 /// Size of a device's MMIO window: the registers and up to 3.75 KiB of config space.
 pub const MMIO_SIZE: u64 = 0x1000;
@@ -28,7 +28,7 @@ pub struct MmioTransport {
     pub(super) interrupt: Arc<Interrupt>,
     /// The queues while the driver configures them; empty while the device owns them.
     pub(super) queues: Vec<Queue>,
-    pub(super) queue_evts: Vec<EventFd>,
+    pub(super) queue_evts: Arc<Vec<EventFd>>,
     pub(super) device_status: u32,
     pub(super) active: bool,
     pub(super) acked_features: u64,
@@ -52,8 +52,11 @@ pub(super) fn fresh_queues(device: &dyn VirtioDevice) -> Result<Vec<Queue>, virt
 }
 
 /// One non-blocking eventfd per queue, for the ioeventfds.
-pub(super) fn queue_events(count: usize) -> std::io::Result<Vec<EventFd>> {
-    (0..count).map(|_| EventFd::new(EFD_NONBLOCK)).collect()
+pub(super) fn queue_events(count: usize) -> std::io::Result<Arc<Vec<EventFd>>> {
+    (0..count)
+        .map(|_| EventFd::new(EFD_NONBLOCK))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Arc::new)
 }
 
 /// Errors creating a transport.
@@ -352,18 +355,31 @@ impl MmioTransport {
                 return;
             }
         }
-        let queues = std::mem::take(&mut self.queues);
-        let env = DeviceEnv {
-            mem: self.mem.clone(),
-            interrupt: self.interrupt.clone(),
-            acked_features: self.acked_features,
-        };
-        match self.device.activate(queues, env) {
+        // The device takes the queues; their configuration stays for the registers (and a
+        // snapshot) if it refuses them.
+        let saved: Vec<QueueState> = self.queues.iter().map(QueueState::of).collect();
+        let env = self.device_env();
+        match self.device.activate(std::mem::take(&mut self.queues), env) {
             Ok(()) => self.active = true,
             Err(e) => {
                 tracing::warn!(%e, device = self.device.device_type(), "activation failed");
                 self.interrupt.set_needs_reset();
+                let rebuilt: Result<Vec<Queue>, _> =
+                    saved.iter().map(QueueState::to_queue).collect();
+                self.queues = rebuilt
+                    .or_else(|_| fresh_queues(self.device.as_ref()))
+                    .unwrap_or_default();
             }
+        }
+    }
+
+    /// What the device works with once active.
+    pub(super) fn device_env(&self) -> DeviceEnv {
+        DeviceEnv {
+            mem: self.mem.clone(),
+            interrupt: self.interrupt.clone(),
+            acked_features: self.acked_features,
+            kicks: QueueKicks::new(self.queue_evts.clone()),
         }
     }
 
@@ -383,7 +399,7 @@ impl MmioTransport {
         self.queue_config_error = false;
         self.disabled_queues = 0;
         self.interrupt.reset();
-        for evt in &self.queue_evts {
+        for evt in self.queue_evts.iter() {
             let _ = evt.read();
         }
     }

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::rate_limiter::{RateLimitConfig, RateLimiter, TokenType};
 use crate::virtio::{
-    features, ids, ActivateError, DeviceEnv, Interrupt, VirtioDevice, HOST_EVENT_BASE,
+    features, ids, ActivateError, DeviceEnv, Interrupt, QueueKicks, VirtioDevice, HOST_EVENT_BASE,
 };
 
 /// The event-loop token of the TAP.
@@ -74,6 +74,8 @@ pub(super) struct Active {
     pub(super) acked_features: u64,
     pub(super) rx_queue: Queue,
     pub(super) tx_queue: Queue,
+    /// Reschedules a queue whose pass ran out of budget.
+    pub(super) kicks: QueueKicks,
 }
 
 const fn bit(feature: u32) -> u64 {
@@ -298,6 +300,7 @@ impl VirtioDevice for Net {
             mem: env.mem,
             interrupt: env.interrupt,
             acked_features: env.acked_features,
+            kicks: env.kicks,
             rx_queue,
             tx_queue,
         });

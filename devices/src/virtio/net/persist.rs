@@ -8,15 +8,19 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Net, NetConfig, NetError};
+use crate::rate_limiter::{RateLimiter, RateLimiterState};
 
 /// A network device's saved state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetState {
     /// The configuration, with `mac` always set.
     pub config: NetConfig,
     /// The virtio-net features the device offered; the restored device offers the same.
     pub avail_features: u64,
+    /// The rate limiters' budgets (so a one-time burst is not granted again).
+    pub rx_rate_limiter: RateLimiterState,
+    pub tx_rate_limiter: RateLimiterState,
 }
 
 impl Net {
@@ -26,6 +30,8 @@ impl Net {
         NetState {
             config: self.config.clone(),
             avail_features: self.avail_features,
+            rx_rate_limiter: self.rx_limiter.save(),
+            tx_rate_limiter: self.tx_limiter.save(),
         }
     }
 
@@ -42,6 +48,14 @@ impl Net {
             });
         }
         net.avail_features = state.avail_features;
+        let restore = |s: &RateLimiterState| {
+            RateLimiter::restore(s).map_err(|source| NetError::RateLimiter {
+                id: state.config.id.clone(),
+                source,
+            })
+        };
+        net.rx_limiter = restore(&state.rx_rate_limiter)?;
+        net.tx_limiter = restore(&state.tx_rate_limiter)?;
         Ok(net)
     }
 }

@@ -14,6 +14,8 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use super::device::admit;
 use super::device::{signal_used, Active};
 use super::{LogLimit, Net, NetMetrics, ETH_HLEN, MAX_PACKET_LEN, QUEUE_SIZE, VNET_HDR_LEN};
+use crate::rate_limiter::TokenType;
+use crate::virtio::CHAINS_PER_PASS;
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
@@ -103,7 +105,15 @@ impl Net {
             return;
         };
         let mut used = false;
+        let mut budget = CHAINS_PER_PASS;
         loop {
+            if budget == 0 {
+                // A flood from the TAP waits for the next pass, after the event loop served
+                // the others (the TAP is edge-triggered: the kick is what brings us back).
+                active.kicks.kick(super::RX_QUEUE);
+                break;
+            }
+            budget -= 1;
             let len = match rx.pending {
                 Some(len) => len,
                 None => match tap.read(&mut rx.packet) {
@@ -143,11 +153,18 @@ impl Net {
                     }
                 },
             };
-            if !admit(rx_limiter, (len - VNET_HDR_LEN) as u64) {
+            let frame_len = (len - VNET_HDR_LEN) as u64;
+            if !admit(rx_limiter, frame_len) {
                 // The frame stays pending; the limiter's timer resumes this loop.
                 break;
             }
-            match place_frame(active, rx, len, &mut used, metrics, log, &config.id) {
+            let outcome = place_frame(active, rx, len, &mut used, metrics, log, &config.id);
+            if !matches!(outcome, Outcome::Delivered) {
+                // Only delivered frames are charged.
+                rx_limiter.manual_replenish(1, TokenType::Ops);
+                rx_limiter.manual_replenish(frame_len, TokenType::Bytes);
+            }
+            match outcome {
                 Outcome::Delivered => {
                     rx.pending = None;
                     metrics.rx_frames += 1;
@@ -332,6 +349,11 @@ pub(super) fn add_used(
     log: &mut LogLimit,
     id: &str,
 ) {
+    // A head past the ring (a garbage available entry) cannot be used; checked here so
+    // virtio-queue does not log it once per chain.
+    if head >= queue.size() {
+        return;
+    }
     if let Err(e) = queue.add_used(mem, head, len) {
         if let Some(suppressed) = log.allow() {
             tracing::warn!(

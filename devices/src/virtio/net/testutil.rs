@@ -355,6 +355,7 @@ pub fn activate(
         mem: mem.clone(),
         interrupt: interrupt.clone(),
         acked_features: acked,
+        kicks: Default::default(),
     };
     net.activate(queues, env).expect("activate");
     interrupt

@@ -21,6 +21,7 @@ use super::device::admit;
 use super::device::{signal_used, Active};
 use super::rx::{add_used, next_chain};
 use super::{LogLimit, Net, NetMetrics, Tap, ETH_HLEN, MAX_PACKET_LEN, VNET_HDR_LEN};
+use crate::virtio::CHAINS_PER_PASS;
 
 /// Most pieces of guest memory one packet may be gathered from: a descriptor gives one, or
 /// two where it crosses from one guest memory region to the next.
@@ -57,6 +58,7 @@ impl Net {
             mem,
             tx_queue: queue,
             interrupt,
+            kicks,
             ..
         }) = active.as_mut()
         else {
@@ -72,7 +74,15 @@ impl Net {
         };
         let mut iov = [empty; MAX_IOVS];
         let mut used = false;
+        let mut budget = CHAINS_PER_PASS;
         while let Some(chain) = next_chain(queue, mem, interrupt, log, id) {
+            if budget == 0 {
+                // The rest waits for the next pass, after the event loop served the others.
+                queue.go_to_previous_position();
+                kicks.kick(super::TX_QUEUE);
+                break;
+            }
+            budget -= 1;
             let head = chain.head_index();
             let gathered = gather(chain, mem, &mut iov);
             if let Ok((_, len)) = gathered {

@@ -147,6 +147,7 @@ fn save_and_restore_keep_the_mac_and_the_device_carries_on() {
             mem: mem.clone(),
             interrupt,
             acked_features: features::VERSION_1,
+            kicks: Default::default(),
         };
         restored.activate(queues, env).unwrap();
         let second = frame(BROADCAST, 64, 5);
@@ -167,9 +168,14 @@ fn restore_refuses_a_tap_without_the_offloads_the_guest_may_use() {
         return;
     }
     in_netns(|| {
+        let unlimited = crate::rate_limiter::RateLimiter::new(Default::default())
+            .unwrap()
+            .save();
         let state = NetState {
             config: config("ptrestore"),
             avail_features: u64::MAX,
+            rx_rate_limiter: unlimited.clone(),
+            tx_rate_limiter: unlimited,
         };
         let err = Net::restore(&state)
             .err()

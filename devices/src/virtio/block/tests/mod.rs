@@ -124,6 +124,7 @@ impl<'a> Driver<'a> {
             mem: mem.clone(),
             interrupt: interrupt.clone(),
             acked_features: block.avail_features(),
+            kicks: Default::default(),
         };
         block.activate(vec![queue], env).unwrap();
         Driver {
@@ -155,6 +156,7 @@ impl<'a> Driver<'a> {
             mem: mem.clone(),
             interrupt: interrupt.clone(),
             acked_features: block.avail_features(),
+            kicks: Default::default(),
         };
         block.activate(vec![queue], env).unwrap();
         Driver {

@@ -60,7 +60,7 @@ fn save_finishes_requests_in_flight_onto_the_used_ring() {
 }
 
 #[test]
-fn reset_waits_for_requests_in_flight_and_the_disk_works_after_reactivation() {
+fn reset_stops_the_io_thread_quickly_and_the_disk_works_after_reactivation() {
     let mem = guest_memory();
     let image = Image::new(DISK);
     let mut driver = Driver::new(&mem, image.config(false));
@@ -78,13 +78,17 @@ fn reset_waits_for_requests_in_flight_and_the_disk_works_after_reactivation() {
     });
     driver.used_seen = 0;
     driver.next_desc = 0;
-    // The requests were finished (not abandoned halfway) before reset returned.
-    assert_eq!(driver.block.metrics().write_ops, 5);
-    assert_eq!(&image.contents()[..5 * 512], &[7u8; 5 * 512][..]);
+    // Requests the I/O thread had not started when the driver reset the device are not
+    // carried out (a reset must not wait for a queue's worth of slow I/O); the one it was
+    // on is finished whole, never torn.
+    let done = driver.block.metrics().write_ops as usize;
+    assert!(done <= 5);
+    let contents = image.contents();
+    assert_eq!(&contents[..done * 512], &vec![7u8; done * 512][..]);
 
-    let out = driver.read(0, 512);
+    let out = driver.write(0, &[9u8; 512]);
     assert_eq!(out.status, OK);
-    assert_eq!(out.data, vec![7u8; 512]);
+    assert_eq!(driver.read(0, 512).data, vec![9u8; 512]);
 }
 
 #[test]
