@@ -313,3 +313,36 @@ fn the_event_loop_wakes_for_the_tap_and_no_frame_is_left_behind() {
         assert_eq!(device.lock().unwrap().0.metrics().rx_frames, 5);
     });
 }
+
+#[test]
+fn a_frame_waiting_for_buffers_is_charged_to_the_rx_limit_once_when_delivered() {
+    with_device(
+        "a_frame_waiting_for_buffers_is_charged_to_the_rx_limit_once_when_delivered",
+        MRG_RXBUF,
+        |host, net, _, rx, _| {
+            use crate::rate_limiter::{RateLimitConfig, TokenBucketConfig};
+            let three_ops = RateLimitConfig {
+                bandwidth: None,
+                ops: Some(TokenBucketConfig {
+                    size: 3,
+                    one_time_burst: 0,
+                    refill_time: 10_000,
+                }),
+            };
+            net.update_rate_limiters(three_ops, RateLimitConfig::default());
+            rx.post(&[Buf(BUFFERS, BUF_LEN, true)]);
+            host.send(&frame(GUEST_MAC, 4000, 9));
+            tap_readable(net);
+            net.queue_notify(RX_QUEUE);
+            net.queue_notify(RX_QUEUE);
+            assert_eq!(rx.take_used(), vec![], "still waiting for room");
+
+            rx.post(&[Buf(BUFFERS + 0x1000, BUF_LEN, true)]);
+            net.queue_notify(RX_QUEUE);
+            assert_eq!(rx.take_used().len(), 2, "delivered, not throttled");
+            let limiter = net.rate_limiters().0.metrics();
+            assert_eq!(limiter.consumed_ops, 1, "{limiter:?}");
+            assert_eq!(limiter.throttled_ops_events, 0, "{limiter:?}");
+        },
+    );
+}
