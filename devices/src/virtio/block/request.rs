@@ -17,6 +17,7 @@
 use std::ops::Deref;
 
 use memory::GuestMemoryMmap;
+use smallvec::SmallVec;
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
@@ -40,6 +41,10 @@ const DWZ_SEGMENT_LEN: u64 = 16;
 /// Bytes of the id a GET_ID request returns.
 pub(super) const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 
+/// A request's data segments: inline for the usual few, so a request costs no heap
+/// allocation (it is built on the VMM thread and dropped on the I/O thread).
+pub(super) type Segments = SmallVec<[Segment; 4]>;
+
 /// A contiguous range of guest memory a request reads or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Segment {
@@ -51,10 +56,10 @@ pub(super) struct Segment {
 /// within the disk.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Op {
-    Read { offset: u64, data: Vec<Segment> },
-    Write { offset: u64, data: Vec<Segment> },
+    Read { offset: u64, data: Segments },
+    Write { offset: u64, data: Segments },
     Flush,
-    GetId { data: Vec<Segment> },
+    GetId { data: Segments },
     Discard { offset: u64, len: u64 },
     WriteZeroes { offset: u64, len: u64, unmap: bool },
 }
@@ -148,7 +153,7 @@ where
         status,
         reason,
     };
-    let mut descs = Vec::new();
+    let mut descs: SmallVec<[_; 8]> = SmallVec::new();
     for desc in chain {
         if descs.len() == MAX_DESCRIPTORS {
             return Err(reject(None, Reason::Malformed("too many descriptors")));
@@ -183,8 +188,8 @@ where
     };
     let fail = |reason| Err(reject(Some(status), reason));
 
-    let mut readable = Vec::new();
-    let mut writable = Vec::new();
+    let mut readable = Segments::new();
+    let mut writable = Segments::new();
     for desc in &descs {
         if desc.len() == 0 {
             continue;
@@ -315,9 +320,9 @@ pub(super) fn total_len(segs: &[Segment]) -> u64 {
 }
 
 /// The first `at` bytes of `segs` and the rest.
-fn split_at(segs: &[Segment], at: u64) -> (Vec<Segment>, Vec<Segment>) {
-    let mut head = Vec::new();
-    let mut tail = Vec::new();
+fn split_at(segs: &[Segment], at: u64) -> (Segments, Segments) {
+    let mut head = Segments::new();
+    let mut tail = Segments::new();
     let mut left = at;
     for &seg in segs {
         let len = u64::from(seg.len);
