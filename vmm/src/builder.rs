@@ -20,6 +20,7 @@ use vm_memory::GuestAddress;
 
 use crate::arch::x86_64::{bootparams, layout, mptable, regs};
 use crate::config::{ConfigError, SerialOutput, VmConfig};
+use crate::control::ControlQueue;
 use crate::device_manager::allocator::ResourceAllocator;
 use crate::device_manager::virtio::{self, PlannedDevice};
 use crate::device_manager::{DeviceError, DeviceManager};
@@ -127,10 +128,12 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
             mmio: Arc::new(devices.mmio),
             exit,
             stop: Arc::new(AtomicBool::new(false)),
+            pause: Arc::default(),
         },
         event_manager,
         terminal,
         virtio: devices.virtio,
+        control: Some(ControlQueue::new().map_err(io_err("cannot create the control queue"))?),
         vm,
         memory: mem,
     })

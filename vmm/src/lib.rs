@@ -5,6 +5,7 @@ pub mod arch;
 pub mod builder;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod device_manager;
 pub mod loader;
 pub mod machine;

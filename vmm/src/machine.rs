@@ -10,6 +10,7 @@ use kvm_ioctls::VmFd;
 use memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
+use crate::control::{ControlHandle, ControlQueue};
 use crate::device_manager::virtio::VirtioHandle;
 use crate::stdin::RawTerminal;
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuHandle};
@@ -32,6 +33,10 @@ impl MutEventSubscriber for ExitWatcher {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Errors running the machine.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -51,6 +56,7 @@ pub struct Machine {
     pub(crate) event_manager: EventManager<Subscriber>,
     pub(crate) terminal: Option<RawTerminal>,
     pub(crate) virtio: Vec<VirtioHandle>,
+    pub(crate) control: Option<ControlQueue>,
     pub(crate) vm: VmFd,
     pub(crate) memory: GuestMemoryMmap,
 }
@@ -62,22 +68,28 @@ impl Machine {
         self.event_manager
             .add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
 
-        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpus.len());
+        let handles: Arc<Mutex<Vec<VcpuHandle>>> = Arc::default();
         let mut result = Ok(());
         for vcpu in self.vcpus.drain(..) {
             match vcpu.start(self.ctx.clone()) {
-                Ok(h) => handles.push(h),
+                Ok(h) => lock(&handles).push(h),
                 Err(e) => {
                     result = Err(RunError::from(e));
                     break;
                 }
             }
         }
+        if let Some(control) = self.control.take() {
+            let handler = control.into_handler(handles.clone(), self.ctx.pause.clone());
+            self.event_manager
+                .add_subscriber(Arc::new(Mutex::new(handler)));
+        }
         while result.is_ok() && exit.reason().is_none() {
             if let Err(e) = self.event_manager.run() {
                 result = Err(RunError::EventLoop(e));
             }
         }
+        let handles = std::mem::take(&mut *lock(&handles));
         self.stop_vcpus(handles);
         self.log_metrics();
         result?;
@@ -89,6 +101,7 @@ impl Machine {
     /// Stops and joins every vCPU thread.
     fn stop_vcpus(&self, handles: Vec<VcpuHandle>) {
         self.ctx.stop.store(true, Ordering::Release);
+        self.ctx.pause.wake_all();
         for h in &handles {
             h.kick();
         }
@@ -107,6 +120,17 @@ impl Machine {
             let metrics = transport.device().metrics();
             tracing::info!(target: "petrel::metrics", "device={} {metrics}", handle.id);
         }
+    }
+
+    /// A handle to pause and resume the machine from another thread while it runs.
+    /// `None` once `run` has started.
+    pub fn control(&self) -> Option<ControlHandle> {
+        self.control.as_ref().map(ControlQueue::handle)
+    }
+
+    /// The signal that stops the machine, for other threads.
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        self.ctx.exit.clone()
     }
 
     /// The guest's memory.

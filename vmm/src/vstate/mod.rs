@@ -1,4 +1,5 @@
 //! KVM state: the VM (memory slots, irqchip, PIT) and the vCPUs with their threads.
 
+pub mod pause;
 pub mod vcpu;
 pub mod vm;

@@ -89,6 +89,8 @@ pub struct VcpuContext {
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitSignal>,
     pub stop: Arc<AtomicBool>,
+    /// Where the vCPUs wait while the VM is paused.
+    pub pause: Arc<super::pause::PauseGate>,
 }
 
 /// A configured vCPU, ready to run.
@@ -170,6 +172,7 @@ impl Vcpu {
     /// Runs until the VM stops. Returns why, when this vCPU is the reason.
     fn run_loop(&mut self, ctx: &VcpuContext) -> Option<VmExit> {
         loop {
+            ctx.pause.park_if_requested(&ctx.stop);
             if ctx.stop.load(Ordering::Acquire) {
                 return None;
             }
@@ -273,6 +276,11 @@ impl VcpuHandle {
         if let Err(e) = self.thread.kill(kick_signal()) {
             tracing::warn!(id = self.id, %e, "cannot kick vCPU thread");
         }
+    }
+
+    /// Whether the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
     }
 
     /// Waits for the thread to end.

@@ -8,6 +8,7 @@ mod blk;
 mod blkrate;
 mod boot;
 mod console;
+mod count;
 mod crash;
 mod demo;
 mod machine;
@@ -61,6 +62,11 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "triplefault",
         run: crash::triple_fault,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "count",
+        run: count::run,
         exit: Exit::Reset,
     },
     Scenario {
