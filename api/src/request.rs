@@ -1,0 +1,81 @@
+//! What the API thread hands to the VMM thread, and what comes back.
+//!
+//! The API thread parses and validates a request into an [`ApiRequest`] and sends it with a
+//! fresh reply channel; the VMM thread carries it out and answers with an [`ApiResponse`].
+
+use crate::types::{
+    ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
+    Metrics, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams, SnapshotLoadParams,
+    VmState, Vsock,
+};
+
+/// A validated request for the VMM thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// `GET /`: reply `Json(InstanceInfo)`.
+    GetInstanceInfo,
+    /// `PUT /boot-source`.
+    PutBootSource(BootSource),
+    /// `GET /machine-config`: reply `Json(MachineConfig)`.
+    GetMachineConfig,
+    /// `PUT /machine-config`.
+    PutMachineConfig(MachineConfig),
+    /// `PATCH /machine-config`.
+    PatchMachineConfig(MachineConfigPatch),
+    /// `PUT /drives/{drive_id}`; the id equals the path's.
+    PutDrive(Drive),
+    /// `PATCH /drives/{drive_id}`.
+    PatchDrive(DrivePatch),
+    /// `PUT /network-interfaces/{iface_id}`.
+    PutNetworkInterface(NetworkInterface),
+    /// `PATCH /network-interfaces/{iface_id}`.
+    PatchNetworkInterface(NetworkInterfacePatch),
+    /// `PUT /consoles/{id}` (petrel's).
+    PutConsole(Console),
+    /// `PUT /vsock`.
+    PutVsock(Vsock),
+    /// `PUT /actions`.
+    Action(ActionType),
+    /// `PATCH /vm`.
+    PatchVm(VmState),
+    /// `GET /vm/config`: reply `Json` of the whole configuration.
+    GetVmConfig,
+    /// `GET /metrics` (petrel's): reply `Text` in Prometheus format.
+    GetMetrics,
+    /// `PUT /metrics`.
+    PutMetrics(Metrics),
+    /// `PUT /logger`.
+    PutLogger(Logger),
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoadParams),
+}
+
+/// The VMM thread's answer to an [`ApiRequest`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApiResponse {
+    /// 204 with no body.
+    NoContent,
+    /// 200 with a JSON body.
+    Json(serde_json::Value),
+    /// 200 with a `text/plain; version=0.0.4` body (Prometheus exposition format).
+    Text(String),
+    /// An error: `status` (4xx or 5xx) with `{"fault_message": ...}`.
+    Error {
+        /// HTTP status code.
+        status: u16,
+        /// What went wrong, naming the field or state at fault.
+        fault_message: String,
+    },
+}
+
+impl ApiResponse {
+    /// An error reply.
+    pub fn error(status: u16, fault_message: impl Into<String>) -> Self {
+        ApiResponse::Error {
+            status,
+            fault_message: fault_message.into(),
+        }
+    }
+}

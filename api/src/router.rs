@@ -1,0 +1,247 @@
+//! Routing: turns a method, a path and a body into an [`ApiRequest`], on the API thread.
+//!
+//! Everything that can be checked without the VMM is checked here: the route, the method,
+//! the JSON body (unknown fields are rejected), path ids and their match with the body.
+
+use serde::de::DeserializeOwned;
+
+use crate::request::{ApiRequest, ApiResponse};
+use crate::types::{
+    BootSource, Console, Drive, DrivePatch, InstanceActionInfo, Logger, MachineConfig,
+    MachineConfigPatch, Metrics, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams,
+    SnapshotLoadParams, Vm, Vsock,
+};
+
+/// Every route and its methods. `{id}` stands for one path segment.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/", &["GET"]),
+    ("/openapi.json", &["GET"]),
+    ("/boot-source", &["PUT"]),
+    ("/machine-config", &["GET", "PUT", "PATCH"]),
+    ("/drives/{drive_id}", &["PUT", "PATCH"]),
+    ("/network-interfaces/{iface_id}", &["PUT", "PATCH"]),
+    ("/consoles/{id}", &["PUT"]),
+    ("/vsock", &["PUT"]),
+    ("/actions", &["PUT"]),
+    ("/vm", &["PATCH"]),
+    ("/vm/config", &["GET"]),
+    ("/snapshot/create", &["PUT"]),
+    ("/snapshot/load", &["PUT"]),
+    ("/logger", &["PUT"]),
+    ("/metrics", &["GET", "PUT"]),
+];
+
+/// Longest id accepted in a path.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Where a request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// To the VMM thread.
+    Vmm(Box<ApiRequest>),
+    /// Answered by the API thread itself with the OpenAPI document.
+    OpenApi,
+}
+
+/// Whether `id` is 1 to 64 characters of `[A-Za-z0-9_-]`.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiResponse {
+    ApiResponse::error(400, msg)
+}
+
+/// Matches `path` against a template; on a match returns the `{...}` segment, if any.
+fn match_template<'a>(template: &str, path: &'a str) -> Option<Option<&'a str>> {
+    let mut id = None;
+    let mut t = template.split('/');
+    let mut p = path.split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return Some(id),
+            (Some(ts), Some(ps)) if ts.starts_with('{') => id = Some(ps),
+            (Some(ts), Some(ps)) if ts == ps => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Parses a JSON body, naming the field at fault in the error.
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad_request(
+            "missing request body: this request needs a JSON body",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let kind = if inner.is_data() {
+            "invalid request body"
+        } else {
+            "malformed JSON in request body"
+        };
+        if path == "." || path.is_empty() {
+            bad_request(format!("{kind}: {inner}"))
+        } else {
+            bad_request(format!("{kind}: field `{path}`: {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| bad_request(format!("malformed JSON in request body: {e}")))?;
+    Ok(value)
+}
+
+fn path_id<'a>(field: &str, id: Option<&'a str>) -> Result<&'a str, ApiResponse> {
+    let id = id.unwrap_or_default();
+    if is_valid_id(id) {
+        Ok(id)
+    } else {
+        Err(bad_request(format!(
+            "invalid {field} `{}` in path: it must be 1 to {MAX_ID_LEN} characters of A-Z, a-z, 0-9, `_` and `-`",
+            id.escape_default()
+        )))
+    }
+}
+
+fn same_id(field: &str, path: &str, body: &str) -> Result<(), ApiResponse> {
+    if path == body {
+        Ok(())
+    } else {
+        Err(bad_request(format!(
+            "{field} in the body (`{}`) does not match the one in the path (`{path}`)",
+            body.escape_default()
+        )))
+    }
+}
+
+/// Routes a request. `path` excludes the query string. Errors are ready-made replies (400,
+/// 404 or 405).
+pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, ApiResponse> {
+    use ApiRequest as R;
+    let Some((template, methods, id)) = ROUTES
+        .iter()
+        .find_map(|(t, m)| match_template(t, path).map(|id| (*t, *m, id)))
+    else {
+        return Err(ApiResponse::error(
+            404,
+            format!("no such route: `{}`", path.escape_default()),
+        ));
+    };
+    let req = match (template, method) {
+        ("/", "GET") => R::GetInstanceInfo,
+        ("/openapi.json", "GET") => return Ok(Routed::OpenApi),
+        ("/boot-source", "PUT") => R::PutBootSource(parse::<BootSource>(body)?),
+        ("/machine-config", "GET") => R::GetMachineConfig,
+        ("/machine-config", "PUT") => R::PutMachineConfig(parse::<MachineConfig>(body)?),
+        ("/machine-config", "PATCH") => R::PatchMachineConfig(parse::<MachineConfigPatch>(body)?),
+        ("/drives/{drive_id}", "PUT") => {
+            let id = path_id("drive_id", id)?;
+            let drive = parse::<Drive>(body)?;
+            same_id("drive_id", id, &drive.drive_id)?;
+            R::PutDrive(drive)
+        }
+        ("/drives/{drive_id}", "PATCH") => {
+            let id = path_id("drive_id", id)?;
+            let patch = parse::<DrivePatch>(body)?;
+            same_id("drive_id", id, &patch.drive_id)?;
+            R::PatchDrive(patch)
+        }
+        ("/network-interfaces/{iface_id}", "PUT") => {
+            let id = path_id("iface_id", id)?;
+            let iface = parse::<NetworkInterface>(body)?;
+            same_id("iface_id", id, &iface.iface_id)?;
+            R::PutNetworkInterface(iface)
+        }
+        ("/network-interfaces/{iface_id}", "PATCH") => {
+            let id = path_id("iface_id", id)?;
+            let patch = parse::<NetworkInterfacePatch>(body)?;
+            same_id("iface_id", id, &patch.iface_id)?;
+            R::PatchNetworkInterface(patch)
+        }
+        ("/consoles/{id}", "PUT") => {
+            let id = path_id("id", id)?;
+            let console = parse::<Console>(body)?;
+            same_id("id", id, &console.id)?;
+            R::PutConsole(console)
+        }
+        ("/vsock", "PUT") => R::PutVsock(parse::<Vsock>(body)?),
+        ("/actions", "PUT") => R::Action(parse::<InstanceActionInfo>(body)?.action_type),
+        ("/vm", "PATCH") => R::PatchVm(parse::<Vm>(body)?.state),
+        ("/vm/config", "GET") => R::GetVmConfig,
+        ("/snapshot/create", "PUT") => R::CreateSnapshot(parse::<SnapshotCreateParams>(body)?),
+        ("/snapshot/load", "PUT") => R::LoadSnapshot(parse::<SnapshotLoadParams>(body)?),
+        ("/logger", "PUT") => R::PutLogger(parse::<Logger>(body)?),
+        ("/metrics", "GET") => R::GetMetrics,
+        ("/metrics", "PUT") => R::PutMetrics(parse::<Metrics>(body)?),
+        _ => {
+            return Err(ApiResponse::error(
+                405,
+                format!(
+                    "method {method} is not allowed on {template}; allowed: {}",
+                    methods.join(", ")
+                ),
+            ))
+        }
+    };
+    Ok(Routed::Vmm(Box::new(req)))
+}
+
+/// The methods allowed on `path`, if it is a route.
+pub fn allowed_methods(path: &str) -> Option<&'static [&'static str]> {
+    ROUTES
+        .iter()
+        .find(|(t, _)| match_template(t, path).is_some())
+        .map(|(_, m)| *m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(is_valid_id("rootfs"));
+        assert!(is_valid_id("a-B_9"));
+        assert!(is_valid_id(&"x".repeat(64)));
+        assert!(!is_valid_id(&"x".repeat(65)));
+        assert!(!is_valid_id(""));
+        for bad in ["a.b", "a/b", "a b", "é", "a%20", "a\0"] {
+            assert!(!is_valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn templates() {
+        assert_eq!(match_template("/", "/"), Some(None));
+        assert_eq!(match_template("/vm", "/vm/config"), None);
+        assert_eq!(
+            match_template("/drives/{drive_id}", "/drives/a"),
+            Some(Some("a"))
+        );
+        assert_eq!(match_template("/drives/{drive_id}", "/drives"), None);
+        assert_eq!(allowed_methods("/metrics"), Some(&["GET", "PUT"][..]));
+        assert_eq!(allowed_methods("/nope"), None);
+    }
+
+    #[test]
+    fn errors_are_ready_replies() {
+        let status = |r: Result<Routed, ApiResponse>| match r {
+            Err(ApiResponse::Error { status, .. }) => status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(route("GET", "/x", b"")), 404);
+        assert_eq!(status(route("DELETE", "/vm", b"")), 405);
+        assert_eq!(status(route("PUT", "/vsock", b"[]")), 400);
+        assert_eq!(route("GET", "/openapi.json", b""), Ok(Routed::OpenApi));
+        assert_eq!(
+            route("GET", "/", b"ignored"),
+            Ok(Routed::Vmm(Box::new(ApiRequest::GetInstanceInfo)))
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! One HTTP request on the API thread: read the body within limits, route it, carry it to
+//! the VMM thread and turn the answer into an HTTP response.
+
+use std::convert::Infallible;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::openapi::OPENAPI_JSON;
+use crate::request::{ApiRequest, ApiResponse};
+use crate::router::{allowed_methods, route, Routed};
+use crate::server::RequestSender;
+use crate::types::ApiError;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Time allowed to read a request body once the headers are in.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every connection task shares.
+pub struct Shared {
+    /// Where requests for the VMM thread go.
+    pub requests: RequestSender,
+    /// Written after each request to wake the VMM thread.
+    pub wake: EventFd,
+}
+
+/// Turns an [`ApiResponse`] into an HTTP response.
+pub fn to_http(resp: ApiResponse) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match resp {
+        ApiResponse::NoContent => (StatusCode::NO_CONTENT, None, Bytes::new()),
+        ApiResponse::Json(v) => (
+            StatusCode::OK,
+            Some("application/json"),
+            Bytes::from(v.to_string()),
+        ),
+        ApiResponse::Text(t) => (
+            StatusCode::OK,
+            Some("text/plain; version=0.0.4"),
+            Bytes::from(t),
+        ),
+        ApiResponse::Error {
+            status,
+            fault_message,
+        } => {
+            let status = StatusCode::from_u16(status)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = serde_json::to_string(&ApiError { fault_message })
+                .unwrap_or_else(|_| String::from("{}"));
+            (status, Some("application/json"), Bytes::from(body))
+        }
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    if let Some(ct) = content_type {
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    response
+}
+
+fn too_large() -> ApiResponse {
+    ApiResponse::error(
+        413,
+        format!("request body too large: the limit is {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// Reads the whole body within [`MAX_BODY_BYTES`] and [`BODY_READ_TIMEOUT`].
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiResponse> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let limited = Limited::new(req.into_body(), MAX_BODY_BYTES);
+    match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(ApiResponse::error(
+            408,
+            format!(
+                "request body not received within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiResponse::error(
+            400,
+            format!("failed to read request body: {e}"),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Sends `req` to the VMM thread and waits for its answer without blocking other
+/// connections.
+async fn dispatch(req: ApiRequest, shared: &Shared) -> ApiResponse {
+    let gone = || {
+        ApiResponse::error(
+            503,
+            "the VMM thread is not running: request not carried out",
+        )
+    };
+    let (reply_tx, reply_rx) = mpsc::channel();
+    if shared.requests.send((req, reply_tx)).is_err() {
+        return gone();
+    }
+    if let Err(e) = shared.wake.write(1) {
+        tracing::warn!("failed to wake the VMM thread: {e}");
+    }
+    match tokio::task::spawn_blocking(move || reply_rx.recv()).await {
+        Ok(Ok(resp)) => resp,
+        _ => gone(),
+    }
+}
+
+/// Handles one request; never fails, errors become 4xx/5xx replies.
+pub async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    tracing::debug!("API request {method} {path}");
+    let resp = match read_body(req).await {
+        Err(resp) => resp,
+        Ok(body) => match route(&method, &path, &body) {
+            Err(resp) => resp,
+            Ok(Routed::OpenApi) => {
+                let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                return Ok(r);
+            }
+            Ok(Routed::Vmm(request)) => dispatch(*request, &shared).await,
+        },
+    };
+    let mut http = to_http(resp);
+    if http.status() == StatusCode::METHOD_NOT_ALLOWED {
+        if let Some(allowed) = allowed_methods(&path) {
+            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                http.headers_mut().insert(ALLOW, v);
+            }
+        }
+    }
+    Ok(http)
+}

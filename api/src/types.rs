@@ -1,0 +1,319 @@
+//! Request and response bodies of the control API.
+//!
+//! Field names follow Firecracker's API so that tools written for it work unchanged; the few
+//! petrel additions are marked. Every body that a client sends rejects unknown fields.
+
+use serde::{Deserialize, Serialize};
+
+/// `PUT /boot-source`: the guest kernel, its command line and an optional initrd.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSource {
+    /// Host path of the kernel image.
+    pub kernel_image_path: String,
+    /// Kernel command line.
+    #[serde(default)]
+    pub boot_args: Option<String>,
+    /// Host path of the initrd.
+    #[serde(default)]
+    pub initrd_path: Option<String>,
+}
+
+/// `PUT /machine-config` and the reply of `GET /machine-config`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Number of vCPUs.
+    pub vcpu_count: u32,
+    /// Guest memory size in MiB.
+    pub mem_size_mib: u64,
+    /// Simultaneous multithreading.
+    #[serde(default)]
+    pub smt: Option<bool>,
+    /// Name of a CPU template.
+    #[serde(default)]
+    pub cpu_template: Option<String>,
+    /// Whether to track dirty pages (needed for diff snapshots).
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+}
+
+/// `PATCH /machine-config`: only the fields given change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigPatch {
+    /// Number of vCPUs.
+    #[serde(default)]
+    pub vcpu_count: Option<u32>,
+    /// Guest memory size in MiB.
+    #[serde(default)]
+    pub mem_size_mib: Option<u64>,
+    /// Simultaneous multithreading.
+    #[serde(default)]
+    pub smt: Option<bool>,
+    /// Name of a CPU template.
+    #[serde(default)]
+    pub cpu_template: Option<String>,
+    /// Whether to track dirty pages.
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+}
+
+/// A token bucket: `size` tokens refilled every `refill_time` milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    /// Bucket size in tokens (bytes or operations).
+    pub size: u64,
+    /// Initial extra tokens that are not refilled.
+    #[serde(default)]
+    pub one_time_burst: Option<u64>,
+    /// Milliseconds to refill the whole bucket.
+    pub refill_time: u64,
+}
+
+/// A rate limiter on bandwidth and on operations; a missing bucket means unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiter {
+    /// Bytes per refill period.
+    #[serde(default)]
+    pub bandwidth: Option<TokenBucket>,
+    /// Operations per refill period.
+    #[serde(default)]
+    pub ops: Option<TokenBucket>,
+}
+
+/// `PUT /drives/{drive_id}`: a block device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    /// Id of the drive; equals the path's.
+    pub drive_id: String,
+    /// Host path of the backing file.
+    pub path_on_host: String,
+    /// Whether the guest boots from this drive.
+    pub is_root_device: bool,
+    /// Read-only to the guest.
+    #[serde(default)]
+    pub is_read_only: Option<bool>,
+    /// Partition UUID of the root partition.
+    #[serde(default)]
+    pub partuuid: Option<String>,
+    /// `Unsafe` or `Writeback`.
+    #[serde(default)]
+    pub cache_type: Option<String>,
+    /// `Sync` or `Async`.
+    #[serde(default)]
+    pub io_engine: Option<String>,
+    /// Rate limiter of the drive.
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiter>,
+    /// Serial number shown to the guest (petrel addition).
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+/// `PATCH /drives/{drive_id}`: swap the backing file and/or update the rate limiter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrivePatch {
+    /// Id of the drive; equals the path's.
+    pub drive_id: String,
+    /// New backing file.
+    #[serde(default)]
+    pub path_on_host: Option<String>,
+    /// New rate limiter.
+    #[serde(default)]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `PUT /network-interfaces/{iface_id}`: a virtio-net device backed by a TAP device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    /// Id of the interface; equals the path's.
+    pub iface_id: String,
+    /// Name of the host TAP device.
+    pub host_dev_name: String,
+    /// MAC address of the guest side, `xx:xx:xx:xx:xx:xx`.
+    #[serde(default)]
+    pub guest_mac: Option<String>,
+    /// Rate limiter on receive.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    /// Rate limiter on transmit.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}`: update the rate limiters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfacePatch {
+    /// Id of the interface; equals the path's.
+    pub iface_id: String,
+    /// New receive rate limiter.
+    #[serde(default)]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    /// New transmit rate limiter.
+    #[serde(default)]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// `PUT /consoles/{id}` (petrel's): where a console's output goes, e.g. `socket:/path`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Console {
+    /// Id of the console; equals the path's.
+    pub id: String,
+    /// Output specification, e.g. `socket:/run/console.sock`.
+    pub output: String,
+}
+
+/// `PUT /vsock`: a virtio-vsock device proxied to a host Unix socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    /// Context id of the guest (3 or more).
+    pub guest_cid: u32,
+    /// Host Unix socket path.
+    pub uds_path: String,
+    /// Deprecated in Firecracker; accepted and ignored.
+    #[serde(default)]
+    pub vsock_id: Option<String>,
+}
+
+/// What `PUT /actions` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionType {
+    /// Boot the configured guest.
+    InstanceStart,
+    /// Send Ctrl+Alt+Del to the guest.
+    SendCtrlAltDel,
+    /// Write the metrics to the metrics file now.
+    FlushMetrics,
+    /// Ask the guest to shut down (petrel's).
+    Shutdown,
+    /// Stop the VM at once (petrel's).
+    Kill,
+}
+
+/// `PUT /actions` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceActionInfo {
+    /// The action.
+    pub action_type: ActionType,
+}
+
+/// The state `PATCH /vm` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// Stop the vCPUs.
+    Paused,
+    /// Run the vCPUs again.
+    Resumed,
+}
+
+/// `PATCH /vm` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    /// The state wanted.
+    pub state: VmState,
+}
+
+/// `GET /` reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceInfo {
+    /// Id of the instance.
+    pub id: String,
+    /// `Not started`, `Running` or `Paused`, as Firecracker.
+    pub state: String,
+    /// Version of petrel.
+    pub vmm_version: String,
+    /// `petrel`.
+    pub app_name: String,
+}
+
+/// `PUT /snapshot/create` body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreateParams {
+    /// `Full` or `Diff`.
+    #[serde(default)]
+    pub snapshot_type: Option<String>,
+    /// Path of the state file to write.
+    pub snapshot_path: String,
+    /// Path of the memory file to write.
+    pub mem_file_path: String,
+}
+
+/// Where the memory of a snapshot being loaded comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    /// `File` or `Uffd`.
+    pub backend_type: String,
+    /// Path of the file or of the userfaultfd socket.
+    pub backend_path: String,
+}
+
+/// `PUT /snapshot/load` body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadParams {
+    /// Path of the state file.
+    pub snapshot_path: String,
+    /// Memory backend (exclusive with `mem_file_path`).
+    #[serde(default)]
+    pub mem_backend: Option<MemBackend>,
+    /// Memory file (deprecated in Firecracker in favour of `mem_backend`).
+    #[serde(default)]
+    pub mem_file_path: Option<String>,
+    /// Whether to track dirty pages after loading.
+    #[serde(default)]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Resume the VM once loaded.
+    #[serde(default)]
+    pub resume_vm: Option<bool>,
+}
+
+/// `PUT /logger` body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logger {
+    /// File or named pipe the log goes to.
+    #[serde(default)]
+    pub log_path: Option<String>,
+    /// `Error`, `Warning`, `Info`, `Debug` or `Trace`.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// Print the level of each line.
+    #[serde(default)]
+    pub show_level: Option<bool>,
+    /// Print file and line of each line.
+    #[serde(default)]
+    pub show_log_origin: Option<bool>,
+    /// Log only this module.
+    #[serde(default)]
+    pub module: Option<String>,
+}
+
+/// `PUT /metrics` body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// File or named pipe the metrics go to.
+    pub metrics_path: String,
+}
+
+/// Body of every 4xx/5xx reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiError {
+    /// What went wrong, naming the field or state at fault.
+    pub fault_message: String,
+}
