@@ -164,6 +164,28 @@ impl RateLimiter {
         }
     }
 
+    /// Takes one operation and `bytes` for one request (a disk request, a frame), or
+    /// nothing if either bucket is short.
+    pub fn consume_request(&mut self, bytes: u64) -> bool {
+        if !self.consume(1, TokenType::Ops) {
+            return false;
+        }
+        if bytes > 0 && !self.consume(bytes, TokenType::Bytes) {
+            self.manual_replenish(1, TokenType::Ops);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back what [`consume_request`](Self::consume_request) took for a request that
+    /// was not carried out after all.
+    pub fn refund_request(&mut self, bytes: u64) {
+        self.manual_replenish(1, TokenType::Ops);
+        if bytes > 0 {
+            self.manual_replenish(bytes, TokenType::Bytes);
+        }
+    }
+
     /// Gives back tokens taken for a request that could not be carried out after all. It does
     /// not unblock the limiter.
     pub fn manual_replenish(&mut self, tokens: u64, kind: TokenType) {

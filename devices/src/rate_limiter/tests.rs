@@ -512,3 +512,27 @@ fn metrics_count_what_passed_and_each_refusal() {
         }
     );
 }
+
+#[test]
+fn a_request_takes_an_op_and_its_bytes_or_nothing_and_can_be_refunded() {
+    let bucket = |size| {
+        Some(TokenBucketConfig {
+            size,
+            one_time_burst: 0,
+            refill_time: 100_000,
+        })
+    };
+    let mut limiter = RateLimiter::new(RateLimitConfig {
+        bandwidth: bucket(100),
+        ops: bucket(2),
+    })
+    .unwrap();
+    assert!(limiter.consume_request(60));
+    // The bytes are short: the op it took is given back.
+    assert!(!limiter.consume_request(60));
+    let m = limiter.metrics();
+    assert_eq!((m.consumed_ops, m.consumed_bytes), (1, 60));
+    limiter.refund_request(60);
+    let m = limiter.metrics();
+    assert_eq!((m.consumed_ops, m.consumed_bytes), (0, 0));
+}

@@ -18,7 +18,7 @@ mod device;
 mod interrupt;
 pub mod mmio;
 pub mod net;
-mod queue;
+pub mod queue;
 
 pub use device::{
     ActivateError, AsAny, DeviceEnv, QueueKicks, VirtioDevice, CHAINS_PER_PASS, HOST_EVENT_BASE,

@@ -1,7 +1,39 @@
 //! A queue's saved state.
 
+use memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
+
+use super::Interrupt;
+
+/// Puts a chain on the used ring. A head past the ring (from a garbage available entry)
+/// cannot be used and is skipped, so that virtio-queue does not log it once per chain; the
+/// device has already answered (or counted) that chain.
+pub fn add_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    head: u16,
+    len: u32,
+) -> Result<(), virtio_queue::Error> {
+    if head >= queue.size() {
+        return Ok(());
+    }
+    queue.add_used(mem, head, len)
+}
+
+/// Raises the used-buffer interrupt if the driver wants one for what was just used
+/// (EVENT_IDX); if `used_event` cannot be read, interrupts anyway: better a spurious
+/// interrupt than a driver waiting forever.
+pub fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
+    match queue.needs_notification(mem) {
+        Ok(false) => {}
+        Ok(true) => interrupt.signal_used_queue(),
+        Err(e) => {
+            tracing::debug!(%e, "cannot read used_event; interrupting");
+            interrupt.signal_used_queue();
+        }
+    }
+}
 
 /// Everything about a virtqueue that a snapshot keeps: the driver's configuration and the
 /// device's ring positions. Descriptors the driver made available but the device has not

@@ -10,8 +10,8 @@ use vm_memory::{Bytes, GuestAddress};
 use super::metrics::{add, worth_logging, Counters};
 use super::request::{self, DiskInfo, Reason, Rejected, STATUS_IOERR};
 use super::worker::{Completion, Worker};
-use crate::rate_limiter::{RateLimiter, TokenType};
-use crate::virtio::{DeviceEnv, CHAINS_PER_PASS};
+use crate::rate_limiter::RateLimiter;
+use crate::virtio::{queue, DeviceEnv, CHAINS_PER_PASS};
 
 /// A device the driver activated: its queue, its environment and its I/O thread.
 pub(super) struct Active {
@@ -173,7 +173,7 @@ impl Active {
             };
             match request::parse(chain, &self.env.mem, info) {
                 Ok(request) => {
-                    if !admit(limiter, request.op.data_len()) {
+                    if !limiter.consume_request(request.op.data_len()) {
                         // The chain stays available; the limiter's timer serves it.
                         self.queue.go_to_previous_position();
                         return Stop::Throttled;
@@ -218,13 +218,7 @@ impl Active {
     }
 
     fn add_used(&mut self, head: u16, len: u32, counters: &Counters) {
-        // A head index past the queue (from a garbage available ring entry) cannot go on the
-        // used ring; the chain was counted as invalid. Checked here so that virtio-queue does
-        // not log it once per chain.
-        if head >= self.queue.size() {
-            return;
-        }
-        if let Err(e) = self.queue.add_used(&self.env.mem, head, len) {
+        if let Err(e) = queue::add_used(&mut self.queue, &self.env.mem, head, len) {
             // The used ring was checked at activation, so this is the driver's doing too.
             let count = add(&counters.errors, 1);
             if worth_logging(count) {
@@ -235,27 +229,8 @@ impl Active {
 
     /// Interrupts the driver if it wants to hear about the chains just used.
     fn signal_used(&mut self) {
-        match self.queue.needs_notification(&self.env.mem) {
-            Ok(true) => self.env.interrupt.signal_used_queue(),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::debug!(%e, "cannot read used_event; interrupting anyway");
-                self.env.interrupt.signal_used_queue();
-            }
-        }
+        queue::signal_used(&mut self.queue, &self.env.mem, &self.env.interrupt);
     }
-}
-
-/// Takes one operation and `bytes` from the limiter, or nothing if either is short.
-fn admit(limiter: &mut RateLimiter, bytes: u64) -> bool {
-    if !limiter.consume(1, TokenType::Ops) {
-        return false;
-    }
-    if bytes > 0 && !limiter.consume(bytes, TokenType::Bytes) {
-        limiter.manual_replenish(1, TokenType::Ops);
-        return false;
-    }
-    true
 }
 
 /// Counts a rejected chain and logs the first few.

@@ -10,7 +10,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 use super::backend::{Read, Write};
 use super::device::{Console, RX_QUEUE, TX_QUEUE};
 use super::{INPUT_BUFFER_SIZE, OUTPUT_BUFFER_SIZE};
-use crate::virtio::{DeviceEnv, CHAINS_PER_PASS};
+use crate::virtio::{queue, DeviceEnv, CHAINS_PER_PASS};
 
 /// Bytes copied per step between guest memory and the backend.
 const CHUNK: usize = 4096;
@@ -73,10 +73,7 @@ fn buffers(
 
 /// Raises the queue's interrupt unless EVENT_IDX says the driver does not want it.
 fn signal_used(queue: &mut Queue, env: &DeviceEnv) {
-    match queue.needs_notification(&env.mem) {
-        Ok(false) => {}
-        Ok(true) | Err(_) => env.interrupt.signal_used_queue(),
-    }
+    queue::signal_used(queue, &env.mem, &env.interrupt);
 }
 
 /// After a pass over the available ring: re-enables notifications and says whether to go
@@ -107,13 +104,9 @@ fn go_again(
     }
 }
 
-/// Puts a chain on the used ring; a head past the ring (a garbage available entry) is
-/// skipped so that virtio-queue does not log it once per chain.
+/// Puts a chain on the used ring (see [`queue::add_used`]).
 fn add_used(queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32, id: &str) {
-    if head >= queue.size() {
-        return;
-    }
-    if let Err(e) = queue.add_used(mem, head, len) {
+    if let Err(e) = queue::add_used(queue, mem, head, len) {
         tracing::debug!(%e, id, head, "console used ring");
     }
 }

@@ -7,14 +7,14 @@ use event_manager::{EventOps, Events};
 use libc::c_uint;
 use memory::GuestMemoryMmap;
 use virtio_bindings::virtio_net::*;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vmm_sys_util::epoll::EventSet;
 
 use super::rx::RxBuffers;
 use super::{
     LogLimit, MacAddr, NetConfig, NetError, NetMetrics, Tap, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
 };
-use crate::rate_limiter::{RateLimitConfig, RateLimiter, TokenType};
+use crate::rate_limiter::{RateLimitConfig, RateLimiter};
 use crate::virtio::{
     features, ids, ActivateError, DeviceEnv, Interrupt, QueueKicks, VirtioDevice, HOST_EVENT_BASE,
 };
@@ -53,18 +53,6 @@ fn limiters(config: &NetConfig) -> Result<(RateLimiter, RateLimiter), NetError> 
         })
     };
     Ok((make(config.rx_rate_limiter)?, make(config.tx_rate_limiter)?))
-}
-
-/// Takes one frame of `bytes` from `limiter`, or nothing if either bucket is short.
-pub(super) fn admit(limiter: &mut RateLimiter, bytes: u64) -> bool {
-    if !limiter.consume(1, TokenType::Ops) {
-        return false;
-    }
-    if !limiter.consume(bytes, TokenType::Bytes) {
-        limiter.manual_replenish(1, TokenType::Ops);
-        return false;
-    }
-    true
 }
 
 /// What an activated device works with.
@@ -141,18 +129,7 @@ pub(super) fn offloads_for(acked: u64) -> c_uint {
     offloads
 }
 
-/// Raises the used-buffer interrupt if the driver wants one for what was just used.
-pub(super) fn signal_used(queue: &mut Queue, mem: &GuestMemoryMmap, interrupt: &Interrupt) {
-    match queue.needs_notification(mem) {
-        Ok(false) => {}
-        Ok(true) => interrupt.signal_used_queue(),
-        Err(e) => {
-            // Better a spurious interrupt than a driver waiting forever.
-            tracing::debug!(?e, "cannot read used_event; interrupting");
-            interrupt.signal_used_queue();
-        }
-    }
-}
+pub(super) use crate::virtio::queue::signal_used;
 
 impl Net {
     /// A device for `config`: attaches to (or creates) its TAP. Without a configured MAC

@@ -11,10 +11,8 @@ use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBU
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
-use super::device::admit;
 use super::device::{signal_used, Active};
 use super::{LogLimit, Net, NetMetrics, ETH_HLEN, MAX_PACKET_LEN, QUEUE_SIZE, VNET_HDR_LEN};
-use crate::rate_limiter::TokenType;
 use crate::virtio::CHAINS_PER_PASS;
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
@@ -154,15 +152,14 @@ impl Net {
                 },
             };
             let frame_len = (len - VNET_HDR_LEN) as u64;
-            if !admit(rx_limiter, frame_len) {
+            if !rx_limiter.consume_request(frame_len) {
                 // The frame stays pending; the limiter's timer resumes this loop.
                 break;
             }
             let outcome = place_frame(active, rx, len, &mut used, metrics, log, &config.id);
             if !matches!(outcome, Outcome::Delivered) {
                 // Only delivered frames are charged.
-                rx_limiter.manual_replenish(1, TokenType::Ops);
-                rx_limiter.manual_replenish(frame_len, TokenType::Bytes);
+                rx_limiter.refund_request(frame_len);
             }
             match outcome {
                 Outcome::Delivered => {
@@ -349,12 +346,7 @@ pub(super) fn add_used(
     log: &mut LogLimit,
     id: &str,
 ) {
-    // A head past the ring (a garbage available entry) cannot be used; checked here so
-    // virtio-queue does not log it once per chain.
-    if head >= queue.size() {
-        return;
-    }
-    if let Err(e) = queue.add_used(mem, head, len) {
+    if let Err(e) = crate::virtio::queue::add_used(queue, mem, head, len) {
         if let Some(suppressed) = log.allow() {
             tracing::warn!(
                 id,

@@ -17,7 +17,6 @@ use memory::GuestMemoryMmap;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryBackend;
 
-use super::device::admit;
 use super::device::{signal_used, Active};
 use super::rx::{add_used, next_chain};
 use super::{LogLimit, Net, NetMetrics, Tap, ETH_HLEN, MAX_PACKET_LEN, VNET_HDR_LEN};
@@ -86,7 +85,7 @@ impl Net {
             let head = chain.head_index();
             let gathered = gather(chain, mem, &mut iov);
             if let Ok((_, len)) = gathered {
-                if !admit(tx_limiter, (len - VNET_HDR_LEN) as u64) {
+                if !tx_limiter.consume_request((len - VNET_HDR_LEN) as u64) {
                     // The chain stays available; the limiter's timer resumes this loop.
                     queue.go_to_previous_position();
                     break;
