@@ -1,9 +1,11 @@
 //! The virtio-blk device as the transport sees it: features, config space, activation and
 //! reset, events. The request queue itself is served by [`super::queue`].
 
+use std::path::Path;
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events};
+use memory::GuestMemoryMmap;
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::Queue;
 use vmm_sys_util::epoll::EventSet;
@@ -11,7 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::config_space::{self, CONFIG_LEN};
 use super::disk::Disk;
-use super::metrics::{BlockMetrics, Counters};
+use super::metrics::{add, BlockMetrics, Counters};
 use super::queue::Active;
 use super::request::{DiskInfo, ID_BYTES};
 use super::worker::{Worker, WorkerEnv};
@@ -33,6 +35,9 @@ pub struct Block {
     completion_evt: EventFd,
     counters: Arc<Counters>,
     limiter: RateLimiter,
+    /// The config generation (virtio 1.2, 4.2.2.2, `ConfigGeneration`): bumped whenever the
+    /// config space changes under the driver, that is, on every backing-file swap.
+    pub(super) generation: u32,
     active: Option<Active>,
 }
 
@@ -99,6 +104,7 @@ impl Block {
             completion_evt,
             counters: Arc::default(),
             limiter,
+            generation: 0,
             active: None,
         })
     }
@@ -111,6 +117,55 @@ impl Block {
     /// The disk's size in 512-byte sectors.
     pub fn capacity(&self) -> u64 {
         self.disk.capacity()
+    }
+
+    /// Replaces the disk's backing file with the image at `path` (Firecracker's
+    /// `PATCH /drives/{id}` with `path_on_host`), opened with the disk's read-only setting.
+    ///
+    /// The new image is opened and locked first, so a missing, unreadable, locked, empty or
+    /// non-file `path` is an error that leaves the disk exactly as it was. Then, on an
+    /// active disk, every request in flight finishes against the old file and goes on the
+    /// used ring, and a new I/O thread takes over with the new file; chains still available
+    /// are served against the new one. The capacity in the config space is rebuilt, the
+    /// config generation is bumped and, when the driver is active, told through a
+    /// config-change interrupt (always, as Firecracker does: even at the same size the
+    /// medium changed). The old file's lock goes when the last request on it has finished.
+    ///
+    /// `path` may name the current image again (for example after it was resized): the new
+    /// disk then shares the current open file description, whose lock a second open of the
+    /// same file could not take (see `Disk::reopen`).
+    ///
+    /// Runs on the thread that owns the device, between two queue notifications; the vCPUs
+    /// need not be paused. It blocks until the requests in flight are done, as a save does.
+    pub fn update_backing(&mut self, path: &Path) -> Result<(), BlockError> {
+        let disk = Arc::new(Disk::reopen(path, self.config.readonly, &self.disk)?);
+        if let Some(mem) = self.active.as_ref().map(|active| active.env().mem.clone()) {
+            // Started before anything changes, so a failure leaves the old thread serving.
+            let worker = self.spawn_worker(disk.clone(), mem)?;
+            if let Some(active) = self.active.as_mut() {
+                active.quiesce(&self.counters);
+                active.replace_worker(worker);
+            }
+        }
+        tracing::info!(
+            id = %self.config.id,
+            old = %self.disk.path().display(),
+            new = %path.display(),
+            old_sectors = self.disk.capacity(),
+            sectors = disk.capacity(),
+            "disk backing file replaced"
+        );
+        self.disk = disk;
+        self.config.path = path.to_owned();
+        self.config_space = config_space::build(self.disk.capacity());
+        self.generation = self.generation.wrapping_add(1);
+        add(&self.counters.backing_swaps, 1);
+        if let Some(active) = &self.active {
+            active.env().interrupt.signal_config_change();
+        }
+        // Chains that waited for room while requests were in flight.
+        self.process_queue();
+        Ok(())
     }
 
     /// The disk's counters.
@@ -165,6 +220,29 @@ impl Block {
         }
     }
 
+    /// Starts an I/O thread on `disk`.
+    fn spawn_worker(&self, disk: Arc<Disk>, mem: GuestMemoryMmap) -> Result<Worker, BlockError> {
+        let id = &self.config.id;
+        let done_evt = self
+            .completion_evt
+            .try_clone()
+            .map_err(|source| BlockError::EventFd {
+                id: id.clone(),
+                source,
+            })?;
+        let env = WorkerEnv {
+            disk,
+            mem,
+            id: self.id,
+            counters: self.counters.clone(),
+            done_evt,
+        };
+        Worker::spawn(format!("petrel-blk-{id}"), env).map_err(|source| BlockError::Thread {
+            id: id.clone(),
+            source,
+        })
+    }
+
     fn process_queue(&mut self) {
         let info = DiskInfo {
             capacity: self.disk.capacity(),
@@ -205,26 +283,9 @@ impl VirtioDevice for Block {
         }
         // A completion signal left from before a reset means nothing now.
         let _ = self.completion_evt.read();
-        let id = self.config.id.clone();
-        let done_evt = self.completion_evt.try_clone().map_err(|source| {
-            ActivateError::Backend(
-                BlockError::EventFd {
-                    id: id.clone(),
-                    source,
-                }
-                .to_string(),
-            )
-        })?;
-        let worker_env = WorkerEnv {
-            disk: self.disk.clone(),
-            mem: env.mem.clone(),
-            id: self.id,
-            counters: self.counters.clone(),
-            done_evt,
-        };
-        let worker = Worker::spawn(format!("petrel-blk-{id}"), worker_env).map_err(|source| {
-            ActivateError::Backend(BlockError::Thread { id, source }.to_string())
-        })?;
+        let worker = self
+            .spawn_worker(self.disk.clone(), env.mem.clone())
+            .map_err(|e| ActivateError::Backend(e.to_string()))?;
         let Some(queue) = queues.pop() else {
             return Err(ActivateError::QueueCount {
                 expected: 1,
@@ -260,6 +321,10 @@ impl VirtioDevice for Block {
 
     fn queues(&self) -> Vec<&Queue> {
         self.active.iter().map(Active::queue).collect()
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.generation
     }
 
     fn queue_notify(&mut self, index: usize) {

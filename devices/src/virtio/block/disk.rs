@@ -1,10 +1,10 @@
 //! The disk backend: a raw image file or a host block device, locked against a second
 //! writer, read and written at byte offsets directly from and into guest memory.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -35,36 +35,70 @@ impl Disk {
     /// write lock for a read-write disk, a read lock for a read-only one, so that two VMs
     /// never write one image and nobody writes an image a VM reads.
     pub(super) fn open(path: &Path, readonly: bool) -> Result<Self, BlockError> {
+        Self::open_replacing(path, readonly, None)
+    }
+
+    /// Opens `path` to take the place of `current` (a backing-file swap), without touching
+    /// `current`: on any error it keeps serving as before.
+    ///
+    /// If `path` names the very file `current` has open (same device and inode, through
+    /// the same path or another link), a fresh open could not be locked: OFD locks belong
+    /// to the open file description, and `current`'s lock conflicts with any other one,
+    /// even in this process. Dropping `current`'s lock first would leave a window in which
+    /// another process could take the image, and a failure after it would leave the disk
+    /// unlocked. So the new disk shares `current`'s open file description instead (a `dup`
+    /// of its fd, opened with the same access since `readonly` does not change): the lock
+    /// stays held throughout and goes away only when the last of the two is closed. The
+    /// size is read anew, so a swap to the same path picks up a resized image.
+    pub(super) fn reopen(path: &Path, readonly: bool, current: &Disk) -> Result<Self, BlockError> {
+        Self::open_replacing(path, readonly, Some(current))
+    }
+
+    fn open_replacing(
+        path: &Path,
+        readonly: bool,
+        current: Option<&Disk>,
+    ) -> Result<Self, BlockError> {
+        let open_error = |source| BlockError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(!readonly)
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
-            .map_err(|source| BlockError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-        lock(&file, readonly).map_err(|source| match source.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EACCES) => BlockError::Locked {
-                path: path.to_owned(),
-            },
-            _ => BlockError::Lock {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
+            .map_err(open_error)?;
         let size_error = |source| BlockError::Size {
             path: path.to_owned(),
             source,
         };
-        let file_type = file.metadata().map_err(size_error)?.file_type();
+        let metadata = file.metadata().map_err(size_error)?;
+        let file = match current.filter(|disk| disk.is_same_file(&metadata)) {
+            // The new open is closed here; the shared description keeps the lock.
+            Some(disk) => disk.file.try_clone().map_err(open_error)?,
+            None => {
+                lock(&file, readonly).map_err(|source| match source.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EACCES) => BlockError::Locked {
+                        path: path.to_owned(),
+                    },
+                    _ => BlockError::Lock {
+                        path: path.to_owned(),
+                        source,
+                    },
+                })?;
+                file
+            }
+        };
+        let file_type = metadata.file_type();
         let block_device = file_type.is_block_device();
         if !block_device && !file_type.is_file() {
             return Err(BlockError::NotAFileOrBlockDevice {
                 path: path.to_owned(),
             });
         }
-        // The end of a block device is its size as well; positional I/O ignores the offset.
+        // The end of a block device is its size as well. Positional I/O ignores the file
+        // offset, so moving it is harmless even on a description shared with `current`.
         let bytes = (&file).seek(SeekFrom::End(0)).map_err(size_error)?;
         if !bytes.is_multiple_of(SECTOR_SIZE) {
             tracing::warn!(
@@ -85,6 +119,18 @@ impl Disk {
             capacity,
             block_device,
         })
+    }
+
+    /// Whether `other` describes the file this disk has open.
+    fn is_same_file(&self, other: &Metadata) -> bool {
+        match self.file.metadata() {
+            Ok(mine) => mine.dev() == other.dev() && mine.ino() == other.ino(),
+            Err(e) => {
+                // Then the new open is locked as usual, and refused if it is this file.
+                tracing::debug!(%e, path = %self.path.display(), "cannot stat the open disk image");
+                false
+            }
+        }
     }
 
     /// Size in 512-byte sectors.

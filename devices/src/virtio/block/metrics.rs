@@ -24,6 +24,9 @@ pub struct BlockMetrics {
     pub errors: u64,
     /// Requests the host failed (answered `VIRTIO_BLK_S_IOERR`).
     pub io_errors: u64,
+    /// Times the backing file was replaced while the disk existed
+    /// ([`super::Block::update_backing`]).
+    pub backing_swaps: u64,
 }
 
 /// The live counters behind [`BlockMetrics`].
@@ -40,6 +43,7 @@ pub(super) struct Counters {
     pub unsupported_ops: AtomicU64,
     pub errors: AtomicU64,
     pub io_errors: AtomicU64,
+    pub backing_swaps: AtomicU64,
 }
 
 /// Adds `n` to `counter` and returns the new value.
@@ -68,6 +72,7 @@ impl Counters {
             unsupported_ops: get(&self.unsupported_ops),
             errors: get(&self.errors),
             io_errors: get(&self.io_errors),
+            backing_swaps: get(&self.backing_swaps),
         }
     }
 }

@@ -30,6 +30,15 @@
 //! replace [`worker`] later without changing the VMM-thread side, which only sees
 //! submissions and completions.
 //!
+//! # Swapping the backing file
+//!
+//! [`Block::update_backing`] replaces the image under a running disk (the API's
+//! `PATCH /drives/{id}`): the new image is opened and locked first, requests in flight
+//! finish on the old one, a new I/O thread takes over with the new one while the queue
+//! stays on the VMM thread, and the driver gets a config-change interrupt with a new config
+//! generation and capacity. Swapping to the image already in use re-reads its size and
+//! keeps its lock (the new disk shares the open file description).
+//!
 //! # The guest is untrusted
 //!
 //! Every field of a chain is checked before any I/O: direction and length of each part,

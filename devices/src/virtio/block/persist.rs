@@ -1,5 +1,6 @@
 //! Saving and restoring a disk. The queue and the transport's registers are saved by
-//! [`crate::virtio::mmio::MmioTransport::save`]; the disk saves what it was built from.
+//! [`crate::virtio::mmio::MmioTransport::save`]; the disk saves what it was built from
+//! (after a backing-file swap, the new image's path) and its config generation.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,10 @@ pub struct BlockState {
     pub capacity: u64,
     /// The rate limiter's budgets.
     pub rate_limiter: RateLimiterState,
+    /// The config generation the driver saw (bumped by backing-file swaps); a driver that
+    /// read it before the save compares it after the restore. Zero in older snapshots.
+    #[serde(default)]
+    pub config_generation: u32,
 }
 
 impl Block {
@@ -26,6 +31,7 @@ impl Block {
             config: self.config().clone(),
             capacity: self.capacity(),
             rate_limiter: self.rate_limiter().save(),
+            config_generation: self.generation,
         }
     }
 
@@ -39,7 +45,7 @@ impl Block {
                 source,
             }
         })?;
-        let block = Block::with_limiter(state.config.clone(), limiter)?;
+        let mut block = Block::with_limiter(state.config.clone(), limiter)?;
         if block.capacity() != state.capacity {
             return Err(BlockError::CapacityChanged {
                 path: state.config.path.clone(),
@@ -47,6 +53,7 @@ impl Block {
                 now: block.capacity(),
             });
         }
+        block.generation = state.config_generation;
         Ok(block)
     }
 }

@@ -55,6 +55,18 @@ impl Active {
         &self.queue
     }
 
+    pub(super) fn env(&self) -> &DeviceEnv {
+        &self.env
+    }
+
+    /// Puts `worker` in place of the I/O thread and stops the old one. Call it after
+    /// [`Self::quiesce`], so that nothing is in flight on the old thread; the queue stays
+    /// where it is.
+    pub(super) fn replace_worker(&mut self, worker: Worker) {
+        let mut old = std::mem::replace(&mut self.worker, worker);
+        old.stop();
+    }
+
     /// Stops the I/O thread after it finished what it was given.
     pub(super) fn stop(&mut self) {
         self.worker.stop();

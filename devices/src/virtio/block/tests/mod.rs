@@ -7,6 +7,7 @@ mod config;
 mod invalid;
 mod io;
 mod persist;
+mod swap;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -66,6 +67,14 @@ impl Image {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         std::fs::write(&path, (0..len).map(pattern).collect::<Vec<_>>()).unwrap();
+        Image { _dir: dir, path }
+    }
+
+    /// An image of `len` bytes, every one `byte`.
+    fn filled(len: usize, byte: u8) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::write(&path, vec![byte; len]).unwrap();
         Image { _dir: dir, path }
     }
 
