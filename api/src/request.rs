@@ -52,6 +52,36 @@ pub enum ApiRequest {
     LoadSnapshot(SnapshotLoadParams),
 }
 
+impl ApiRequest {
+    /// The route and, for actions and `PATCH /vm`, the variant: for messages that name a
+    /// request (`PUT /boot-source`, `PUT /actions InstanceStart`).
+    pub fn name(&self) -> String {
+        use ApiRequest as R;
+        let route = match self {
+            R::GetInstanceInfo => "GET /",
+            R::PutBootSource(_) => "PUT /boot-source",
+            R::GetMachineConfig => "GET /machine-config",
+            R::PutMachineConfig(_) => "PUT /machine-config",
+            R::PatchMachineConfig(_) => "PATCH /machine-config",
+            R::PutDrive(_) => "PUT /drives",
+            R::PatchDrive(_) => "PATCH /drives",
+            R::PutNetworkInterface(_) => "PUT /network-interfaces",
+            R::PatchNetworkInterface(_) => "PATCH /network-interfaces",
+            R::PutConsole(_) => "PUT /consoles",
+            R::PutVsock(_) => "PUT /vsock",
+            R::Action(a) => return format!("PUT /actions {a:?}"),
+            R::PatchVm(s) => return format!("PATCH /vm {s:?}"),
+            R::GetVmConfig => "GET /vm/config",
+            R::GetMetrics => "GET /metrics",
+            R::PutMetrics(_) => "PUT /metrics",
+            R::PutLogger(_) => "PUT /logger",
+            R::CreateSnapshot(_) => "PUT /snapshot/create",
+            R::LoadSnapshot(_) => "PUT /snapshot/load",
+        };
+        route.to_string()
+    }
+}
+
 /// The VMM thread's answer to an [`ApiRequest`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum ApiResponse {
@@ -71,6 +101,19 @@ pub enum ApiResponse {
 }
 
 impl ApiResponse {
+    /// A 400 reply.
+    pub fn bad_request(fault_message: impl Into<String>) -> Self {
+        Self::error(400, fault_message)
+    }
+
+    /// A 200 reply with `value` as JSON (a 500 if it cannot be serialized).
+    pub fn json<T: serde::Serialize>(value: &T) -> Self {
+        match serde_json::to_value(value) {
+            Ok(v) => ApiResponse::Json(v),
+            Err(e) => Self::error(500, format!("cannot serialize the reply: {e}")),
+        }
+    }
+
     /// An error reply.
     pub fn error(status: u16, fault_message: impl Into<String>) -> Self {
         ApiResponse::Error {

@@ -52,7 +52,7 @@ pub fn is_valid_id(id: &str) -> bool {
 }
 
 fn bad_request(msg: impl Into<String>) -> ApiResponse {
-    ApiResponse::error(400, msg)
+    ApiResponse::bad_request(msg)
 }
 
 /// Matches `path` against a template; on a match returns the `{...}` segment, if any.

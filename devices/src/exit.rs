@@ -16,16 +16,18 @@ pub enum VmExit {
     TripleFault { vcpu: u32 },
     /// The host asked petrel to stop (SIGTERM, SIGINT).
     Signal(i32),
+    /// The API asked petrel to stop at once (`PUT /actions` `Kill`).
+    Killed,
     /// Something failed in the VMM or KVM; the message says what.
     Fault(String),
 }
 
 impl VmExit {
     /// The process exit status for this end: 0 when the guest reset or powered off,
-    /// 128 + n for signal n, 1 for a triple fault or a fault.
+    /// 0 when the API killed it, 128 + n for signal n, 1 for a triple fault or a fault.
     pub fn exit_code(&self) -> u8 {
         match self {
-            VmExit::Reset | VmExit::PowerOff => 0,
+            VmExit::Reset | VmExit::PowerOff | VmExit::Killed => 0,
             VmExit::Signal(sig) => 128u8.saturating_add(u8::try_from(*sig).unwrap_or(u8::MAX)),
             VmExit::TripleFault { .. } | VmExit::Fault(_) => 1,
         }
@@ -39,6 +41,7 @@ impl std::fmt::Display for VmExit {
             VmExit::PowerOff => write!(f, "guest powered off"),
             VmExit::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple-faulted"),
             VmExit::Signal(sig) => write!(f, "stopped by signal {sig}"),
+            VmExit::Killed => write!(f, "killed through the API"),
             VmExit::Fault(msg) => write!(f, "{msg}"),
         }
     }
@@ -105,6 +108,7 @@ mod tests {
     fn guest_choices_exit_0_signals_128_plus_n_failures_1() {
         assert_eq!(VmExit::PowerOff.exit_code(), 0);
         assert_eq!(VmExit::Reset.exit_code(), 0);
+        assert_eq!(VmExit::Killed.exit_code(), 0);
         assert_eq!(VmExit::Signal(15).exit_code(), 143);
         assert_eq!(VmExit::TripleFault { vcpu: 0 }.exit_code(), 1);
         assert_eq!(VmExit::Fault("x".into()).exit_code(), 1);

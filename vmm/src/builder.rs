@@ -95,6 +95,7 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     let mut allocator = ResourceAllocator::new(memory::MMIO32_START);
     let planned = virtio::open_devices(config, &mut allocator)?;
     let cmdline = guest_cmdline(config, &planned);
+    tracing::debug!(%cmdline, "guest command line");
     let entry = load_guest(&mem, &layout, config, &cmdline)?;
     let kvm = vm::open_kvm(machine.vcpus)?;
     let vm = vm::create_vm(&kvm, &mem)?;
@@ -129,10 +130,15 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
             exit,
             stop: Arc::new(AtomicBool::new(false)),
             pause: Arc::default(),
+            exits: (0..config.machine.vcpus)
+                .map(|_| vcpu::ExitCounters::default())
+                .collect(),
         },
         event_manager,
         terminal,
         virtio: devices.virtio,
+        i8042: devices.i8042,
+        config: config.clone(),
         control: Some(ControlQueue::new().map_err(io_err("cannot create the control queue"))?),
         vm,
         memory: mem,
@@ -143,6 +149,10 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
 /// virtio device, so Linux finds them without ACPI.
 fn guest_cmdline(config: &VmConfig, planned: &[PlannedDevice]) -> String {
     let mut cmdline = config.cmdline().to_string();
+    if let Some(root) = config.root_param() {
+        cmdline.push(' ');
+        cmdline.push_str(&root);
+    }
     for device in planned {
         cmdline.push(' ');
         cmdline.push_str(&device.slot.virtio_cmdline_param());

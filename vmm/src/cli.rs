@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a guest and run it until it powers off or resets. With no --kernel, boots the
-    /// bundled demo guest.
+    /// bundled demo guest, or, with --api-sock, waits to be configured through the API.
     Run(RunArgs),
 }
 
@@ -69,6 +69,24 @@ pub struct RunArgs {
     /// Read the machine from a JSON VmConfig file; other flags override its fields.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Serve the REST API on this Unix socket (mode 0600). Without --kernel or --config,
+    /// petrel then waits for the API to configure the VM and send InstanceStart.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// The instance id the API reports [default: anonymous-instance].
+    #[arg(long, value_name = "ID", value_parser = parse_id)]
+    pub id: Option<String>,
+}
+
+fn parse_id(s: &str) -> Result<String, String> {
+    if api::router::is_valid_id(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid id {s:?}: use 1 to {} letters, digits, - or _",
+            api::router::MAX_ID_LEN
+        ))
+    }
 }
 
 fn parse_size(s: &str) -> Result<ByteSize, ConfigError> {
@@ -84,6 +102,12 @@ fn parse_template(s: &str) -> Result<CpuTemplate, ConfigError> {
 }
 
 impl RunArgs {
+    /// Whether the guest boots at once: always, except with an API socket and neither
+    /// --kernel nor --config, when the API configures it first.
+    pub fn boots_at_once(&self) -> bool {
+        self.api_sock.is_none() || self.kernel.is_some() || self.config.is_some()
+    }
+
     /// The configuration these flags describe.
     pub fn to_config(&self) -> Result<VmConfig, ConfigError> {
         let mut config = match &self.config {

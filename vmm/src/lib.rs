@@ -7,7 +7,9 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod device_manager;
+pub mod launch;
 pub mod loader;
+pub mod logging;
 pub mod machine;
 pub mod signals;
 pub mod stdin;
@@ -15,4 +17,5 @@ pub mod vstate;
 
 pub use builder::{build, BuildError};
 pub use config::VmConfig;
+pub use launch::{launch, LaunchError, LaunchOptions};
 pub use machine::Machine;

@@ -2,15 +2,21 @@
 //! teardown on every way out.
 
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use api::ApiResponse;
+use devices::legacy::I8042;
 use devices::{ExitSignal, VmExit};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::VmFd;
 use memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 
-use crate::control::{ControlHandle, ControlQueue};
+use crate::config::VmConfig;
+use crate::control::runtime::Runtime;
+use crate::control::{ControlHandle, ControlHandler, ControlQueue, Instance};
 use crate::device_manager::virtio::VirtioHandle;
 use crate::stdin::RawTerminal;
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuHandle};
@@ -19,7 +25,7 @@ use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuHandle};
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// Wakes the event loop when an exit is signalled; the loop then sees the reason.
-struct ExitWatcher(Arc<ExitSignal>);
+pub(crate) struct ExitWatcher(pub(crate) Arc<ExitSignal>);
 
 impl MutEventSubscriber for ExitWatcher {
     fn init(&mut self, ops: &mut EventOps) {
@@ -46,7 +52,16 @@ pub enum RunError {
     /// A vCPU could not start.
     #[error(transparent)]
     Vcpu(#[from] crate::vstate::vcpu::VcpuError),
+    /// The control queue could not be served.
+    #[error("cannot serve the control queue: {0}")]
+    Control(#[source] std::io::Error),
 }
+
+/// The API's handler, shared with the event loop.
+pub type SharedHandler = Arc<Mutex<ControlHandler>>;
+
+/// The id `GET /` reports when none is given.
+pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
 
 /// Everything a built VM owns. Fields drop in order: vCPU threads are joined before the VM
 /// fd and guest memory go away.
@@ -56,6 +71,8 @@ pub struct Machine {
     pub(crate) event_manager: EventManager<Subscriber>,
     pub(crate) terminal: Option<RawTerminal>,
     pub(crate) virtio: Vec<VirtioHandle>,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) config: VmConfig,
     pub(crate) control: Option<ControlQueue>,
     pub(crate) vm: VmFd,
     pub(crate) memory: GuestMemoryMmap,
@@ -63,7 +80,32 @@ pub struct Machine {
 
 impl Machine {
     /// Runs the guest until it stops, then tears the machine down. Returns why it stopped.
+    /// Requests sent through [`Machine::control`] are served while it runs.
     pub fn run(mut self) -> Result<VmExit, RunError> {
+        let handler = match self.control.take() {
+            Some(queue) => {
+                let instance = Instance {
+                    id: DEFAULT_INSTANCE_ID.into(),
+                    config: self.config.clone(),
+                    log: None,
+                };
+                let handler = queue
+                    .into_handler(instance, self.ctx.exit.clone())
+                    .map_err(RunError::Control)?;
+                Some(Arc::new(Mutex::new(handler)))
+            }
+            None => None,
+        };
+        self.run_controlled(handler, None)
+    }
+
+    /// Runs the guest with `handler` serving the API, and answers `start` (a pending
+    /// `InstanceStart`) once the vCPUs run or could not start.
+    pub fn run_controlled(
+        mut self,
+        handler: Option<SharedHandler>,
+        start: Option<Sender<ApiResponse>>,
+    ) -> Result<VmExit, RunError> {
         let exit = self.ctx.exit.clone();
         self.event_manager
             .add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
@@ -79,10 +121,17 @@ impl Machine {
                 }
             }
         }
-        if let Some(control) = self.control.take() {
-            let handler = control.into_handler(handles.clone(), self.ctx.pause.clone());
-            self.event_manager
-                .add_subscriber(Arc::new(Mutex::new(handler)));
+        match (&result, handler) {
+            (Ok(()), Some(handler)) => {
+                lock(&handler).started(self.runtime(handles.clone()), start);
+                self.event_manager.add_subscriber(handler);
+            }
+            (Err(e), _) => {
+                if let Some(reply) = start {
+                    let _ = reply.send(ApiResponse::error(500, e.to_string()));
+                }
+            }
+            (Ok(()), None) => {}
         }
         while result.is_ok() && exit.reason().is_none() {
             if let Err(e) = self.event_manager.run() {
@@ -96,6 +145,23 @@ impl Machine {
         Ok(exit
             .reason()
             .unwrap_or_else(|| VmExit::Fault("the VM stopped without a reason".into())))
+    }
+
+    /// What the API handler keeps of the running machine.
+    fn runtime(&self, vcpus: Arc<Mutex<Vec<VcpuHandle>>>) -> Runtime {
+        Runtime {
+            pause: self.ctx.pause.clone(),
+            vcpus,
+            exits: self.ctx.exits.clone(),
+            virtio: self
+                .virtio
+                .iter()
+                .map(|h| (h.id.clone(), h.transport.clone()))
+                .collect(),
+            i8042: self.i8042.clone(),
+            exit: self.ctx.exit.clone(),
+            started: Instant::now(),
+        }
     }
 
     /// Stops and joins every vCPU thread.

@@ -49,20 +49,26 @@ fn run(args: &vmm::cli::RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, &e),
     };
-    let machine = match vmm::build(&config) {
-        Ok(m) => m,
+    let options = vmm::LaunchOptions {
+        config,
+        boot_now: args.boots_at_once(),
+        api_sock: args.api_sock.clone(),
+        id: args
+            .id
+            .clone()
+            .unwrap_or_else(|| vmm::machine::DEFAULT_INSTANCE_ID.to_string()),
+        log: None,
+    };
+    match vmm::launch(options) {
+        Ok(exit) => exit_status(&exit),
         Err(e) => {
             let code = if e.is_user_error() {
                 EXIT_USAGE
             } else {
                 EXIT_FAILURE
             };
-            return fail(code, &e);
+            fail(code, &e)
         }
-    };
-    match machine.run() {
-        Ok(exit) => exit_status(&exit),
-        Err(e) => fail(EXIT_FAILURE, &e),
     }
 }
 

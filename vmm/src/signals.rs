@@ -13,20 +13,37 @@ use vmm_sys_util::epoll::EventSet;
 /// Watches for termination signals.
 pub struct SignalWatcher {
     pipes: Vec<(i32, UnixStream)>,
+    ids: Vec<signal_hook::SigId>,
     exit: Arc<ExitSignal>,
 }
 
 impl SignalWatcher {
     /// Installs handlers for SIGTERM and SIGINT.
     pub fn install(exit: Arc<ExitSignal>) -> std::io::Result<Self> {
-        let mut pipes = Vec::new();
+        let mut watcher = Self {
+            pipes: Vec::new(),
+            ids: Vec::new(),
+            exit,
+        };
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             let (read, write) = UnixStream::pair()?;
             read.set_nonblocking(true)?;
-            signal_hook::low_level::pipe::register(sig, write)?;
-            pipes.push((sig, read));
+            watcher
+                .ids
+                .push(signal_hook::low_level::pipe::register(sig, write)?);
+            watcher.pipes.push((sig, read));
         }
-        Ok(Self { pipes, exit })
+        Ok(watcher)
+    }
+}
+
+impl Drop for SignalWatcher {
+    /// Unregisters the handlers, so a later watcher (the machine's, after the API
+    /// configured it) is the only one.
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
     }
 }
 

@@ -4,9 +4,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use api::types::VmState;
+use api::{ApiRequest, ApiResponse};
 use devices::VmExit;
 use vmm::config::{SerialOutput, VmConfig};
-use vmm::control::{Control, ControlState};
 
 fn kvm_available() -> bool {
     let ok = std::fs::OpenOptions::new()
@@ -37,6 +38,18 @@ fn wait_for_count_above(serial: &Path, floor: Option<u64>) -> u64 {
     }
 }
 
+fn pause() -> ApiRequest {
+    ApiRequest::PatchVm(VmState::Paused)
+}
+
+/// The state `GET /` reports.
+fn state(control: &vmm::control::ControlHandle) -> String {
+    match control.request(ApiRequest::GetInstanceInfo).unwrap() {
+        ApiResponse::Json(v) => v["state"].as_str().unwrap().to_string(),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn a_paused_guest_makes_no_progress_and_continues_after_resume() {
     if !kvm_available() {
@@ -58,40 +71,33 @@ fn a_paused_guest_makes_no_progress_and_continues_after_resume() {
     let runner = std::thread::spawn(move || machine.run());
 
     wait_for_count_above(&serial, None);
-    assert_eq!(
-        control.request(Control::Pause).unwrap(),
-        Ok(ControlState::Paused)
-    );
-    assert_eq!(
-        control.request(Control::IsPaused).unwrap(),
-        Ok(ControlState::Paused)
-    );
+    assert_eq!(control.request(pause()).unwrap(), ApiResponse::NoContent);
+    assert_eq!(state(&control), "Paused");
     let frozen = last_count(&serial);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(last_count(&serial), frozen, "the guest ran while paused");
     // Pausing twice is harmless.
-    assert_eq!(
-        control.request(Control::Pause).unwrap(),
-        Ok(ControlState::Paused)
-    );
+    assert_eq!(control.request(pause()).unwrap(), ApiResponse::NoContent);
 
     assert_eq!(
-        control.request(Control::Resume).unwrap(),
-        Ok(ControlState::Running)
+        control
+            .request(ApiRequest::PatchVm(VmState::Resumed))
+            .unwrap(),
+        ApiResponse::NoContent
     );
+    assert_eq!(state(&control), "Running");
     let after = wait_for_count_above(&serial, frozen);
     assert!(after > frozen.unwrap_or(0));
 
     // A paused machine still stops in order when told to.
-    assert_eq!(
-        control.request(Control::Pause).unwrap(),
-        Ok(ControlState::Paused)
-    );
+    assert_eq!(control.request(pause()).unwrap(), ApiResponse::NoContent);
     exit.signal(VmExit::Signal(libc::SIGTERM));
     let reason = runner.join().unwrap().unwrap();
     assert_eq!(reason, VmExit::Signal(libc::SIGTERM));
     assert!(
-        control.request(Control::Resume).is_err(),
+        control
+            .request(ApiRequest::PatchVm(VmState::Resumed))
+            .is_err(),
         "the VMM thread is gone"
     );
 }

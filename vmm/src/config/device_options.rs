@@ -131,7 +131,25 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
             }
         }
     }
-    Ok(())
+    validate_root(config)
+}
+
+/// The root disk exists and is the first disk, so the guest sees it as `/dev/vda`.
+fn validate_root(config: &VmConfig) -> Result<(), ConfigError> {
+    let Some(root) = &config.boot.root else {
+        return Ok(());
+    };
+    match config.disks.iter().position(|d| d.id == root.disk) {
+        Some(0) => Ok(()),
+        Some(_) => Err(ConfigError::Conflict(format!(
+            "root disk {:?} must be the first disk",
+            root.disk
+        ))),
+        None => Err(ConfigError::Conflict(format!(
+            "root disk {:?} is not among the disks",
+            root.disk
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -143,6 +143,22 @@ pub struct BootConfig {
     /// The kernel command line. None uses [`DEFAULT_CMDLINE`] (or the demo's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// The disk Linux mounts as its root file system (Firecracker's `is_root_device`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootDisk>,
+}
+
+/// The root disk: it must be the first disk (the guest's `/dev/vda`), and petrel appends
+/// `root=/dev/vda` (or `root=PARTUUID=...`) and `rw` or `ro` to the command line, as
+/// Firecracker does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootDisk {
+    /// The id of the disk.
+    pub disk: String,
+    /// The root partition's UUID, when the disk is partitioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
 }
 
 /// The command line a Linux guest gets when none is given.
@@ -230,6 +246,18 @@ impl VmConfig {
         memory::MemoryLayout::new(self.machine.memory.0)
             .map_err(|e| ConfigError::Memory(e.to_string()))?;
         device_options::validate(self)
+    }
+
+    /// What petrel appends to the command line for the root disk, if there is one.
+    pub fn root_param(&self) -> Option<String> {
+        let root = self.boot.root.as_ref()?;
+        let disk = self.disks.iter().find(|d| d.id == root.disk)?;
+        let device = match &root.partuuid {
+            Some(uuid) => format!("PARTUUID={uuid}"),
+            None => "/dev/vda".to_string(),
+        };
+        let mode = if disk.readonly { "ro" } else { "rw" };
+        Some(format!("root={device} {mode}"))
     }
 
     /// The command line the guest gets.

@@ -6,7 +6,7 @@
 //! enter `KVM_RUN` returns at once with `EINTR` instead of missing the kick.
 
 use std::cell::Cell;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -82,6 +82,46 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     register_signal_handler(kick_signal(), kick_handler).map_err(VcpuError::Signal)
 }
 
+/// How often one vCPU left `KVM_RUN`, by reason. Each vCPU thread counts its own.
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    pub io_in: AtomicU64,
+    pub io_out: AtomicU64,
+    pub mmio_read: AtomicU64,
+    pub mmio_write: AtomicU64,
+    /// Kicked out by a signal (pause, stop) or an interrupt window.
+    pub interrupted: AtomicU64,
+    /// Anything else, including the exit that stopped the VM.
+    pub other: AtomicU64,
+}
+
+impl ExitCounters {
+    /// Every counter with its name, for metrics.
+    pub fn values(&self) -> [(&'static str, u64); 6] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("io_in", get(&self.io_in)),
+            ("io_out", get(&self.io_out)),
+            ("mmio_read", get(&self.mmio_read)),
+            ("mmio_write", get(&self.mmio_write)),
+            ("interrupted", get(&self.interrupted)),
+            ("other", get(&self.other)),
+        ]
+    }
+
+    fn count(&self, exit: &VcpuExit) {
+        let counter = match exit {
+            VcpuExit::IoIn(..) => &self.io_in,
+            VcpuExit::IoOut(..) => &self.io_out,
+            VcpuExit::MmioRead(..) => &self.mmio_read,
+            VcpuExit::MmioWrite(..) => &self.mmio_write,
+            VcpuExit::Intr => &self.interrupted,
+            _ => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// What every vCPU of a VM shares with the others and with the VMM thread.
 #[derive(Clone)]
 pub struct VcpuContext {
@@ -91,6 +131,8 @@ pub struct VcpuContext {
     pub stop: Arc<AtomicBool>,
     /// Where the vCPUs wait while the VM is paused.
     pub pause: Arc<super::pause::PauseGate>,
+    /// Exit counters, indexed by vCPU id.
+    pub exits: Arc<[ExitCounters]>,
 }
 
 /// A configured vCPU, ready to run.
@@ -171,6 +213,8 @@ impl Vcpu {
 
     /// Runs until the VM stops. Returns why, when this vCPU is the reason.
     fn run_loop(&mut self, ctx: &VcpuContext) -> Option<VmExit> {
+        let default = ExitCounters::default();
+        let counters = ctx.exits.get(self.id as usize).unwrap_or(&default);
         loop {
             ctx.pause.park_if_requested(&ctx.stop);
             if ctx.stop.load(Ordering::Acquire) {
@@ -178,11 +222,13 @@ impl Vcpu {
             }
             match self.fd.run() {
                 Ok(exit) => {
+                    counters.count(&exit);
                     if let Some(reason) = handle_exit(self.id, exit, ctx) {
                         return Some(reason);
                     }
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    counters.interrupted.fetch_add(1, Ordering::Relaxed);
                     self.fd.set_kvm_immediate_exit(0);
                 }
                 Err(e) => {

@@ -1,0 +1,174 @@
+//! A petrel process driven through its API socket, for the API tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{petrel, wait, Output};
+
+/// How long a petrel process gets to open its API socket.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `petrel run --api-sock DIR/api.sock --serial file:DIR/serial.log ...`, running.
+pub struct ApiVm {
+    child: Option<Child>,
+    /// A private directory for the socket, the serial log and test files.
+    pub dir: tempfile::TempDir,
+    pub sock: PathBuf,
+    pub serial: PathBuf,
+    client: api::Client,
+}
+
+impl ApiVm {
+    /// Starts petrel with `extra` arguments and waits until its API answers.
+    pub fn spawn(extra: &[&str]) -> ApiVm {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sock = dir.path().join("api.sock");
+        let serial = dir.path().join("serial.log");
+        let child = std::process::Command::new(petrel())
+            .arg("run")
+            .arg("--api-sock")
+            .arg(&sock)
+            .arg("--serial")
+            .arg(format!("file:{}", serial.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn petrel");
+        let vm = ApiVm {
+            child: Some(child),
+            client: api::Client::new(&sock),
+            dir,
+            sock,
+            serial,
+        };
+        let start = Instant::now();
+        while vm.client.request("GET", "/", None).is_err() {
+            assert!(
+                start.elapsed() < SOCKET_TIMEOUT,
+                "petrel's API did not answer within {SOCKET_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        vm
+    }
+
+    /// A path in the private directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Sends a request; the status and the body.
+    pub fn request(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+        self.client
+            .request(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Sends raw bytes as the body.
+    pub fn request_bytes(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        self.client
+            .request_bytes(method, path, Some(body.to_vec()))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// `GET path`, parsed as JSON; panics unless 200.
+    pub fn get(&self, path: &str) -> Value {
+        let (status, body) = self.request("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// Sends `method path body` and asserts a 204.
+    pub fn ok(&self, method: &str, path: &str, body: Value) {
+        let (status, reply) = self.request(method, path, Some(body));
+        assert_eq!(status, 204, "{method} {path}: {reply}");
+    }
+
+    /// Sends `method path body`, asserts `status`, and returns the fault message.
+    pub fn fails(&self, method: &str, path: &str, body: Option<Value>, status: u16) -> String {
+        let (got, reply) = self.request(method, path, body);
+        assert_eq!(got, status, "{method} {path}: {reply}");
+        let v: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"));
+        v["fault_message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no fault_message in {reply}"))
+            .to_string()
+    }
+
+    /// The state `GET /` reports.
+    pub fn state(&self) -> String {
+        self.get("/")["state"]
+            .as_str()
+            .expect("state is a string")
+            .to_string()
+    }
+
+    /// `PATCH /vm`.
+    pub fn set_state(&self, state: &str) {
+        self.ok("PATCH", "/vm", serde_json::json!({ "state": state }));
+    }
+
+    /// What the guest printed on the serial port so far.
+    pub fn serial(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Waits until the serial output has a line for which `find` returns something.
+    pub fn wait_serial<T>(&self, timeout: Duration, find: impl Fn(&str) -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(found) = self.serial().lines().rev().find_map(&find) {
+                return found;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "serial output did not show what the test waits for within {timeout:?}:\n{}",
+                self.serial()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The last `COUNT <n>` of the count scenario.
+    pub fn last_count(&self) -> Option<u64> {
+        self.serial()
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("COUNT ")?.parse().ok())
+    }
+
+    /// Waits for a `COUNT` above `floor`.
+    pub fn wait_count_above(&self, floor: Option<u64>) -> u64 {
+        self.wait_serial(Duration::from_secs(60), |l| {
+            l.strip_prefix("COUNT ")?
+                .parse()
+                .ok()
+                .filter(|&n| Some(n) > floor)
+        })
+    }
+
+    /// Waits for petrel to exit; its files stay until `self` is dropped.
+    pub fn finish(&mut self, timeout: Duration) -> Output {
+        let child = self.child.take().expect("petrel is running");
+        wait(child, timeout)
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.sock
+    }
+}
+
+impl Drop for ApiVm {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Requests on a started VM: pause and resume, keys for the guest, and runtime changes to
+//! devices (a drive's backing file, rate limits). Everything here runs on the VMM thread.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use api::types::{DrivePatch, NetworkInterfacePatch};
+use api::ApiResponse;
+use devices::legacy::I8042;
+use devices::virtio::block::Block;
+use devices::virtio::mmio::MmioTransport;
+use devices::virtio::net::Net;
+use devices::ExitSignal;
+
+use super::configure::{self, no_such};
+use super::state::Lifecycle;
+use crate::config::VmConfig;
+use crate::vstate::pause::PauseGate;
+use crate::vstate::vcpu::{ExitCounters, VcpuHandle};
+
+/// How long a pause waits for the vCPUs to leave `KVM_RUN`.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the control handler holds of a started machine: shared handles, never the
+/// machine itself.
+pub struct Runtime {
+    pub pause: Arc<PauseGate>,
+    pub vcpus: Arc<Mutex<Vec<VcpuHandle>>>,
+    pub exits: Arc<[ExitCounters]>,
+    /// The virtio devices by id.
+    pub virtio: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    pub i8042: Arc<Mutex<I8042>>,
+    pub exit: Arc<ExitSignal>,
+    pub started: Instant,
+}
+
+impl Runtime {
+    /// Running, Paused, or Stopped once an exit is signalled.
+    pub fn state(&self) -> Lifecycle {
+        if self.exit.reason().is_some() {
+            Lifecycle::Stopped
+        } else if self.pause.is_paused() {
+            Lifecycle::Paused
+        } else {
+            Lifecycle::Running
+        }
+    }
+
+    /// Stops every vCPU; returns once none is in `KVM_RUN`.
+    pub fn pause(&self) -> Result<(), ApiResponse> {
+        if self.pause.is_paused() {
+            return Ok(());
+        }
+        self.pause.request();
+        let vcpus = lock(&self.vcpus);
+        for vcpu in vcpus.iter() {
+            vcpu.kick();
+        }
+        let running = || vcpus.iter().filter(|v| !v.is_finished()).count();
+        if self.pause.wait_parked(running, PAUSE_TIMEOUT) {
+            Ok(())
+        } else {
+            self.pause.release();
+            Err(ApiResponse::error(
+                500,
+                format!(
+                    "the vCPUs did not stop within {} ms; the VM keeps running",
+                    PAUSE_TIMEOUT.as_millis()
+                ),
+            ))
+        }
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn resume(&self) {
+        self.pause.release();
+    }
+
+    /// Presses Ctrl+Alt+Del on the i8042 keyboard.
+    pub fn ctrl_alt_del(&self) -> Result<(), ApiResponse> {
+        lock(&self.i8042)
+            .trigger_ctrl_alt_del()
+            .map_err(|e| ApiResponse::bad_request(format!("cannot send Ctrl+Alt+Del: {e}")))
+    }
+
+    /// Runs `f` on the virtio device `id` if it is a `T`.
+    fn with_device<T: 'static, R>(
+        &self,
+        kind: &str,
+        id: &str,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, ApiResponse> {
+        let transport = self
+            .virtio
+            .iter()
+            .find(|(name, _)| name == id)
+            .map(|(_, t)| t)
+            .ok_or_else(|| no_such(kind, id))?;
+        let mut transport = lock(transport);
+        let device = transport
+            .device_mut()
+            .as_any_mut()
+            .downcast_mut::<T>()
+            .ok_or_else(|| no_such(kind, id))?;
+        Ok(f(device))
+    }
+
+    /// `PATCH /drives/{id}` on a running disk: a new backing file (the guest sees the new
+    /// size through a config change), then the new rate limit. A new file that cannot be
+    /// used leaves the disk as it was.
+    pub fn patch_drive(&self, config: &mut VmConfig, patch: DrivePatch) -> Result<(), ApiResponse> {
+        let limiter = configure::rate_limit("rate_limiter", patch.rate_limiter)?;
+        let id = patch.drive_id.as_str();
+        self.with_device::<Block, _>("drive", id, |disk| {
+            if let Some(path) = &patch.path_on_host {
+                disk.update_backing(std::path::Path::new(path))
+                    .map_err(|e| ApiResponse::bad_request(format!("path_on_host: {e}")))?;
+            }
+            if let Some(l) = limiter {
+                disk.update_rate_limiter(l);
+            }
+            // The device's configuration is the truth now; the VM's follows it.
+            if let Some(entry) = config.disks.iter_mut().find(|d| d.id == id) {
+                *entry = disk.config().clone();
+            }
+            Ok(())
+        })?
+    }
+
+    /// `PATCH /network-interfaces/{id}` on a running interface: new rate limits.
+    pub fn patch_net(
+        &self,
+        config: &mut VmConfig,
+        patch: NetworkInterfacePatch,
+    ) -> Result<(), ApiResponse> {
+        let rx = configure::rate_limit("rx_rate_limiter", patch.rx_rate_limiter)?;
+        let tx = configure::rate_limit("tx_rate_limiter", patch.tx_rate_limiter)?;
+        let id = patch.iface_id.as_str();
+        self.with_device::<Net, _>("network interface", id, |net| {
+            let current = net.config().clone();
+            net.update_rate_limiters(
+                rx.or(current.rx_rate_limiter).unwrap_or_default(),
+                tx.or(current.tx_rate_limiter).unwrap_or_default(),
+            );
+            if let Some(entry) = config.nets.iter_mut().find(|n| n.id == id) {
+                *entry = net.config().clone();
+            }
+        })
+    }
+}
