@@ -3,10 +3,12 @@
 //! builds) the binary, writes the test guest to a file, runs petrel with a timeout, and
 //! checks that KVM is there (in CI, a missing `/dev/kvm` fails the test instead of skipping).
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod api_vm;
@@ -175,6 +177,101 @@ pub fn run_scenario(scenario: &str, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     run(&args, Duration::from_secs(120))
+}
+
+/// A petrel run still going, whose stdout lines a test can wait for, to act on the machine at
+/// the right moment (change a disk image, talk to the API) before it ends.
+pub struct Running {
+    child: Option<Child>,
+    lines: Receiver<String>,
+    /// The stdout lines received so far.
+    seen: Vec<String>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Boots the test guest with `petrel.test=<scenario>` plus `extra` arguments.
+    pub fn scenario(scenario: &str, extra: &[&str]) -> Running {
+        let cmdline = format!("petrel.test={scenario}");
+        let mut args = vec![
+            "--kernel",
+            test_guest().to_str().unwrap(),
+            "--cmdline",
+            &cmdline,
+        ];
+        args.extend_from_slice(extra);
+        let mut child = command(&args).spawn().expect("spawn petrel");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits for a stdout line that starts with `prefix` and returns it. Fails the test (and
+    /// stops petrel) if none comes within `timeout` or petrel's output ends first.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                }
+                Err(e) => {
+                    self.kill();
+                    let why = match e {
+                        RecvTimeoutError::Timeout => format!("within {timeout:?}"),
+                        RecvTimeoutError::Disconnected => "before petrel's output ended".into(),
+                    };
+                    panic!(
+                        "no line starting with {prefix:?} {why}\n--- stdout so far ---\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for petrel to exit (killing it after `timeout`, which fails the test) and returns
+    /// all it printed.
+    pub fn finish(mut self, timeout: Duration) -> Output {
+        let child = self.child.take().expect("finished once");
+        let mut out = wait(child, timeout);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.seen.extend(self.lines.try_iter());
+        out.stdout = self.seen.join("\n");
+        out
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Waits for `child` to exit, killing it after `timeout`. Output is drained while it runs

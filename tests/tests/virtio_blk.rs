@@ -1,8 +1,10 @@
 //! virtio-blk end to end: the test guest drives petrel's disks with `virtio-drivers`.
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::time::Duration;
 
-use tests::{fnv1a64, kvm_available, run_scenario};
+use tests::{fnv1a64, kvm_available, run_scenario, Running};
 
 const SECTOR: usize = 512;
 
@@ -108,4 +110,46 @@ fn ops_rate_limit_throttles_the_guest_and_every_request_completes() {
     assert!(throttled >= 3, "{metrics}");
     assert_eq!(consumed, metrics["read_ops"].as_u64().unwrap(), "{metrics}");
     assert!(metrics["read_ops"].as_u64().unwrap() >= 20, "{metrics}");
+}
+
+#[test]
+fn blkswap_guest_reports_sector_0_changing_under_it() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = image(dir.path(), "disk.img", 64, 0);
+    let before = std::fs::read(&disk).unwrap();
+    let mut run = Running::scenario("blkswap", &["--disk", &format!("path={}", disk.display())]);
+
+    let first = run.wait_line("BLKSWAP before", Duration::from_secs(60));
+    // Without the API (which swaps the image), rewrite sector 0 in place: the guest watches
+    // for any change of its contents. The image lock is advisory, and the device reads through
+    // the page cache this write goes to.
+    let new_sector = vec![0xa5u8; SECTOR];
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .write_all_at(&new_sector, 0)
+        .unwrap();
+    let out = run.finish(Duration::from_secs(120));
+
+    out.assert_pass("blkswap");
+    assert_eq!(
+        first,
+        format!("BLKSWAP before fnv={:016x}", fnv1a64(&before[..SECTOR]))
+    );
+    assert_eq!(
+        out.lines_with("BLKSWAP "),
+        vec![
+            first.clone(),
+            "BLKSWAP capacity=64".to_string(),
+            format!(
+                "BLKSWAP after fnv={:016x} capacity=64",
+                fnv1a64(&new_sector)
+            ),
+        ],
+        "{out}"
+    );
 }

@@ -6,6 +6,7 @@
 
 mod blk;
 mod blkrate;
+mod blkswap;
 mod boot;
 mod console;
 mod count;
@@ -67,7 +68,7 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "count",
         run: count::run,
-        exit: Exit::Reset,
+        exit: Exit::PowerOff,
     },
     Scenario {
         name: "idle",
@@ -92,6 +93,11 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "blkrate",
         run: blkrate::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "blkswap",
+        run: blkswap::run,
         exit: Exit::Reset,
     },
 ];

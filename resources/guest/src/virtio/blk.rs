@@ -6,6 +6,7 @@ use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk};
 use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::Error;
 
+use super::cmdline::MmioWindow;
 use super::{poll, PetrelHal};
 use crate::scenarios;
 
@@ -45,6 +46,45 @@ pub fn write(blk: &mut Blk, sector: u64, buf: &[u8], timeout_ms: u64) -> Result<
     // SAFETY: the same buffers `write_blocks_nb` was given for `token`.
     let result = unsafe { blk.complete_write_blocks(token, &req, buf, &mut resp) };
     check_popped(result, "write")
+}
+
+/// virtio-mmio (version 2) register offsets: the config generation and the device-specific
+/// config space, whose first field for a block device is the 64-bit `capacity`.
+const MMIO_CONFIG_GENERATION: u64 = 0x0fc;
+const MMIO_CONFIG: u64 = 0x100;
+/// Rounds of re-reading when the generation keeps changing under the reads.
+const CONSISTENT_READ_TRIES: u32 = 100;
+
+/// The capacity, in sectors, that the config space of the block device at `window` holds now.
+///
+/// `VirtIOBlk::capacity` cannot tell: virtio-drivers 0.13 reads the config space once, in
+/// `VirtIOBlk::new`, and returns that value ever after. So this reads it again, as a driver
+/// handling a config-change interrupt would: both 32-bit halves between two equal readings of
+/// the config generation (virtio 1.2, 4.2.2.2). `None` if the window is too small to hold the
+/// field, or the generation never settled.
+pub fn config_capacity(window: &MmioWindow) -> Option<u64> {
+    if window.size < MMIO_CONFIG + 8 {
+        return None;
+    }
+    let reg = |offset: u64| {
+        let ptr = (window.addr + offset) as usize as *const u32;
+        // SAFETY: `window` was probed as a virtio-mmio device (`virtio::take`), which checked
+        // it is identity-mapped below 4 GiB and aligned, and `offset + 4 <= window.size`, so
+        // `ptr` is an aligned device register. Reading the config space or the generation has
+        // no side effect on the device. The device's `MmioTransport` accesses its registers
+        // only through volatile reads and writes within its own calls and hands out no
+        // references to them, and none of its calls runs while this one does.
+        unsafe { ptr.read_volatile() }
+    };
+    for _ in 0..CONSISTENT_READ_TRIES {
+        let before = reg(MMIO_CONFIG_GENERATION);
+        let low = reg(MMIO_CONFIG);
+        let high = reg(MMIO_CONFIG + 4);
+        if reg(MMIO_CONFIG_GENERATION) == before {
+            return Some(u64::from(high) << 32 | u64::from(low));
+        }
+    }
+    None
 }
 
 /// `WrongToken` means the device returned another chain than the only one outstanding: ours
