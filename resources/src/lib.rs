@@ -13,3 +13,9 @@
 /// Boot it like a Linux `vmlinux` (64-bit entry, zero page in `rsi`) and select a scenario
 /// with `petrel.test=<name>` on the command line (`boot`, `smp` or `demo`; `demo` when absent).
 pub static TEST_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/petrel-guest"));
+
+/// The test guest's Ctrl+Alt+Del decoder is plain `core` code: its tests run here, on the host
+/// (the guest itself is built without a test harness).
+#[cfg(test)]
+#[path = "../guest/src/rt/scancode.rs"]
+mod guest_scancode;

@@ -15,4 +15,5 @@ pub mod layout;
 pub mod mptable;
 pub mod pages;
 pub mod power;
+pub mod scancode;
 pub mod smp;
