@@ -9,6 +9,7 @@ use crate::config::{
     parse_console, parse_disk, parse_net, ByteSize, ConfigError, CpuTemplate, SerialOutput,
     VmConfig,
 };
+use crate::ctl::CtlArgs;
 
 /// petrel: a virtual machine monitor on KVM.
 #[derive(Debug, Parser)]
@@ -24,6 +25,8 @@ pub enum Command {
     /// Boot a guest and run it until it powers off or resets. With no --kernel, boots the
     /// bundled demo guest, or, with --api-sock, waits to be configured through the API.
     Run(RunArgs),
+    /// Control a running petrel through its API socket (`petrel run --api-sock PATH`).
+    Ctl(CtlArgs),
 }
 
 /// Options of `petrel run`.
@@ -162,6 +165,7 @@ mod tests {
         argv.extend(args);
         Cli::try_parse_from(argv).map(|c| match c.command {
             Command::Run(r) => r,
+            other => panic!("{other:?}"),
         })
     }
 

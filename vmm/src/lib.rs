@@ -6,6 +6,7 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod device_manager;
 pub mod launch;
 pub mod loader;

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => run(&args),
+        Command::Ctl(args) => vmm::ctl::run(&args),
     }
 }
 

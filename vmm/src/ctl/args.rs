@@ -1,0 +1,201 @@
+//! The command line of `petrel ctl`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Subcommand};
+use devices::rate_limiter::{RateLimitConfig, RateLimitSpecError};
+
+/// Options of `petrel ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The API socket of a running `petrel run --api-sock PATH` (required).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub api_sock: Option<PathBuf>,
+    /// Print the server's JSON body as it is (`{}` for none), for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to ask.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The commands of `petrel ctl`.
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum CtlCommand {
+    /// Show the instance's id, state and version (GET /).
+    Status,
+    /// Pause the vCPUs (PATCH /vm).
+    Pause,
+    /// Run paused vCPUs again (PATCH /vm).
+    Resume,
+    /// Boot the configured guest (PUT /actions InstanceStart).
+    Start,
+    /// Ask the guest to shut down (PUT /actions Shutdown).
+    Shutdown,
+    /// Stop the VM at once (PUT /actions Kill).
+    Kill,
+    /// Send Ctrl+Alt+Del to the guest (PUT /actions SendCtrlAltDel).
+    CtrlAltDel,
+    /// Print the whole machine configuration as JSON (GET /vm/config).
+    Config,
+    /// Print the metrics in Prometheus text format (GET /metrics). With --json, an object
+    /// from each series (name and labels, as written) to its value.
+    Metrics,
+    /// Change a drive of the running VM.
+    #[command(subcommand)]
+    Drive(DriveCommand),
+    /// Change a network interface of the running VM.
+    #[command(subcommand)]
+    Net(NetCommand),
+}
+
+/// `petrel ctl drive ...`.
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum DriveCommand {
+    /// Swap the drive's backing file (PATCH /drives/ID). A relative FILE is made absolute
+    /// against the current directory.
+    SetPath {
+        /// The drive's id.
+        id: String,
+        /// The new backing file.
+        file: PathBuf,
+    },
+    /// Replace the drive's rate limit (PATCH /drives/ID).
+    SetRate {
+        /// The drive's id.
+        id: String,
+        /// `bw=BYTES,ops=N,bw_burst=BYTES,ops_burst=N` (per second, as `--disk ...,rate=`);
+        /// a resource left out is unlimited; `none` removes the limit.
+        spec: RateSpec,
+    },
+}
+
+/// `petrel ctl net ...`.
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum NetCommand {
+    /// Replace the rate limits of an interface (PATCH /network-interfaces/ID); a direction
+    /// not given keeps its limit. At least one of --rx and --tx.
+    SetRate {
+        /// The interface's id.
+        id: String,
+        /// Receive limit: a rate spec as `drive set-rate`'s, or `none`.
+        #[arg(long, value_name = "SPEC")]
+        rx: Option<RateSpec>,
+        /// Transmit limit: a rate spec as `drive set-rate`'s, or `none`.
+        #[arg(long, value_name = "SPEC")]
+        tx: Option<RateSpec>,
+    },
+}
+
+/// A rate limit as typed: the `rate=` syntax of `--disk` and `--net`, or `none`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateSpec {
+    text: String,
+    config: Option<RateLimitConfig>,
+}
+
+/// The word that removes a limit.
+pub const NO_LIMIT: &str = "none";
+
+impl RateSpec {
+    /// The limit; `None` for no limit at all.
+    pub fn config(&self) -> Option<&RateLimitConfig> {
+        self.config.as_ref()
+    }
+}
+
+impl FromStr for RateSpec {
+    type Err = RateLimitSpecError;
+    fn from_str(s: &str) -> Result<Self, RateLimitSpecError> {
+        let config = if s == NO_LIMIT {
+            None
+        } else {
+            Some(RateLimitConfig::parse(s)?)
+        };
+        Ok(RateSpec {
+            text: s.to_owned(),
+            config,
+        })
+    }
+}
+
+impl fmt::Display for RateSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.config {
+            None => f.write_str("unlimited"),
+            Some(_) => f.write_str(&self.text),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn ctl(args: &[&str]) -> Result<CtlArgs, clap::Error> {
+        let mut argv = vec!["petrel", "ctl"];
+        argv.extend(args);
+        Cli::try_parse_from(argv).map(|c| match c.command {
+            Command::Ctl(a) => a,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn socket_json_and_command_are_read() {
+        let a = ctl(&["--api-sock", "/run/p.sock", "--json", "status"]).unwrap();
+        assert_eq!(a.api_sock, Some(PathBuf::from("/run/p.sock")));
+        assert!(a.json);
+        assert_eq!(a.command, CtlCommand::Status);
+        // Both options are global: they may follow the command.
+        let a = ctl(&["ctrl-alt-del", "--json", "--api-sock", "/s"]).unwrap();
+        assert!(a.json);
+        assert_eq!(a.api_sock, Some(PathBuf::from("/s")));
+        assert_eq!(a.command, CtlCommand::CtrlAltDel);
+        // Its absence is found later, to say so in one line.
+        assert_eq!(ctl(&["status"]).unwrap().api_sock, None);
+    }
+
+    #[test]
+    fn rate_specs_take_the_disk_flag_syntax_or_none() {
+        let a = ctl(&[
+            "--api-sock",
+            "/s",
+            "drive",
+            "set-rate",
+            "root",
+            "bw=1M,ops=10",
+        ])
+        .unwrap();
+        let CtlCommand::Drive(DriveCommand::SetRate { id, spec }) = a.command else {
+            panic!("{:?}", a.command);
+        };
+        assert_eq!(id, "root");
+        assert_eq!(
+            spec.config(),
+            Some(&RateLimitConfig::parse("bw=1M,ops=10").unwrap())
+        );
+        assert_eq!(spec.to_string(), "bw=1M,ops=10");
+        let none: RateSpec = "none".parse().unwrap();
+        assert_eq!(none.config(), None);
+        assert_eq!(none.to_string(), "unlimited");
+    }
+
+    #[test]
+    fn bad_invocations_are_refused() {
+        for bad in [
+            &["--api-sock", "/s"][..],
+            &["--api-sock", "/s", "reboot"],
+            &["--api-sock", "/s", "drive", "set-rate", "root", "bw=0"],
+            &["--api-sock", "/s", "drive", "set-rate", "root", "iops=5"],
+            &["--api-sock", "/s", "drive", "set-path", "root"],
+            &["--api-sock", "/s", "net", "set-rate", "eth0", "--rx", "bw"],
+        ] {
+            assert!(ctl(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! What each command asks of the API: method, path and JSON body. No I/O.
+
+use std::path::{Path, PathBuf};
+
+use devices::rate_limiter::{RateLimitConfig, TokenBucketConfig};
+use serde_json::{json, Value};
+
+use super::args::{CtlCommand, DriveCommand, NetCommand, RateSpec};
+use super::CtlError;
+
+/// One API request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiCall {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path, e.g. `/drives/rootfs`.
+    pub path: String,
+    /// JSON body, if the request has one.
+    pub body: Option<Value>,
+}
+
+impl ApiCall {
+    fn get(path: &str) -> Self {
+        ApiCall {
+            method: "GET",
+            path: path.to_owned(),
+            body: None,
+        }
+    }
+
+    fn with_body(method: &'static str, path: String, body: Value) -> Self {
+        ApiCall {
+            method,
+            path,
+            body: Some(body),
+        }
+    }
+}
+
+/// The request `cmd` makes. `cwd` is where a relative file path given to the command is
+/// made absolute (the VMM may run in another directory); `None` when it cannot be read.
+pub fn request(cmd: &CtlCommand, cwd: Option<&Path>) -> Result<ApiCall, CtlError> {
+    let action = |action_type: &str| {
+        ApiCall::with_body(
+            "PUT",
+            "/actions".into(),
+            json!({ "action_type": action_type }),
+        )
+    };
+    let vm_state =
+        |state: &str| ApiCall::with_body("PATCH", "/vm".into(), json!({ "state": state }));
+    Ok(match cmd {
+        CtlCommand::Status => ApiCall::get("/"),
+        CtlCommand::Pause => vm_state("Paused"),
+        CtlCommand::Resume => vm_state("Resumed"),
+        CtlCommand::Start => action("InstanceStart"),
+        CtlCommand::Shutdown => action("Shutdown"),
+        CtlCommand::Kill => action("Kill"),
+        CtlCommand::CtrlAltDel => action("SendCtrlAltDel"),
+        CtlCommand::Config => ApiCall::get("/vm/config"),
+        CtlCommand::Metrics => ApiCall::get("/metrics"),
+        CtlCommand::Drive(DriveCommand::SetPath { id, file }) => {
+            check_id("drive", id)?;
+            let file = absolute(file, cwd)?;
+            let file = file
+                .to_str()
+                .ok_or_else(|| CtlError::NonUtf8Path(file.clone()))?;
+            ApiCall::with_body(
+                "PATCH",
+                format!("/drives/{id}"),
+                json!({ "drive_id": id, "path_on_host": file }),
+            )
+        }
+        CtlCommand::Drive(DriveCommand::SetRate { id, spec }) => {
+            check_id("drive", id)?;
+            ApiCall::with_body(
+                "PATCH",
+                format!("/drives/{id}"),
+                json!({ "drive_id": id, "rate_limiter": rate_limiter(spec) }),
+            )
+        }
+        CtlCommand::Net(NetCommand::SetRate { id, rx, tx }) => {
+            check_id("network interface", id)?;
+            if rx.is_none() && tx.is_none() {
+                return Err(CtlError::NoDirection(id.clone()));
+            }
+            let mut body = json!({ "iface_id": id });
+            if let Some(rx) = rx {
+                body["rx_rate_limiter"] = rate_limiter(rx);
+            }
+            if let Some(tx) = tx {
+                body["tx_rate_limiter"] = rate_limiter(tx);
+            }
+            ApiCall::with_body("PATCH", format!("/network-interfaces/{id}"), body)
+        }
+    })
+}
+
+/// An id goes into the path, so it is checked here as the server would, rather than
+/// letting `a/b` or `a?b` reach another route.
+fn check_id(kind: &'static str, id: &str) -> Result<(), CtlError> {
+    if api::router::is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(CtlError::InvalidId {
+            kind,
+            id: id.to_owned(),
+        })
+    }
+}
+
+fn absolute(file: &Path, cwd: Option<&Path>) -> Result<PathBuf, CtlError> {
+    if file.is_absolute() {
+        return Ok(file.to_owned());
+    }
+    let cwd = cwd.ok_or_else(|| CtlError::NoCurrentDir(file.to_owned()))?;
+    // `components` drops `.` and doubled slashes; `..` stays, since a symlink may precede it.
+    Ok(cwd.join(file).components().collect())
+}
+
+/// Firecracker's `RateLimiter` JSON for `spec`. Both buckets are always sent, a resource
+/// without a limit as a bucket of size 0 and refill time 0 (which limits nothing): the
+/// drive's whole limit becomes `spec`, whether the server replaces the limiter or, as
+/// Firecracker does, only updates the buckets a PATCH names.
+fn rate_limiter(spec: &RateSpec) -> Value {
+    let none = TokenBucketConfig::default();
+    let config = spec.config().copied().unwrap_or_default();
+    let full = RateLimitConfig {
+        bandwidth: Some(config.bandwidth.unwrap_or(none)),
+        ops: Some(config.ops.unwrap_or(none)),
+    };
+    // Plain integers and options: serialising cannot fail.
+    serde_json::to_value(full).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::router::{route, Routed};
+    use api::types::{ActionType, DrivePatch, NetworkInterfacePatch, RateLimiter, TokenBucket};
+    use api::ApiRequest;
+
+    fn call(cmd: CtlCommand) -> ApiCall {
+        request(&cmd, Some(Path::new("/home/u"))).unwrap()
+    }
+
+    /// What the real router makes of the call: the body is one the server accepts.
+    fn routed(cmd: CtlCommand) -> ApiRequest {
+        let c = call(cmd);
+        let body = c.body.map(|b| b.to_string()).unwrap_or_default();
+        match route(c.method, &c.path, body.as_bytes()) {
+            Ok(Routed::Vmm(r)) => *r,
+            other => panic!("{} {}: {other:?}", c.method, c.path),
+        }
+    }
+
+    fn spec(s: &str) -> RateSpec {
+        s.parse().unwrap()
+    }
+
+    fn bucket(size: u64, one_time_burst: u64, refill_time: u64) -> Option<TokenBucket> {
+        Some(TokenBucket {
+            size,
+            one_time_burst: Some(one_time_burst),
+            refill_time,
+        })
+    }
+
+    #[test]
+    fn queries_are_gets_without_a_body() {
+        assert_eq!(call(CtlCommand::Status), ApiCall::get("/"));
+        assert_eq!(call(CtlCommand::Config), ApiCall::get("/vm/config"));
+        assert_eq!(call(CtlCommand::Metrics), ApiCall::get("/metrics"));
+        assert_eq!(routed(CtlCommand::Status), ApiRequest::GetInstanceInfo);
+        assert_eq!(routed(CtlCommand::Config), ApiRequest::GetVmConfig);
+        assert_eq!(routed(CtlCommand::Metrics), ApiRequest::GetMetrics);
+    }
+
+    #[test]
+    fn pause_and_resume_patch_the_vm_state() {
+        let c = call(CtlCommand::Pause);
+        assert_eq!((c.method, c.path.as_str()), ("PATCH", "/vm"));
+        assert_eq!(c.body, Some(json!({"state": "Paused"})));
+        assert_eq!(
+            call(CtlCommand::Resume).body,
+            Some(json!({"state": "Resumed"}))
+        );
+        use api::types::VmState;
+        assert_eq!(
+            routed(CtlCommand::Pause),
+            ApiRequest::PatchVm(VmState::Paused)
+        );
+        assert_eq!(
+            routed(CtlCommand::Resume),
+            ApiRequest::PatchVm(VmState::Resumed)
+        );
+    }
+
+    #[test]
+    fn actions_put_their_action_type() {
+        for (cmd, name, action) in [
+            (
+                CtlCommand::Start,
+                "InstanceStart",
+                ActionType::InstanceStart,
+            ),
+            (CtlCommand::Shutdown, "Shutdown", ActionType::Shutdown),
+            (CtlCommand::Kill, "Kill", ActionType::Kill),
+            (
+                CtlCommand::CtrlAltDel,
+                "SendCtrlAltDel",
+                ActionType::SendCtrlAltDel,
+            ),
+        ] {
+            let c = call(cmd.clone());
+            assert_eq!((c.method, c.path.as_str()), ("PUT", "/actions"));
+            assert_eq!(c.body, Some(json!({"action_type": name})));
+            assert_eq!(routed(cmd), ApiRequest::Action(action));
+        }
+    }
+
+    #[test]
+    fn set_path_sends_an_absolute_path() {
+        let set_path = |file: &str| {
+            CtlCommand::Drive(DriveCommand::SetPath {
+                id: "root".into(),
+                file: file.into(),
+            })
+        };
+        let c = call(set_path("./img/../disk.img"));
+        assert_eq!((c.method, c.path.as_str()), ("PATCH", "/drives/root"));
+        assert_eq!(
+            c.body,
+            Some(json!({"drive_id": "root", "path_on_host": "/home/u/img/../disk.img"}))
+        );
+        assert_eq!(
+            routed(set_path("/abs/disk.img")),
+            ApiRequest::PatchDrive(DrivePatch {
+                drive_id: "root".into(),
+                path_on_host: Some("/abs/disk.img".into()),
+                rate_limiter: None,
+            })
+        );
+        // Without a current directory only an absolute path can be sent.
+        assert!(request(&set_path("/abs"), None).is_ok());
+        assert!(matches!(
+            request(&set_path("rel"), None),
+            Err(CtlError::NoCurrentDir(_))
+        ));
+    }
+
+    #[test]
+    fn drive_rate_sends_both_buckets_in_firecrackers_shape() {
+        let set_rate = |s: &str| {
+            CtlCommand::Drive(DriveCommand::SetRate {
+                id: "root".into(),
+                spec: spec(s),
+            })
+        };
+        let c = call(set_rate("bw=10M,bw_burst=1K"));
+        assert_eq!((c.method, c.path.as_str()), ("PATCH", "/drives/root"));
+        assert_eq!(
+            c.body,
+            Some(json!({"drive_id": "root", "rate_limiter": {
+                "bandwidth": {"size": 10 << 20, "one_time_burst": 1024, "refill_time": 1000},
+                "ops": {"size": 0, "one_time_burst": 0, "refill_time": 0},
+            }}))
+        );
+        assert_eq!(
+            routed(set_rate("ops=1000")),
+            ApiRequest::PatchDrive(DrivePatch {
+                drive_id: "root".into(),
+                path_on_host: None,
+                rate_limiter: Some(RateLimiter {
+                    bandwidth: bucket(0, 0, 0),
+                    ops: bucket(1000, 0, 1000),
+                }),
+            })
+        );
+        // `none` disables both buckets.
+        assert_eq!(
+            routed(set_rate("none")),
+            ApiRequest::PatchDrive(DrivePatch {
+                drive_id: "root".into(),
+                path_on_host: None,
+                rate_limiter: Some(RateLimiter {
+                    bandwidth: bucket(0, 0, 0),
+                    ops: bucket(0, 0, 0),
+                }),
+            })
+        );
+    }
+
+    #[test]
+    fn net_rate_sends_only_the_directions_given() {
+        let c = call(CtlCommand::Net(NetCommand::SetRate {
+            id: "eth0".into(),
+            rx: Some(spec("ops=5")),
+            tx: None,
+        }));
+        assert_eq!(
+            (c.method, c.path.as_str()),
+            ("PATCH", "/network-interfaces/eth0")
+        );
+        let body = c.body.unwrap();
+        assert_eq!(body["iface_id"], "eth0");
+        assert_eq!(body["rx_rate_limiter"]["ops"]["size"], 5);
+        assert!(body.get("tx_rate_limiter").is_none());
+        assert_eq!(
+            routed(CtlCommand::Net(NetCommand::SetRate {
+                id: "eth0".into(),
+                rx: Some(spec("none")),
+                tx: Some(spec("bw=1K")),
+            })),
+            ApiRequest::PatchNetworkInterface(NetworkInterfacePatch {
+                iface_id: "eth0".into(),
+                rx_rate_limiter: Some(RateLimiter {
+                    bandwidth: bucket(0, 0, 0),
+                    ops: bucket(0, 0, 0),
+                }),
+                tx_rate_limiter: Some(RateLimiter {
+                    bandwidth: bucket(1024, 0, 1000),
+                    ops: bucket(0, 0, 0),
+                }),
+            })
+        );
+    }
+
+    #[test]
+    fn net_rate_needs_a_direction() {
+        let cmd = CtlCommand::Net(NetCommand::SetRate {
+            id: "eth0".into(),
+            rx: None,
+            tx: None,
+        });
+        assert!(matches!(
+            request(&cmd, None),
+            Err(CtlError::NoDirection(id)) if id == "eth0"
+        ));
+    }
+
+    #[test]
+    fn ids_that_would_change_the_path_are_refused() {
+        for id in ["a/b", "a?b", "", "..", &"x".repeat(65)] {
+            let drive = CtlCommand::Drive(DriveCommand::SetRate {
+                id: id.into(),
+                spec: spec("none"),
+            });
+            let net = CtlCommand::Net(NetCommand::SetRate {
+                id: id.into(),
+                rx: None,
+                tx: Some(spec("none")),
+            });
+            for cmd in [drive, net] {
+                assert!(
+                    matches!(request(&cmd, None), Err(CtlError::InvalidId { .. })),
+                    "{id}"
+                );
+            }
+        }
+    }
+}
