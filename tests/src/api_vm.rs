@@ -118,11 +118,18 @@ impl ApiVm {
         std::fs::read_to_string(&self.serial).unwrap_or_default()
     }
 
+    /// The serial output's complete lines (a line being written is left out).
+    fn complete_lines(&self) -> Vec<String> {
+        let text = self.serial();
+        let end = text.rfind('\n').map_or(0, |i| i + 1);
+        text[..end].lines().map(str::to_string).collect()
+    }
+
     /// Waits until the serial output has a line for which `find` returns something.
     pub fn wait_serial<T>(&self, timeout: Duration, find: impl Fn(&str) -> Option<T>) -> T {
         let start = Instant::now();
         loop {
-            if let Some(found) = self.serial().lines().rev().find_map(&find) {
+            if let Some(found) = self.complete_lines().iter().rev().find_map(|l| find(l)) {
                 return found;
             }
             assert!(
@@ -136,8 +143,8 @@ impl ApiVm {
 
     /// The last `COUNT <n>` of the count scenario.
     pub fn last_count(&self) -> Option<u64> {
-        self.serial()
-            .lines()
+        self.complete_lines()
+            .iter()
             .rev()
             .find_map(|l| l.strip_prefix("COUNT ")?.parse().ok())
     }

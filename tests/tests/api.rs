@@ -213,12 +213,24 @@ fn patching_a_drive_swaps_its_backing_file_and_the_guest_reads_the_new_content()
     );
     assert!(msg.contains("\"nope\""), "{msg}");
 
+    // Swapped while paused, so the configuration can be read before the guest, which ends
+    // as soon as it sees the new content, stops the VM.
+    vm.set_state("Paused");
     vm.ok(
         "PATCH",
         "/drives/scratch",
         json!({ "drive_id": "scratch", "path_on_host": new,
                 "rate_limiter": { "ops": { "size": 1000, "refill_time": 1000 } } }),
     );
+    let config = vm.get("/vm/config");
+    assert_eq!(config["disks"][0]["path"], new.as_str());
+    assert_eq!(config["disks"][0]["rate_limiter"]["ops"]["size"], 1000);
+    let metrics = vm.request("GET", "/metrics", None).1;
+    assert!(
+        metrics.contains("petrel_virtio_backing_swaps{device=\"scratch\",type=\"block\"} 1"),
+        "{metrics}"
+    );
+    vm.set_state("Resumed");
     let after = vm.wait_serial(EXIT_TIMEOUT, |l| {
         l.strip_prefix("BLKSWAP after ").map(str::to_string)
     });
@@ -226,9 +238,6 @@ fn patching_a_drive_swaps_its_backing_file_and_the_guest_reads_the_new_content()
         after,
         format!("fnv={:016x} capacity=128", fnv1a64(&new_data[..512]))
     );
-    let config = vm.get("/vm/config");
-    assert_eq!(config["disks"][0]["path"], new.as_str());
-    assert_eq!(config["disks"][0]["rate_limiter"]["ops"]["size"], 1000);
     let out = vm.finish(EXIT_TIMEOUT);
     assert_eq!(out.status.code(), Some(0), "{out}");
     assert!(

@@ -12,7 +12,7 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
-    init_logging();
+    let log = vmm::logging::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Help and version go to stdout as clap formats them; a bad flag is one line.
@@ -21,31 +21,24 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // The message up to the usage block, on one line: "the following required
+            // arguments were not provided: --api-sock <PATH>".
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or_default();
-            return fail(EXIT_USAGE, &first.trim_start_matches("error: "));
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            return fail(EXIT_USAGE, &message.join(" ").trim_start_matches("error: "));
         }
     };
     match cli.command {
-        Command::Run(args) => run(&args),
+        Command::Run(args) => run(&args, log),
         Command::Ctl(args) => vmm::ctl::run(&args),
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PETREL_LOG")
-        // virtio-queue logs malformed rings through `log` at error level; the guest
-        // controls those, so by default they stay off (petrel counts and logs them itself,
-        // rate-limited).
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,virtio_queue=off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
-
-fn run(args: &vmm::cli::RunArgs) -> ExitCode {
+fn run(args: &vmm::cli::RunArgs, log: vmm::logging::LogHandle) -> ExitCode {
     let config = match args.to_config() {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, &e),
@@ -58,7 +51,7 @@ fn run(args: &vmm::cli::RunArgs) -> ExitCode {
             .id
             .clone()
             .unwrap_or_else(|| vmm::machine::DEFAULT_INSTANCE_ID.to_string()),
-        log: None,
+        log: Some(log),
     };
     match vmm::launch(options) {
         Ok(exit) => exit_status(&exit),
