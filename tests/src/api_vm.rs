@@ -165,6 +165,14 @@ impl ApiVm {
         wait(child, timeout)
     }
 
+    /// Sends `signal` to petrel.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("petrel is running").id();
+        // SAFETY: kill takes no pointers; the pid is our own child, not yet reaped.
+        let r = unsafe { libc::kill(pid as libc::pid_t, signal) };
+        assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
     /// The socket path.
     pub fn socket(&self) -> &Path {
         &self.sock

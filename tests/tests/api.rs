@@ -498,3 +498,12 @@ fn the_socket_is_private_a_stale_one_is_replaced_and_a_live_one_refused() {
     assert!(out.stderr.contains("in use by a running process"), "{out}");
     assert_eq!(vm.state(), "Not started");
 }
+
+#[test]
+fn a_signal_stops_petrel_in_order_before_the_guest_starts() {
+    let mut vm = ApiVm::spawn(&[]);
+    vm.signal(libc::SIGTERM);
+    let out = vm.finish(EXIT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{out}");
+    assert!(!vm.socket().exists(), "the socket is removed");
+}
