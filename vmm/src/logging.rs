@@ -13,9 +13,11 @@
 //! - `log_path`: a file or a named pipe. It is opened for writing with `O_APPEND|O_NONBLOCK`
 //!   (a missing file is created, mode 0600) and the log goes there instead of stderr, without
 //!   colours. A named pipe must already have a reader, otherwise the call fails (`ENXIO`).
-//!   Writes never block the VMM: a line that does not fit in a full pipe is dropped.
+//!   Writes never block the VMM: a line that does not fit in a full pipe is dropped (one
+//!   longer than `PIPE_BUF`, 4 KiB, may be cut). Firecracker opens the path read-write and
+//!   does not create it; petrel creates a missing file and reports a pipe nobody reads.
 //! - `level`: one of [`LogLevel`]. It replaces the whole filter, `PETREL_LOG` included, with
-//!   "this level everywhere, virtio-queue off".
+//!   "this level everywhere, virtio-queue off". It applies to `log` records too.
 //! - `module`: log only events whose target is this module path or lies below it
 //!   (`vmm::control` keeps `vmm::control` and `vmm::control::x`, not `vmm::controller`).
 //!   The empty string lifts the restriction.
@@ -33,7 +35,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tracing::level_filters::LevelFilter;
 use tracing::{Metadata, Subscriber};
 use tracing_subscriber::fmt::format::{DefaultFields, Format, Full};
 use tracing_subscriber::fmt::MakeWriter;
@@ -259,6 +260,7 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Self {
+        // Unset, not UTF-8 or not a valid filter: the default, as before `PUT /logger`.
         let base = std::env::var(ENV_VAR)
             .ok()
             .filter(|spec| EnvFilter::try_new(spec).is_ok())
@@ -327,7 +329,7 @@ impl Settings {
     }
 }
 
-/// Opens a log file or named pipe the way Firecracker does, for append and never blocking.
+/// Opens a log file or named pipe for append, never blocking (`O_NONBLOCK`, as Firecracker).
 fn open_log_path(path: &Path) -> Result<File, LogError> {
     OpenOptions::new()
         .append(true)
@@ -375,22 +377,10 @@ impl LogHandle {
         self.format.reload(next.fmt_layer())?;
         self.module.reload(next.module_filter())?;
         self.level.reload(next.level_filter())?;
+        // Each reload also moves `log::max_level()`, which cuts `log` records before they
+        // reach tracing, to the new maximum.
         *settings = next;
-        // `log` records are cut at `log::max_level()` before they reach tracing; follow the
-        // new maximum so that raising the level also raises it for rust-vmm crates.
-        log::set_max_level(log_level_filter(LevelFilter::current()));
         Ok(())
-    }
-}
-
-fn log_level_filter(level: LevelFilter) -> log::LevelFilter {
-    match level.into_level() {
-        None => log::LevelFilter::Off,
-        Some(tracing::Level::ERROR) => log::LevelFilter::Error,
-        Some(tracing::Level::WARN) => log::LevelFilter::Warn,
-        Some(tracing::Level::INFO) => log::LevelFilter::Info,
-        Some(tracing::Level::DEBUG) => log::LevelFilter::Debug,
-        Some(tracing::Level::TRACE) => log::LevelFilter::Trace,
     }
 }
 
