@@ -11,7 +11,9 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::OPENAPI_JSON;
+    use crate::request::ERROR_STATUSES;
     use crate::router::ROUTES;
+    use crate::server::HTTP_LAYER_STATUSES;
     use crate::types::*;
 
     fn doc() -> Value {
@@ -29,6 +31,12 @@ mod tests {
         if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
             let name = r.strip_prefix("#/components/schemas/").unwrap();
             return validate(doc, self::schema(doc, name), value, at);
+        }
+        if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+            for s in all {
+                validate(doc, s, value, at);
+            }
+            return;
         }
         match schema["type"]
             .as_str()
@@ -89,6 +97,15 @@ mod tests {
                 required.contains(&key.as_str()),
                 "{name}.{key}: required?"
             );
+            // An optional field may be null (serde reads it as absent); the document says so.
+            let mut null = obj.clone();
+            null.insert(key.clone(), Value::Null);
+            let ok = serde_json::from_value::<T>(Value::Object(null)).is_ok();
+            assert_eq!(
+                ok,
+                s["properties"][key]["nullable"] == json!(true),
+                "{name}.{key}: nullable?"
+            );
         }
         validate(&doc, s, &value, name);
     }
@@ -131,11 +148,53 @@ mod tests {
             documented.sort();
             expected.sort();
             assert_eq!(documented, expected, "{route}");
-            for op in item.as_object().unwrap().values() {
-                assert!(
-                    op["responses"].get("400").is_some(),
-                    "{route}: no error response"
-                );
+            for (method, op) in item.as_object().unwrap() {
+                check_responses(&doc, &format!("{method} {route}"), method, op);
+            }
+        }
+    }
+
+    /// An operation lists its success status and every status the server can answer with
+    /// (nothing else: no `default`), each error with an `ApiError` body except those the
+    /// HTTP layer sends bodiless, and 405 with its `Allow` header.
+    fn check_responses(doc: &Value, at: &str, method: &str, op: &Value) {
+        let success = if method == "get" { "200" } else { "204" };
+        let mut expected: Vec<u16> = ERROR_STATUSES
+            .iter()
+            .chain(HTTP_LAYER_STATUSES)
+            .copied()
+            .collect();
+        expected.push(success.parse().unwrap());
+        expected.sort();
+        expected.dedup();
+        let responses = op["responses"].as_object().unwrap();
+        let mut listed: Vec<u16> = responses
+            .keys()
+            .map(|k| k.parse().unwrap_or_else(|_| panic!("{at}: response {k}")))
+            .collect();
+        listed.sort();
+        assert_eq!(listed, expected, "{at}: documented statuses");
+        for (code, response) in responses {
+            let response = match response.get("$ref").and_then(Value::as_str) {
+                Some(r) => {
+                    let name = r.strip_prefix("#/components/responses/").unwrap();
+                    doc["components"]["responses"]
+                        .get(name)
+                        .unwrap_or_else(|| panic!("{at} {code}: response {name} missing"))
+                }
+                None => response,
+            };
+            let status: u16 = code.parse().unwrap();
+            let body = &response["content"]["application/json"]["schema"]["$ref"];
+            if status == 200 {
+                assert!(response.get("content").is_some(), "{at} {code}: a body");
+            } else if status == 204 || !ERROR_STATUSES.contains(&status) {
+                assert!(response.get("content").is_none(), "{at} {code}: no body");
+            } else {
+                assert_eq!(body, "#/components/schemas/ApiError", "{at} {code}");
+            }
+            if status == 405 {
+                assert_eq!(response["headers"]["Allow"]["required"], true, "{at}");
             }
         }
     }
@@ -154,7 +213,7 @@ mod tests {
             vcpu_count: 1,
             mem_size_mib: 2,
             smt: Some(true),
-            cpu_template: Some(s("T2")),
+            cpu_template: Some(s("minimal")),
             track_dirty_pages: Some(true),
         };
         check("MachineConfig", mc);
@@ -164,7 +223,7 @@ mod tests {
                 vcpu_count: Some(1),
                 mem_size_mib: Some(2),
                 smt: Some(false),
-                cpu_template: Some(s("T2")),
+                cpu_template: Some(s("None")),
                 track_dirty_pages: Some(false),
             },
         );
@@ -246,7 +305,7 @@ mod tests {
                 state: VmState::Resumed,
             },
         );
-        for state in ["Not started", "Running", "Paused"] {
+        for state in ["Not started", "Running", "Paused", "Stopped"] {
             check(
                 "InstanceInfo",
                 InstanceInfo {

@@ -82,6 +82,12 @@ impl ApiRequest {
     }
 }
 
+/// Every status an [`ApiResponse::Error`] goes out with: 400 (bad request or state), 404 (no
+/// such route), 405 (method not allowed), 408 (body too slow), 413 (body too large), 500
+/// (petrel failed) and 503 (VMM thread gone). Any other status is sent as 500. The OpenAPI
+/// document lists each of them for every operation.
+pub const ERROR_STATUSES: &[u16] = &[400, 404, 405, 408, 413, 500, 503];
+
 /// The VMM thread's answer to an [`ApiRequest`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum ApiResponse {
@@ -91,7 +97,7 @@ pub enum ApiResponse {
     Json(serde_json::Value),
     /// 200 with a `text/plain; version=0.0.4` body (Prometheus exposition format).
     Text(String),
-    /// An error: `status` (4xx or 5xx) with `{"fault_message": ...}`.
+    /// An error: `status` (one of [`ERROR_STATUSES`]) with `{"fault_message": ...}`.
     Error {
         /// HTTP status code.
         status: u16,

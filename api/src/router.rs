@@ -94,7 +94,38 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
     })?;
     de.end()
         .map_err(|e| bad_request(format!("malformed JSON in request body: {e}")))?;
+    // serde also reads a struct from an array of its fields in order (`["/path"]` for
+    // `{"metrics_path": "/path"}`); the document allows objects only, and no request body
+    // has an array field, so any array left is such a struct.
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| bad_request(format!("malformed JSON in request body: {e}")))?;
+    if let Some(at) = first_array(&json, "") {
+        let field = if at.is_empty() {
+            String::new()
+        } else {
+            format!("field `{at}`: ")
+        };
+        return Err(bad_request(format!(
+            "invalid request body: {field}invalid type: array, expected an object"
+        )));
+    }
     Ok(value)
+}
+
+/// The path (`a.b`; empty for the root) of the first array in `value`, if any.
+fn first_array(value: &serde_json::Value, at: &str) -> Option<String> {
+    match value {
+        serde_json::Value::Array(_) => Some(at.to_owned()),
+        serde_json::Value::Object(fields) => fields.iter().find_map(|(k, v)| {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            first_array(v, &path)
+        }),
+        _ => None,
+    }
 }
 
 fn path_id<'a>(field: &str, id: Option<&'a str>) -> Result<&'a str, ApiResponse> {
@@ -238,6 +269,34 @@ mod tests {
         assert_eq!(status(route("GET", "/x", b"")), 404);
         assert_eq!(status(route("DELETE", "/vm", b"")), 405);
         assert_eq!(status(route("PUT", "/vsock", b"[]")), 400);
+        // Structs are objects only, never serde's array form.
+        assert_eq!(
+            status(route("PATCH", "/machine-config", b"[null, null]")),
+            400
+        );
+        assert_eq!(status(route("PUT", "/metrics", br#"["/m"]"#)), 400);
+        assert_eq!(
+            status(route(
+                "PUT",
+                "/drives/d",
+                br#"{"drive_id": "d", "path_on_host": "/p", "is_root_device": false,
+                     "rate_limiter": {"ops": [1, null, 2]}}"#
+            )),
+            400
+        );
+        // Enums are names, never serde's `{"Variant": null}` form.
+        assert_eq!(
+            status(route(
+                "PUT",
+                "/actions",
+                br#"{"action_type": {"Kill": null}}"#
+            )),
+            400
+        );
+        assert_eq!(
+            status(route("PATCH", "/vm", br#"{"state": {"Paused": null}}"#)),
+            400
+        );
         assert_eq!(route("GET", "/openapi.json", b""), Ok(Routed::OpenApi));
         assert_eq!(
             route("GET", "/", b"ignored"),

@@ -23,6 +23,11 @@ use crate::socket::bind_private;
 /// The channel the API thread sends requests on, each with its own reply channel.
 pub type RequestSender = mpsc::Sender<(ApiRequest, mpsc::Sender<ApiResponse>)>;
 
+/// Statuses the HTTP layer (hyper) answers malformed requests with by itself, without a body:
+/// 400 (unparsable request line or header), 414 (request target too long) and 431 (request
+/// head over [`MAX_BUF_BYTES`] or more than 100 headers). The OpenAPI document lists them.
+pub const HTTP_LAYER_STATUSES: &[u16] = &[400, 414, 431];
+
 /// Time allowed for a client to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest read buffer per connection, which bounds the request head.

@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::openapi::OPENAPI_JSON;
-use crate::request::{ApiRequest, ApiResponse};
+use crate::request::{ApiRequest, ApiResponse, ERROR_STATUSES};
 use crate::router::{allowed_methods, route, Routed};
 use crate::server::RequestSender;
 use crate::types::ApiError;
@@ -48,10 +48,14 @@ pub fn to_http(resp: ApiResponse) -> Response<Full<Bytes>> {
             status,
             fault_message,
         } => {
+            // Only statuses the OpenAPI document lists go out.
             let status = StatusCode::from_u16(status)
                 .ok()
-                .filter(|s| s.is_client_error() || s.is_server_error())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                .filter(|s| ERROR_STATUSES.contains(&s.as_u16()))
+                .unwrap_or_else(|| {
+                    tracing::warn!(status, "undocumented API error status sent as 500");
+                    StatusCode::INTERNAL_SERVER_ERROR
+                });
             let body = serde_json::to_string(&ApiError { fault_message })
                 .unwrap_or_else(|_| String::from("{}"));
             (status, Some("application/json"), Bytes::from(body))
@@ -154,4 +158,22 @@ pub async fn handle(
         }
     }
     Ok(http)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_documented_error_statuses_go_out() {
+        for &status in ERROR_STATUSES {
+            let http = to_http(ApiResponse::error(status, "x"));
+            assert_eq!(http.status().as_u16(), status);
+            assert_eq!(http.headers()[CONTENT_TYPE], "application/json");
+        }
+        for status in [0, 200, 204, 302, 401, 418, 429, 502, 599, 1000] {
+            let http = to_http(ApiResponse::error(status, "x"));
+            assert_eq!(http.status(), StatusCode::INTERNAL_SERVER_ERROR, "{status}");
+        }
+    }
 }

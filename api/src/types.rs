@@ -3,7 +3,18 @@
 //! Field names follow Firecracker's API so that tools written for it work unchanged; the few
 //! petrel additions are marked. Every body that a client sends rejects unknown fields.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Reads an enum from its variant's name only: serde_json would also take
+/// `{"Name": null}`, which the document does not allow.
+fn by_name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let name = String::deserialize(deserializer)?;
+    T::deserialize(serde::de::value::StringDeserializer::<D::Error>::new(name))
+}
 
 /// `PUT /boot-source`: the guest kernel, its command line and an optional initrd.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +215,7 @@ pub enum ActionType {
 #[serde(deny_unknown_fields)]
 pub struct InstanceActionInfo {
     /// The action.
+    #[serde(deserialize_with = "by_name")]
     pub action_type: ActionType,
 }
 
@@ -221,6 +233,7 @@ pub enum VmState {
 #[serde(deny_unknown_fields)]
 pub struct Vm {
     /// The state wanted.
+    #[serde(deserialize_with = "by_name")]
     pub state: VmState,
 }
 
@@ -230,7 +243,8 @@ pub struct Vm {
 pub struct InstanceInfo {
     /// Id of the instance.
     pub id: String,
-    /// `Not started`, `Running` or `Paused`, as Firecracker.
+    /// `Not started`, `Running` or `Paused`, as Firecracker, or `Stopped` once the guest
+    /// ended and petrel is tearing down.
     pub state: String,
     /// Version of petrel.
     pub vmm_version: String,
