@@ -13,13 +13,13 @@
 # by .ci/schemathesis_hooks.py. Each petrel runs in a network namespace of its own, so a
 # configured TAP device could never appear on the host. Called by .ci/run after the cargo
 # tests; runs alone too: `bash .ci/schemathesis.sh`.
-# Knobs: SCHEMATHESIS_MAX_EXAMPLES (default 25), SCHEMATHESIS_SEED (default random).
+# Knobs: SCHEMATHESIS_MAX_EXAMPLES (default 50), SCHEMATHESIS_SEED (default random).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 SCHEMATHESIS_VERSION=4.32.5
-max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-25}
+max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-50}
 started=$SECONDS
 
 echo "== schemathesis: setup"
