@@ -42,6 +42,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+#[path = "../../benches/report.rs"]
+mod report;
+
 /// Pause between two `connect()` attempts while petrel starts.
 const POLL: Duration = Duration::from_micros(50);
 /// How long a petrel gets to answer on its socket.
@@ -162,27 +165,6 @@ impl Report {
                 s.p99().map_or_else(|| "-".to_owned(), show),
                 show(s.max())
             );
-        }
-    }
-
-    fn emit_json(&self) {
-        let text: String = self.json.iter().map(|l| format!("{l}\n")).collect();
-        match std::env::var_os("PETREL_BENCH_JSON") {
-            Some(path) => {
-                let result = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .and_then(|mut f| f.write_all(text.as_bytes()));
-                match result {
-                    Ok(()) => println!("JSON lines appended to {}", path.to_string_lossy()),
-                    Err(e) => eprintln!("cannot write {}: {e}", path.to_string_lossy()),
-                }
-            }
-            None => {
-                println!("\nJSON:");
-                print!("{text}");
-            }
         }
     }
 }
@@ -607,5 +589,5 @@ fn main() {
             show(median)
         );
     }
-    report.emit_json();
+    report::emit_json(&report.json);
 }

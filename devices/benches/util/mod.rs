@@ -4,7 +4,6 @@
 //! Each benchmark uses only part of this module, hence `#[allow(dead_code)]` where it is
 //! included.
 
-use std::io::Write;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,6 +11,10 @@ use std::time::Duration;
 use memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
+
+#[path = "../../../benches/report.rs"]
+mod report;
+pub use report::emit_json;
 
 /// How long each case runs, from the environment.
 pub struct Settings {
@@ -233,29 +236,6 @@ impl Ring {
         let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).expect("used len");
         self.used_seen = self.used_seen.wrapping_add(1);
         Some((id as u16, len))
-    }
-}
-
-/// Where the JSON lines go: the file named by `PETREL_BENCH_JSON`, else stdout after the
-/// table.
-pub fn emit_json(lines: &[serde_json::Value]) {
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    match std::env::var_os("PETREL_BENCH_JSON") {
-        Some(path) => {
-            let result = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(text.as_bytes()));
-            match result {
-                Ok(()) => println!("JSON lines appended to {}", path.to_string_lossy()),
-                Err(e) => eprintln!("cannot write {}: {e}", path.to_string_lossy()),
-            }
-        }
-        None => {
-            println!("\nJSON:");
-            print!("{text}");
-        }
     }
 }
 
