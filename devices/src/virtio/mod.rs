@@ -19,6 +19,7 @@ mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod queue;
+pub mod vsock;
 
 pub use device::{
     ActivateError, AsAny, DeviceEnv, QueueKicks, VirtioDevice, CHAINS_PER_PASS, HOST_EVENT_BASE,
@@ -31,6 +32,7 @@ pub mod ids {
     pub const NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
     pub const BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
     pub const CONSOLE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
+    pub const VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 }
 
 /// Feature bits every device shares (virtio 1.2, section 6).
