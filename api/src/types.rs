@@ -186,11 +186,11 @@ pub struct Console {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vsock {
-    /// Context id of the guest (3 or more).
+    /// Context id of the guest (3 to 4294967294).
     pub guest_cid: u32,
     /// Host Unix socket path.
     pub uds_path: String,
-    /// Deprecated in Firecracker; accepted and ignored.
+    /// The device id (default `vsock0`); deprecated in Firecracker, where it is ignored.
     #[serde(default)]
     pub vsock_id: Option<String>,
 }

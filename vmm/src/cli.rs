@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::parse_vsock;
 use crate::config::{
     parse_console, parse_disk, parse_net, ByteSize, ConfigError, CpuTemplate, SerialOutput,
     VmConfig,
@@ -69,6 +70,10 @@ pub struct RunArgs {
     /// A virtio console: [id=ID,]output=stdout|file:PATH|pty|socket:PATH|none; repeatable.
     #[arg(long = "console", value_name = "OPTS")]
     pub consoles: Vec<String>,
+    /// The virtio-vsock device: cid=N,uds=PATH[,id=ID]. Host processes connect to PATH and
+    /// write `CONNECT <port>`; guest connections to host port P reach PATH_P.
+    #[arg(long = "vsock", value_name = "OPTS")]
+    pub vsock: Option<String>,
     /// Read the machine from a JSON VmConfig file; other flags override its fields.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -150,6 +155,9 @@ impl RunArgs {
         for text in &self.consoles {
             let index = config.consoles.len();
             config.consoles.push(parse_console(text, index)?);
+        }
+        if let Some(text) = &self.vsock {
+            config.vsock = Some(parse_vsock(text)?);
         }
         config.validate()?;
         Ok(config)

@@ -7,6 +7,7 @@ use devices::rate_limiter::RateLimitConfig;
 use devices::virtio::block::BlockConfig;
 use devices::virtio::console::{ConsoleConfig, ConsoleOutput};
 use devices::virtio::net::{MacAddr, NetConfig};
+use devices::virtio::vsock::VsockConfig;
 
 use super::{ConfigError, Options, VmConfig};
 
@@ -64,6 +65,23 @@ pub fn parse_console(text: &str, index: usize) -> Result<ConsoleConfig, ConfigEr
     Ok(ConsoleConfig { id, output })
 }
 
+/// `--vsock cid=N,uds=PATH[,id=ID]`.
+pub fn parse_vsock(text: &str) -> Result<VsockConfig, ConfigError> {
+    let mut o = Options::parse("vsock", text)?;
+    let guest_cid = o.take_parsed("cid", |s| s.parse::<u64>())?;
+    let guest_cid = guest_cid.ok_or_else(|| o.invalid("cid", "", "cid=N is required"))?;
+    let uds_path = o.require("uds")?.into();
+    let id = o
+        .take("id")
+        .unwrap_or_else(devices::virtio::vsock::default_id);
+    o.finish()?;
+    Ok(VsockConfig {
+        id,
+        guest_cid,
+        uds_path,
+    })
+}
+
 /// Whether `id` is a usable device id: 1 to 64 letters, digits, `-` or `_`.
 fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -81,7 +99,8 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
         .iter()
         .map(|d| ("disk", &d.id))
         .chain(config.nets.iter().map(|n| ("net", &n.id)))
-        .chain(config.consoles.iter().map(|c| ("console", &c.id)));
+        .chain(config.consoles.iter().map(|c| ("console", &c.id)))
+        .chain(config.vsock.iter().map(|v| ("vsock", &v.id)));
     let mut seen = HashSet::new();
     for (kind, id) in ids {
         if !valid_id(id) {
@@ -129,6 +148,18 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
                     path.display()
                 )));
             }
+        }
+    }
+    if let Some(v) = &config.vsock {
+        v.validate().map_err(|e| ConfigError::Option {
+            flag: "vsock",
+            reason: e.to_string(),
+        })?;
+        if sockets.contains(&v.uds_path) {
+            return Err(conflict(format!(
+                "vsock socket {} is also a console socket",
+                v.uds_path.display()
+            )));
         }
     }
     validate_root(config)
@@ -179,6 +210,32 @@ mod tests {
         assert!(parse_net("tap=t0,mac=zz:00:00:00:00:01", 0).is_err());
         assert!(parse_console("output=tty", 0).is_err());
         assert!(parse_console("output=socket:", 0).is_err());
+        assert!(parse_vsock("uds=/v").is_err());
+        assert!(parse_vsock("cid=3").is_err());
+        assert!(parse_vsock("cid=x,uds=/v").is_err());
+        assert!(parse_vsock("cid=3,uds=/v,port=1").is_err());
+    }
+
+    #[test]
+    fn vsock_flag_fills_the_config_and_checks_the_cid() {
+        let v = parse_vsock("cid=3,uds=/run/v.sock").unwrap();
+        assert_eq!((v.id.as_str(), v.guest_cid), ("vsock0", 3));
+        assert_eq!(v.uds_path, std::path::PathBuf::from("/run/v.sock"));
+        let mut c = VmConfig::default();
+        c.vsock = Some(parse_vsock("cid=52,uds=/v,id=vs").unwrap());
+        assert_eq!(validate(&c), Ok(()));
+        for bad in [
+            "cid=2,uds=/v",
+            "cid=4294967295,uds=/v",
+            "cid=3,uds=/v,id=a b",
+        ] {
+            c.vsock = Some(parse_vsock(bad).unwrap());
+            assert!(validate(&c).is_err(), "{bad}");
+        }
+        c.vsock = Some(parse_vsock("cid=3,uds=/s").unwrap());
+        c.consoles
+            .push(parse_console("output=socket:/s", 0).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
     }
 
     #[test]

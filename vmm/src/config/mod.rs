@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 mod device_options;
 mod options;
-pub use device_options::{parse_console, parse_disk, parse_net};
+pub use device_options::{parse_console, parse_disk, parse_net, parse_vsock};
 pub use options::Options;
 
 /// The most vCPUs petrel starts: every APIC id must fit the MP table's 8-bit field, and
@@ -221,6 +221,9 @@ pub struct VmConfig {
     /// virtio-console ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consoles: Vec<::devices::virtio::console::ConsoleConfig>,
+    /// The virtio-vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<::devices::virtio::vsock::VsockConfig>,
 }
 
 impl VmConfig {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use api::types::Vsock;
 use api::types::{
     BootSource, Console, Drive, DrivePatch, MachineConfig, MachineConfigPatch, NetworkInterface,
     NetworkInterfacePatch, RateLimiter, TokenBucket,
@@ -13,6 +14,7 @@ use devices::rate_limiter::{RateLimitConfig, TokenBucketConfig};
 use devices::virtio::block::BlockConfig;
 use devices::virtio::console::ConsoleConfig;
 use devices::virtio::net::{MacAddr, NetConfig};
+use devices::virtio::vsock::VsockConfig;
 
 use crate::config::{ByteSize, CpuTemplate, RootDisk, VmConfig};
 
@@ -348,6 +350,21 @@ pub fn put_console(config: &mut VmConfig, console: Console) -> Result<(), ApiRes
     };
     edit(config, |c| {
         upsert(&mut c.consoles, console, |c| &c.id);
+        Ok(())
+    })
+}
+
+/// `PUT /vsock`: sets the vsock device (Firecracker's fields; `vsock_id` names it).
+pub fn put_vsock(config: &mut VmConfig, vsock: Vsock) -> Result<(), ApiResponse> {
+    let vsock = VsockConfig {
+        id: vsock
+            .vsock_id
+            .unwrap_or_else(devices::virtio::vsock::default_id),
+        guest_cid: u64::from(vsock.guest_cid),
+        uds_path: vsock.uds_path.into(),
+    };
+    edit(config, |c| {
+        c.vsock = Some(vsock);
         Ok(())
     })
 }

@@ -214,9 +214,7 @@ impl ControlHandler {
                 Some(rt) => rt.patch_net(config, p),
                 None => configure::patch_net(config, p),
             }),
-            R::PutVsock(_) => {
-                ApiResponse::bad_request("PUT /vsock: this petrel has no virtio-vsock device yet")
-            }
+            R::PutVsock(v) => done(configure::put_vsock(config, v)),
             R::CreateSnapshot(_) | R::LoadSnapshot(_) => ApiResponse::bad_request(format!(
                 "{}: this petrel cannot take or load snapshots yet",
                 request.name()

@@ -5,6 +5,7 @@
 use devices::virtio::block::{Block, BlockError};
 use devices::virtio::console::{Console, ConsoleError};
 use devices::virtio::net::Net;
+use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 
 use super::DeviceError;
@@ -23,7 +24,7 @@ fn open_error(kind: &'static str, id: &str, e: impl std::fmt::Display, user: boo
 pub type Opened = (String, Box<dyn VirtioDevice>);
 
 /// Every virtio device of `config` with its id: disks, then network interfaces, then
-/// consoles, each in the order given.
+/// consoles, each in the order given, then the vsock device.
 pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
     let mut opened: Vec<Opened> = Vec::new();
     for disk in &config.disks {
@@ -46,6 +47,11 @@ pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
             open_error("console", &console.id, e, user)
         })?;
         opened.push((console.id.clone(), Box::new(device)));
+    }
+    if let Some(vsock) = &config.vsock {
+        let device =
+            Vsock::new(vsock).map_err(|e| open_error("vsock", &vsock.id, &e, e.is_user_error()))?;
+        opened.push((vsock.id.clone(), Box::new(device)));
     }
     Ok(opened)
 }

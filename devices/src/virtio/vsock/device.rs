@@ -383,7 +383,11 @@ impl VirtioDevice for Vsock {
             RX_QUEUE => self.process_rx(),
             TX_QUEUE => self.process_tx(),
             EVENT_QUEUE => self.deliver_reset_event(),
-            _ => tracing::debug!(index, id = self.config.id, "notification of an unknown queue"),
+            _ => tracing::debug!(
+                index,
+                id = self.config.id,
+                "notification of an unknown queue"
+            ),
         }
         self.sync();
     }

@@ -170,7 +170,12 @@ impl Vsock {
                 return;
             }
         };
-        tracing::debug!(id = self.config.id, port, host_port, "host asks for a guest port");
+        tracing::debug!(
+            id = self.config.id,
+            port,
+            host_port,
+            "host asks for a guest port"
+        );
         let request = conn.header(op::REQUEST);
         self.insert_conn(conn);
         self.push_control(request);
@@ -215,7 +220,11 @@ impl Vsock {
             .map(|c| c.key())
             .collect();
         for key in late {
-            tracing::debug!(id = self.config.id, ?key, "guest did not answer a connection");
+            tracing::debug!(
+                id = self.config.id,
+                ?key,
+                "guest did not answer a connection"
+            );
             self.metrics.connect_timeouts += 1;
             self.reset_conn(key);
         }

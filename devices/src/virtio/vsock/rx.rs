@@ -99,9 +99,7 @@ impl Vsock {
 
     /// Whether some connection may have bytes for the guest.
     fn any_data_ready(&self) -> bool {
-        self.conns
-            .values()
-            .any(|c| c.readable && c.reads_host())
+        self.conns.values().any(|c| c.readable && c.reads_host())
     }
 
     /// The next packet for an rx buffer with `room` payload bytes, if there is one.

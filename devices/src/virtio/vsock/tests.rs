@@ -232,14 +232,22 @@ fn ops(packets: &[(Header, Vec<u8>)]) -> Vec<u16> {
 /// stream and the device's host port.
 fn host_connect(s: &mut Setup, d: &mut Driver, port: u32) -> (UnixStream, u32) {
     let mut host = UnixStream::connect(&s.uds).unwrap();
-    host.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
+    host.write_all(format!("CONNECT {port}\n").as_bytes())
+        .unwrap();
     pump(&mut s.vsock);
     let got = d.received();
     assert_eq!(ops(&got), [op::REQUEST]);
     let req = got[0].0;
-    assert_eq!((req.src_cid, req.dst_cid, req.dst_port), (HOST_CID, CID, port));
+    assert_eq!(
+        (req.src_cid, req.dst_cid, req.dst_port),
+        (HOST_CID, CID, port)
+    );
     assert_eq!(req.buf_alloc, BUF_ALLOC);
-    d.send(&mut s.vsock, d.header(op::RESPONSE, port, req.src_port), &[]);
+    d.send(
+        &mut s.vsock,
+        d.header(op::RESPONSE, port, req.src_port),
+        &[],
+    );
     let mut ok = [0u8; 14];
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     host.read_exact(&mut ok).unwrap();
@@ -269,17 +277,26 @@ fn reserved_cids_and_busy_paths_are_refused() {
             guest_cid: cid,
             uds_path: "/tmp/x".into(),
         };
-        assert!(matches!(Vsock::new(&c), Err(VsockError::Cid(_))), "cid {cid}");
+        assert!(
+            matches!(Vsock::new(&c), Err(VsockError::Cid(_))),
+            "cid {cid}"
+        );
     }
     let again = VsockConfig {
         id: "v".into(),
         guest_cid: 3,
         uds_path: s.uds.clone(),
     };
-    assert!(matches!(Vsock::new(&again), Err(VsockError::SocketInUse(_))));
+    assert!(matches!(
+        Vsock::new(&again),
+        Err(VsockError::SocketInUse(_))
+    ));
     let file = s._dir.as_path().join("plain");
     std::fs::write(&file, b"x").unwrap();
-    let c = VsockConfig { uds_path: file, ..again };
+    let c = VsockConfig {
+        uds_path: file,
+        ..again
+    };
     assert!(matches!(Vsock::new(&c), Err(VsockError::NotASocket(_))));
 }
 
@@ -300,7 +317,11 @@ fn host_connection_echoes_both_ways() {
     assert_eq!(got[0].1, b"ping from the host");
     assert_eq!((got[0].0.src_port, got[0].0.dst_port), (host_port, 1234));
 
-    d.send(&mut s.vsock, d.header(op::RW, 1234, host_port), b"pong from the guest");
+    d.send(
+        &mut s.vsock,
+        d.header(op::RW, 1234, host_port),
+        b"pong from the guest",
+    );
     let mut buf = [0u8; 19];
     host.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"pong from the guest");

@@ -78,7 +78,10 @@ impl Vsock {
     pub(super) fn handle_packet(&mut self, h: Header, body: &[u8]) {
         if h.src_cid != self.config.guest_cid {
             // Not from this guest: there is nobody to answer.
-            self.malformed(None, &format_args!("src_cid {} is not the guest's", h.src_cid));
+            self.malformed(
+                None,
+                &format_args!("src_cid {} is not the guest's", h.src_cid),
+            );
             return;
         }
         if h.type_ != TYPE_STREAM {
@@ -86,11 +89,17 @@ impl Vsock {
             return;
         }
         if h.dst_cid != HOST_CID {
-            self.malformed(Some(&h), &format_args!("dst_cid {} is not the host", h.dst_cid));
+            self.malformed(
+                Some(&h),
+                &format_args!("dst_cid {} is not the host", h.dst_cid),
+            );
             return;
         }
         if h.op != op::RW && !body.is_empty() {
-            self.malformed(Some(&h), &format_args!("op {} with {} payload bytes", h.op, body.len()));
+            self.malformed(
+                Some(&h),
+                &format_args!("op {} with {} payload bytes", h.op, body.len()),
+            );
             return;
         }
         let key = (h.src_port, h.dst_port);
@@ -132,14 +141,22 @@ impl Vsock {
     /// The guest asks to connect to host port `h.dst_port`: connects to `<uds>_<port>`.
     fn guest_connect(&mut self, h: &Header) {
         let key = (h.src_port, h.dst_port);
-        if self.conns.contains_key(&key) || self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS {
+        if self.conns.contains_key(&key)
+            || self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS
+        {
             self.push_control(h.reply(op::RST));
             return;
         }
         let mut path = PathBuf::from(&self.config.uds_path).into_os_string();
         path.push(format!("_{}", h.dst_port));
         let conn = UnixStream::connect(&path).and_then(|s| {
-            Conn::new(s, State::Established, self.config.guest_cid, h.src_port, h.dst_port)
+            Conn::new(
+                s,
+                State::Established,
+                self.config.guest_cid,
+                h.src_port,
+                h.dst_port,
+            )
         });
         match conn {
             Ok(mut conn) => {
