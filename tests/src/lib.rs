@@ -200,7 +200,11 @@ impl Running {
             &cmdline,
         ];
         args.extend_from_slice(extra);
-        let mut child = command(&args).spawn().expect("spawn petrel");
+        Running::spawn(&args)
+    }
+
+    fn spawn(args: &[&str]) -> Running {
+        let mut child = command(args).spawn().expect("spawn petrel");
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, lines) = mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -217,6 +221,19 @@ impl Running {
             seen: Vec::new(),
             reader: Some(reader),
         }
+    }
+
+    /// Like [`Running::scenario`], with `params` appended to the guest's command line.
+    pub fn scenario_with_cmdline(scenario: &str, params: &str, extra: &[&str]) -> Running {
+        let cmdline = format!("petrel.test={scenario} {params}");
+        let mut args = vec![
+            "--kernel",
+            test_guest().to_str().unwrap(),
+            "--cmdline",
+            &cmdline,
+        ];
+        args.extend_from_slice(extra);
+        Running::spawn(&args)
     }
 
     /// Waits for a stdout line that starts with `prefix` and returns it. Fails the test (and

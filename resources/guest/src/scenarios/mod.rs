@@ -15,6 +15,7 @@ mod demo;
 mod machine;
 mod net;
 mod smp;
+mod vsock;
 
 use alloc::string::String;
 use core::fmt;
@@ -98,6 +99,11 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "blkswap",
         run: blkswap::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "vsock",
+        run: vsock::run,
         exit: Exit::Reset,
     },
 ];
