@@ -221,8 +221,10 @@ mod tests {
         let v = parse_vsock("cid=3,uds=/run/v.sock").unwrap();
         assert_eq!((v.id.as_str(), v.guest_cid), ("vsock0", 3));
         assert_eq!(v.uds_path, std::path::PathBuf::from("/run/v.sock"));
-        let mut c = VmConfig::default();
-        c.vsock = Some(parse_vsock("cid=52,uds=/v,id=vs").unwrap());
+        let mut c = VmConfig {
+            vsock: Some(parse_vsock("cid=52,uds=/v,id=vs").unwrap()),
+            ..VmConfig::default()
+        };
         assert_eq!(validate(&c), Ok(()));
         for bad in [
             "cid=2,uds=/v",
