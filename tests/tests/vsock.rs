@@ -146,3 +146,81 @@ fn one_mib_through_a_slow_host_reader_arrives_intact() {
         "{out}"
     );
 }
+
+#[test]
+fn put_vsock_configures_the_device_before_start_and_is_refused_after() {
+    use serde_json::json;
+    use tests::api_vm::ApiVm;
+
+    let mut vm = ApiVm::spawn(&[]);
+    let uds = vm.path("api-v.sock");
+    let uds_str = uds.to_str().unwrap().to_string();
+    for (body, what) in [
+        (
+            json!({ "guest_cid": 2, "uds_path": uds_str }),
+            "guest cid 2",
+        ),
+        (
+            json!({ "guest_cid": 4294967295u64, "uds_path": uds_str }),
+            "guest cid 4294967295",
+        ),
+        (
+            json!({ "guest_cid": 4294967296u64, "uds_path": uds_str }),
+            "guest_cid",
+        ),
+        (
+            json!({ "guest_cid": 3, "uds_path": "" }),
+            "uds path is empty",
+        ),
+        (json!({ "guest_cid": 3 }), "uds_path"),
+        (
+            json!({ "guest_cid": 3, "uds_path": uds_str, "vsock_id": "a b" }),
+            "invalid id",
+        ),
+        (
+            json!({ "guest_cid": 3, "uds_path": uds_str, "port": 1 }),
+            "unknown field",
+        ),
+    ] {
+        let msg = vm.fails("PUT", "/vsock", Some(body.clone()), 400);
+        assert!(msg.contains(what), "{body}: {msg}");
+    }
+    assert!(vm.get("/vm/config").get("vsock").is_none());
+    vm.ok(
+        "PUT",
+        "/vsock",
+        json!({ "guest_cid": CID, "uds_path": uds_str, "vsock_id": "v0" }),
+    );
+    let config = vm.get("/vm/config");
+    assert_eq!(
+        config["vsock"],
+        json!({ "id": "v0", "guest_cid": CID, "uds_path": uds_str })
+    );
+    if !kvm_available() {
+        return;
+    }
+    vm.ok(
+        "PUT",
+        "/boot-source",
+        json!({
+            "kernel_image_path": tests::test_guest().to_str().unwrap(),
+            "boot_args": format!("petrel.test=vsock petrel.vsock.listen={GUEST_PORT}"),
+        }),
+    );
+    vm.ok("PUT", "/actions", json!({ "action_type": "InstanceStart" }));
+    let msg = vm.fails(
+        "PUT",
+        "/vsock",
+        Some(json!({ "guest_cid": 9, "uds_path": uds_str })),
+        400,
+    );
+    assert!(msg.contains("Running"), "{msg}");
+    vm.wait_serial(Duration::from_secs(60), |s| {
+        s.contains("VSOCK listening").then_some(())
+    });
+    let s = connect_guest(&uds, GUEST_PORT);
+    let data = pattern(3, 5000);
+    assert_eq!(echo(s, data.clone(), 4096, Duration::ZERO), data);
+    let out = vm.finish(Duration::from_secs(60));
+    assert!(vm.serial().contains("PASS vsock"), "{out}\n{}", vm.serial());
+}

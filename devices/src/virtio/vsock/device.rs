@@ -110,6 +110,19 @@ impl Vsock {
             what: "a timer",
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
+        // SAFETY: fcntl on the timer descriptor this function owns, with F_SETFL and flags
+        // read from it just before; it touches no memory.
+        let nonblocking = unsafe {
+            let flags = libc::fcntl(timer.as_raw_fd(), libc::F_GETFL);
+            flags >= 0
+                && libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+        };
+        if !nonblocking {
+            return Err(VsockError::Os {
+                what: "a non-blocking timer",
+                source: std::io::Error::last_os_error(),
+            });
+        }
         epoll
             .ctl(
                 ControlOperation::Add,
