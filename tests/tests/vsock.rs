@@ -174,6 +174,10 @@ fn put_vsock_configures_the_device_before_start_and_is_refused_after() {
         ),
         (json!({ "guest_cid": 3 }), "uds_path"),
         (
+            json!({ "guest_cid": 3, "uds_path": "/".repeat(200) }),
+            "longer than 107 bytes",
+        ),
+        (
             json!({ "guest_cid": 3, "uds_path": uds_str, "vsock_id": "a b" }),
             "invalid id",
         ),

@@ -65,6 +65,8 @@ pub struct VsockMetrics {
     pub credit_violations: u64,
     /// Host clients refused (bad `CONNECT` line, too many connections, timeout).
     pub host_refused: u64,
+    /// Replies dropped because the guest let [`super::MAX_CONTROL`] of them wait.
+    pub control_dropped: u64,
 }
 
 /// The queues of an activated device.
@@ -257,6 +259,17 @@ impl Vsock {
 
     /// Queues a data-less packet for the guest.
     pub(super) fn push_control(&mut self, h: Header) {
+        if self.control.len() >= super::MAX_CONTROL {
+            self.metrics.control_dropped += 1;
+            if self.metrics.control_dropped.is_power_of_two() {
+                tracing::warn!(
+                    id = self.config.id,
+                    dropped = self.metrics.control_dropped,
+                    "vsock guest posts no rx buffers; replies dropped"
+                );
+            }
+            return;
+        }
         if h.op == super::packet::op::RST {
             self.metrics.resets_sent += 1;
         }

@@ -59,6 +59,11 @@ pub const MIN_GUEST_CID: u64 = 3;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections (and host clients still sending their `CONNECT` line) the device keeps at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Data-less packets (replies, credit updates, resets) waiting for rx buffers; past this a
+/// guest that sends without posting rx buffers has further replies dropped and counted.
+pub const MAX_CONTROL: usize = 4 * MAX_CONNECTIONS;
+/// The longest socket path: `sun_path` holds 108 bytes with the terminating NUL.
+pub const MAX_PATH_LEN: usize = 107;
 /// The first local port handed to host-initiated connections.
 pub const FIRST_HOST_PORT: u32 = 1 << 30;
 
@@ -90,8 +95,12 @@ impl VsockConfig {
         if self.guest_cid < MIN_GUEST_CID || self.guest_cid > u64::from(u32::MAX - 1) {
             return Err(VsockError::Cid(self.guest_cid));
         }
-        if self.uds_path.as_os_str().is_empty() {
+        let path = self.uds_path.as_os_str().as_encoded_bytes();
+        if path.is_empty() {
             return Err(VsockError::EmptyPath);
+        }
+        if path.len() > MAX_PATH_LEN || path.contains(&0) {
+            return Err(VsockError::BadPath(self.uds_path.clone()));
         }
         Ok(())
     }
@@ -106,6 +115,9 @@ pub enum VsockError {
     /// No socket path.
     #[error("the vsock uds path is empty")]
     EmptyPath,
+    /// The socket path is too long for a Unix socket address or holds a NUL byte.
+    #[error("vsock uds path {0:?} is longer than {MAX_PATH_LEN} bytes or holds a NUL byte")]
+    BadPath(PathBuf),
     /// Another process listens on the socket path.
     #[error("vsock socket {0} is in use by another process")]
     SocketInUse(PathBuf),

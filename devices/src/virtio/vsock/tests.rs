@@ -663,6 +663,39 @@ fn state_round_trips_and_restore_announces_a_transport_reset() {
 }
 
 #[test]
+fn replies_to_a_guest_that_posts_no_rx_buffers_are_bounded() {
+    let mut s = setup();
+    let mem = memory();
+    let mut d = Driver::new(&mem);
+    d.activate(&mut s.vsock);
+    // Every RST answer waits for an rx buffer the guest never posts.
+    let h = d.header(op::RW, 1, 2).to_bytes();
+    let addr = d.buffer(HEADER_LEN as u32);
+    mem.write_slice(&h, GuestAddress(addr)).unwrap();
+    for _ in 0..(MAX_CONTROL + 100) / usize::from(QUEUE_SIZE) + 1 {
+        for _ in 0..QUEUE_SIZE {
+            d.add_chain(1, &[(addr, HEADER_LEN as u32, RO)]);
+        }
+        s.vsock.queue_notify(1);
+        d.next_desc[1] = 0;
+    }
+    assert_eq!(s.vsock.control.len(), MAX_CONTROL);
+    assert!(s.vsock.metrics().control_dropped >= 100);
+}
+
+#[test]
+fn long_or_nul_socket_paths_are_refused() {
+    for path in ["a".repeat(MAX_PATH_LEN + 1), "/tmp/a\0b".to_string()] {
+        let c = VsockConfig {
+            id: "v".into(),
+            guest_cid: 3,
+            uds_path: path.into(),
+        };
+        assert!(matches!(c.validate(), Err(VsockError::BadPath(_))));
+    }
+}
+
+#[test]
 fn headers_round_trip() {
     let h = Header {
         src_cid: 1 << 40 | 3,
