@@ -7,7 +7,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tests::{kvm_available, Running};
+use tests::{device_metrics, kvm_available, Running};
 
 const GUEST_PORT: u32 = 1234;
 const HOST_PORT: u32 = 5000;
@@ -63,6 +63,8 @@ fn echo(stream: UnixStream, data: Vec<u8>, read_size: usize, pause: Duration) ->
 }
 
 fn start(dir: &Path, extra_cmdline: &str, conns: u32) -> (Running, std::path::PathBuf) {
+    // The device's counters are logged when petrel stops.
+    std::env::set_var("PETREL_LOG", "petrel::metrics=info");
     let uds = dir.join("v.sock");
     let vsock = format!("cid={CID},uds={}", uds.display());
     let cmdline_tail =
@@ -145,6 +147,16 @@ fn one_mib_through_a_slow_host_reader_arrives_intact() {
         closed[0].ends_with(&format!("local_port={GUEST_PORT} bytes={}", 1 << 20)),
         "{out}"
     );
+    let m = device_metrics(&out, "vsock0");
+    eprintln!("device metrics: {m}");
+    assert_eq!(
+        (m["tx_bytes"].as_u64(), m["rx_bytes"].as_u64()),
+        (Some(1 << 20), Some(1 << 20))
+    );
+    assert_eq!(m["malformed"], 0);
+    assert_eq!(m["credit_violations"], 0);
+    // The slow reader did make the device hold guest bytes back.
+    assert!(m["host_write_blocked"].as_u64() > Some(0), "{m}");
 }
 
 #[test]

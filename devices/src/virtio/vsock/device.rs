@@ -65,6 +65,11 @@ pub struct VsockMetrics {
     pub credit_violations: u64,
     /// Host clients refused (bad `CONNECT` line, too many connections, timeout).
     pub host_refused: u64,
+    /// Times a host socket could not take all the guest's bytes at once (they waited in the
+    /// connection's buffer).
+    pub host_write_blocked: u64,
+    /// CREDIT_REQUESTs sent: the guest had no room for host bytes that were waiting.
+    pub credit_requests: u64,
     /// Replies dropped because the guest let [`super::MAX_CONTROL`] of them wait.
     pub control_dropped: u64,
 }

@@ -140,6 +140,7 @@ impl Vsock {
         if credit == 0 {
             if !conn.credit_requested {
                 conn.credit_requested = true;
+                self.metrics.credit_requests += 1;
                 let h = conn.header(op::CREDIT_REQUEST);
                 return Some(Next::Control(h));
             }

@@ -221,8 +221,11 @@ impl Vsock {
                 self.reset_conn(key);
             }
             Ok(Flush::Failed) => self.reset_conn(key),
-            Ok(_) => {
+            Ok(flushed) => {
                 self.metrics.tx_bytes += u64::from(conn.fwd_cnt.wrapping_sub(before));
+                if flushed == Flush::Blocked {
+                    self.metrics.host_write_blocked += 1;
+                }
             }
         }
     }
