@@ -21,20 +21,33 @@ impl Vsock {
     /// Fills the rx buffers the guest posted: control packets first, then host bytes from
     /// connections in turn, each within the guest's credit for it.
     pub fn process_rx(&mut self) {
+        // A second pass only when buffers arrived while notifications were being re-enabled.
+        for _ in 0..2 {
+            if !self.rx_pass() {
+                break;
+            }
+        }
+    }
+
+    /// One pass over the posted rx buffers; whether the driver posted more meanwhile while
+    /// packets still wait for them.
+    fn rx_pass(&mut self) -> bool {
         let Some(active) = self.active.as_ref() else {
-            return;
+            return false;
         };
         let mem = active.env.mem.clone();
         let mut used_any = false;
         let mut served = 0;
+        let mut starved = false;
         while served < CHAINS_PER_PASS {
             if self.control.is_empty() && !self.any_data_ready() {
                 break;
             }
             let Some(active) = self.active.as_mut() else {
-                return;
+                return false;
             };
             let Some(chain) = active.rx.pop_descriptor_chain(&mem) else {
+                starved = true;
                 break;
             };
             served += 1;
@@ -84,8 +97,9 @@ impl Vsock {
             if used_any {
                 queue::signal_used(&mut active.rx, &mem, &active.env.interrupt);
             }
-            let _ = active.rx.enable_notification(&mem);
+            return starved && matches!(active.rx.enable_notification(&mem), Ok(true));
         }
+        false
     }
 
     fn rx_malformed(&mut self, head: u16, e: &chain::Malformed) {

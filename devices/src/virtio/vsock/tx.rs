@@ -23,6 +23,7 @@ impl Vsock {
         let mem = active.env.mem.clone();
         let mut packets = Vec::new();
         let mut used_any = false;
+        let mut empty_rounds = 0;
         loop {
             let mut popped = 0;
             while popped < CHAINS_PER_PASS {
@@ -43,8 +44,12 @@ impl Vsock {
                 active.env.kicks.kick(TX_QUEUE);
                 break;
             }
+            if popped == 0 {
+                // An available index the queue cannot serve must not spin the loop.
+                empty_rounds += 1;
+            }
             match active.tx.enable_notification(&mem) {
-                Ok(true) if popped > 0 => continue,
+                Ok(true) if empty_rounds < 2 => continue,
                 _ => break,
             }
         }
