@@ -191,7 +191,7 @@ impl<'a> Driver<'a> {
         let count = used.idx().load();
         let out = (self.seen_used[queue]..count)
             .map(|i| {
-                let e = used.ring().ref_at(i as usize).unwrap().load();
+                let e = used.ring().ref_at(usize::from(i % QUEUE_SIZE)).unwrap().load();
                 (e.id(), e.len())
             })
             .collect();
@@ -799,4 +799,74 @@ fn transport_and_device_state_round_trip_through_a_restore() {
     assert_eq!(dev.save(), vsock_state);
     // The restored device serves host connections on the same socket.
     UnixStream::connect(&s.uds).unwrap();
+}
+
+#[test]
+fn random_packets_never_panic_and_the_device_keeps_working() {
+    let mut s = setup();
+    let mem = memory();
+    let mut d = Driver::new(&mem);
+    d.activate(&mut s.vsock);
+    let listener = UnixListener::bind(format!("{}_7", s.uds.display())).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let base = d.next_buf;
+    for _ in 0..40 {
+        d.next_buf = base;
+        d.next_desc[1] = 0;
+        for _ in 0..100 {
+            let r = next();
+            let mut h = d.header((r % 9) as u16, (r >> 8) as u32 % 4, 7);
+            if r >> 20 & 7 == 0 {
+                h.src_cid = next();
+            }
+            if r >> 23 & 7 == 0 {
+                h.type_ = (next() % 4) as u16;
+            }
+            h.flags = (next() % 4) as u32;
+            h.buf_alloc = next() as u32;
+            h.fwd_cnt = next() as u32;
+            let body_len = (next() % 300) as usize;
+            h.len = match next() % 4 {
+                0 => next() as u32,
+                _ => body_len as u32,
+            };
+            let body = vec![0x5a; body_len];
+            let raw = h.to_bytes();
+            let cut = (next() % (HEADER_LEN as u64 + 1)) as usize;
+            match next() % 5 {
+                0 => d.send_raw(&mut s.vsock, &[&raw[..cut]]),
+                1 => d.send_raw(&mut s.vsock, &[&raw[..cut], &raw[cut..], &body]),
+                _ => d.send_raw(&mut s.vsock, &[&raw, &body]),
+            }
+            while let Ok((peer, _)) = listener.accept() {
+                drop(peer);
+            }
+            if next() % 8 == 0 {
+                d.post_rx(&mut s.vsock, 1);
+            }
+        }
+        d.next_desc[0] = 0;
+        // The buffers' memory is reused by the next round: only the used ring is checked.
+        d.new_used(0);
+        s.vsock.process_host();
+    }
+    let m = s.vsock.metrics();
+    assert!(m.malformed > 0 && m.connections > 0 && m.resets_sent > 0, "{m:?}");
+    // The device still serves a clean connection.
+    let mut d = Driver::new(&mem);
+    s.vsock.reset();
+    d.activate(&mut s.vsock);
+    d.post_rx(&mut s.vsock, 8);
+    let (mut host, hp) = host_connect(&mut s, &mut d, 99);
+    d.send(&mut s.vsock, d.header(op::RW, 99, hp), b"still here");
+    let mut buf = [0u8; 10];
+    host.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
 }
