@@ -832,7 +832,11 @@ fn random_packets_never_panic_and_the_device_keeps_working() {
             h.flags = (next() % 4) as u32;
             h.buf_alloc = next() as u32;
             h.fwd_cnt = next() as u32;
-            let body_len = (next() % 300) as usize;
+            let body_len = if h.op == op::RW || next() % 16 == 0 {
+                (next() % 300) as usize
+            } else {
+                0
+            };
             h.len = match next() % 4 {
                 0 => next() as u32,
                 _ => body_len as u32,
