@@ -104,6 +104,8 @@ pub struct Vsock {
     /// A TRANSPORT_RESET event waits for an event-queue buffer.
     pub(super) reset_event_pending: bool,
     pub(super) metrics: VsockMetrics,
+    /// Host bytes on their way into an rx buffer ([`super::MAX_PAYLOAD`] bytes, reused).
+    pub(super) scratch: Vec<u8>,
 }
 
 impl Vsock {
@@ -162,6 +164,7 @@ impl Vsock {
             last_served: None,
             reset_event_pending: false,
             metrics: VsockMetrics::default(),
+            scratch: vec![0; super::MAX_PAYLOAD],
         })
     }
 

@@ -14,7 +14,8 @@ use crate::virtio::{queue, CHAINS_PER_PASS};
 /// What goes into one rx buffer.
 enum Next {
     Control(Header),
-    Data(Header, Vec<u8>),
+    /// A header and its `len` payload bytes, at the start of the device's scratch buffer.
+    Data(Header),
 }
 
 impl Vsock {
@@ -74,7 +75,10 @@ impl Vsock {
             };
             let written = match &next {
                 Next::Control(h) => chain::write_parts(&mem, &bufs, &[&h.to_bytes()]),
-                Next::Data(h, data) => chain::write_parts(&mem, &bufs, &[&h.to_bytes(), data]),
+                Next::Data(h) => {
+                    let data = &self.scratch[..h.len as usize];
+                    chain::write_parts(&mem, &bufs, &[&h.to_bytes(), data])
+                }
             };
             let len = written.unwrap_or_else(|e| {
                 tracing::debug!(%e, id = self.config.id, "vsock rx write");
@@ -160,11 +164,12 @@ impl Vsock {
             }
             return None;
         }
-        let mut buf = vec![0u8; room.min(credit)];
+        let want = room.min(credit).min(self.scratch.len());
+        let buf = &mut self.scratch[..want];
         if buf.is_empty() {
             return None;
         }
-        match conn.read_host(&mut buf) {
+        match conn.read_host(buf) {
             Ok(0) => {
                 // The host will send no more.
                 conn.host_eof = true;
@@ -174,12 +179,11 @@ impl Vsock {
                 Some(Next::Control(h))
             }
             Ok(n) => {
-                buf.truncate(n);
                 conn.to_guest = conn.to_guest.wrapping_add(n as u32);
                 let mut h = conn.header(op::RW);
                 h.len = n as u32;
                 self.metrics.rx_bytes += n as u64;
-                Some(Next::Data(h, buf))
+                Some(Next::Data(h))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 conn.readable = false;
