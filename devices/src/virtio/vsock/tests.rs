@@ -191,7 +191,11 @@ impl<'a> Driver<'a> {
         let count = used.idx().load();
         let out = (self.seen_used[queue]..count)
             .map(|i| {
-                let e = used.ring().ref_at(usize::from(i % QUEUE_SIZE)).unwrap().load();
+                let e = used
+                    .ring()
+                    .ref_at(usize::from(i % QUEUE_SIZE))
+                    .unwrap()
+                    .load();
                 (e.id(), e.len())
             })
             .collect();
@@ -862,7 +866,10 @@ fn random_packets_never_panic_and_the_device_keeps_working() {
         s.vsock.process_host();
     }
     let m = s.vsock.metrics();
-    assert!(m.malformed > 0 && m.connections > 0 && m.resets_sent > 0, "{m:?}");
+    assert!(
+        m.malformed > 0 && m.connections > 0 && m.resets_sent > 0,
+        "{m:?}"
+    );
     // The device still serves a clean connection.
     let mut d = Driver::new(&mem);
     s.vsock.reset();
