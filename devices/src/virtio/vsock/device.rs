@@ -90,6 +90,8 @@ pub struct Vsock {
     pub(super) epoll: Epoll,
     pub(super) timer: TimerFd,
     timer_armed: bool,
+    /// The listener is out of the epoll set after an accept error, until the next tick.
+    listener_paused: bool,
     pub(super) active: Option<Active>,
     pub(super) conns: BTreeMap<(u32, u32), Conn>,
     pub(super) by_fd: HashMap<RawFd, (u32, u32)>,
@@ -154,6 +156,7 @@ impl Vsock {
             epoll,
             timer,
             timer_armed: false,
+            listener_paused: false,
             active: None,
             conns: BTreeMap::new(),
             by_fd: HashMap::new(),
@@ -338,7 +341,8 @@ impl Vsock {
                 tracing::warn!(%e, fd, id = self.config.id, "vsock epoll interest");
             }
         }
-        let waiting = !self.handshakes.is_empty()
+        let waiting = self.listener_paused
+            || !self.handshakes.is_empty()
             || self
                 .conns
                 .values()
@@ -352,6 +356,29 @@ impl Vsock {
             match result {
                 Ok(()) => self.timer_armed = waiting,
                 Err(e) => tracing::warn!(%e, id = self.config.id, "vsock timer"),
+            }
+        }
+    }
+
+    /// Takes the listener out of the epoll set (until [`Self::resume_listener`]).
+    pub(super) fn pause_listener(&mut self) {
+        if !self.listener_paused {
+            let fd = self.listener.as_raw_fd();
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            self.listener_paused = true;
+        }
+    }
+
+    /// Watches the listener again after a pause.
+    pub(super) fn resume_listener(&mut self) {
+        if self.listener_paused {
+            let fd = self.listener.as_raw_fd();
+            let ev = EpollEvent::new(EventSet::IN, LISTENER);
+            match self.epoll.ctl(ControlOperation::Add, fd, ev) {
+                Ok(()) => self.listener_paused = false,
+                Err(e) => tracing::warn!(%e, id = self.config.id, "vsock listener"),
             }
         }
     }

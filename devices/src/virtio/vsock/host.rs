@@ -68,6 +68,53 @@ pub fn listen(path: &Path) -> Result<(UnixListener, SocketFile), VsockError> {
     ))
 }
 
+/// Connects to the Unix socket at `path` without blocking: a listener whose backlog is full
+/// refuses (`WouldBlock`) instead of stalling the VMM thread.
+pub fn connect_nonblocking(path: &std::ffi::OsStr) -> io::Result<UnixStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: all-zero is a valid `sockaddr_un` (family 0, empty path).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long or with a NUL byte",
+        ));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created by socket(2) above and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len();
+    // SAFETY: `addr` is a valid `sockaddr_un` that outlives the call, and `len` covers its
+    // family and the path bytes written into it (fewer than `sun_path` holds).
+    let ret = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(fd))
+}
+
 /// A host client that has not finished its `CONNECT` line.
 pub struct Handshake {
     stream: UnixStream,
@@ -100,7 +147,10 @@ impl Vsock {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::warn!(%e, id = self.config.id, "vsock accept");
+                    // Out of descriptors, say: stop watching the listener until the next
+                    // timer tick, so that the event loop does not spin on it.
+                    tracing::warn!(%e, id = self.config.id, "vsock accept; pausing the listener");
+                    self.pause_listener();
                     return;
                 }
             };
@@ -200,9 +250,11 @@ impl Vsock {
         }
     }
 
-    /// The timer fired: closes host clients and unanswered requests past their deadline.
+    /// The timer fired: closes host clients and unanswered requests past their deadline, and
+    /// watches a paused listener again.
     pub(super) fn tick(&mut self) {
         let _ = self.timer.wait();
+        self.resume_listener();
         let now = Instant::now();
         let late: Vec<RawFd> = self
             .handshakes

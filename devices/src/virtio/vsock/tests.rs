@@ -881,3 +881,50 @@ fn random_packets_never_panic_and_the_device_keeps_working() {
     host.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"still here");
 }
+
+/// A listening Unix socket at `path` with a backlog of 0, never accepting.
+fn tiny_backlog_listener(path: &std::path::Path) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: socket(2) with constant arguments; checked below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid `sockaddr_un`.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+        *d = s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid, live `sockaddr_un` of `len` bytes; bind and listen touch only
+    // the descriptor.
+    unsafe {
+        assert_eq!(
+            libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(addr).cast(), len),
+            0
+        );
+        assert_eq!(libc::listen(fd.as_raw_fd(), 0), 0);
+    }
+    fd
+}
+
+#[test]
+fn a_host_listener_with_a_full_backlog_refuses_without_stalling_the_device() {
+    let mut s = setup();
+    let mem = memory();
+    let mut d = Driver::new(&mem);
+    d.activate(&mut s.vsock);
+    d.post_rx(&mut s.vsock, 16);
+    let _listener = tiny_backlog_listener(&PathBuf::from(format!("{}_8", s.uds.display())));
+    let mut answers = Vec::new();
+    for port in 1..=4 {
+        d.send(&mut s.vsock, d.header(op::REQUEST, port, 8), &[]);
+        answers.extend(ops(&d.received()));
+    }
+    assert_eq!(answers.len(), 4);
+    assert_eq!(answers[0], op::RESPONSE);
+    assert_eq!(*answers.last().unwrap(), op::RST);
+    assert!(s.vsock.metrics().connect_failures > 0);
+}

@@ -1,6 +1,5 @@
 //! Guest to host: packets from the tx queue, and writing guest bytes to host sockets.
 
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use virtio_queue::QueueT;
@@ -154,7 +153,7 @@ impl Vsock {
         }
         let mut path = PathBuf::from(&self.config.uds_path).into_os_string();
         path.push(format!("_{}", h.dst_port));
-        let conn = UnixStream::connect(&path).and_then(|s| {
+        let conn = super::host::connect_nonblocking(&path).and_then(|s| {
             Conn::new(
                 s,
                 State::Established,
