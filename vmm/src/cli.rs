@@ -257,6 +257,29 @@ mod tests {
     }
 
     #[test]
+    fn vsock_flag_and_config_file_agree_and_one_device_only() {
+        let c = run_args(&["--vsock", "cid=7,uds=/run/v.sock"])
+            .unwrap()
+            .to_config()
+            .unwrap();
+        let v = c.vsock.as_ref().unwrap();
+        assert_eq!((v.guest_cid, v.id.as_str()), (7, "vsock0"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(&path, serde_json::to_string(&c).unwrap()).unwrap();
+        let from_file = run_args(&["--config", path.to_str().unwrap()])
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert_eq!(from_file, c);
+        assert!(run_args(&["--vsock", "cid=3,uds=/a", "--vsock", "cid=4,uds=/b"]).is_err());
+        assert!(run_args(&["--vsock", "cid=1,uds=/a"])
+            .unwrap()
+            .to_config()
+            .is_err());
+    }
+
+    #[test]
     fn bad_config_files_are_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vm.json");
