@@ -160,6 +160,24 @@ fn one_mib_through_a_slow_host_reader_arrives_intact() {
 }
 
 #[test]
+fn guest_connection_to_a_port_nobody_listens_on_is_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens at <uds>_5000: the guest's request is answered with RST.
+    let (vm, _uds) = start(dir.path(), &format!("petrel.vsock.connect={HOST_PORT}"), 1);
+    let out = vm.finish(Duration::from_secs(60));
+    out.assert_pass("vsock");
+    assert_eq!(
+        out.lines_with("VSOCK refused"),
+        vec![format!("VSOCK refused host_port={HOST_PORT}").as_str()]
+    );
+    let m = device_metrics(&out, "vsock0");
+    assert_eq!(m["connect_failures"], 1, "{m}");
+}
+
+#[test]
 fn put_vsock_configures_the_device_before_start_and_is_refused_after() {
     use serde_json::json;
     use tests::api_vm::ApiVm;

@@ -15,6 +15,8 @@
 //! VSOCK connected peer=<cid>:<port> local_port=<port>      (an outgoing connection is up)
 //! VSOCK accepted peer=<cid>:<port> local_port=<port>       (a host process connected)
 //! VSOCK closed peer=<cid>:<port> local_port=<port> bytes=<echoed>
+//! VSOCK refused host_port=<port>                           (the outgoing connection got RST;
+//!                                                           it counts as closed)
 //! ```
 
 use alloc::format;
@@ -99,7 +101,9 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
                 "{closed} of {wanted} connections closed within {TIMEOUT_MS} ms"
             ));
         }
-        poll_once(&mut mgr, &mut conns)?;
+        if poll_once(&mut mgr, &mut conns)? {
+            closed += 1;
+        }
         for c in conns.iter_mut() {
             pump(&mut mgr, c)?;
         }
@@ -123,11 +127,11 @@ fn find(conns: &mut [Conn], peer: VsockAddr, local: u32) -> Option<&mut Conn> {
     conns.iter_mut().find(|c| c.peer == peer && c.local == local)
 }
 
-/// Handles at most one event from the device.
-fn poll_once(mgr: &mut Manager, conns: &mut Vec<Conn>) -> Result<(), String> {
+/// Handles at most one event from the device; whether the outgoing connection was refused.
+fn poll_once(mgr: &mut Manager, conns: &mut Vec<Conn>) -> Result<bool, String> {
     let event = match mgr.poll() {
         Ok(Some(e)) => e,
-        Ok(None) => return Ok(()),
+        Ok(None) => return Ok(false),
         Err(e) => return Err(format!("vsock poll: {e}")),
     };
     let (peer, local) = (event.source, event.destination.port);
@@ -156,11 +160,15 @@ fn poll_once(mgr: &mut Manager, conns: &mut Vec<Conn>) -> Result<(), String> {
         }
         VsockEventType::Disconnected { .. } => match find(conns, peer, local) {
             Some(c) => c.closing = true,
+            None if local == LOCAL_PORT && peer.cid == VMADDR_CID_HOST => {
+                println!("VSOCK refused host_port={}", peer.port);
+                return Ok(true);
+            }
             None => return Err(format!("disconnected from unknown {}:{}", peer.cid, peer.port)),
         },
         _ => {}
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Moves received bytes of `c` back to its peer, as far as the peer's credit allows.
