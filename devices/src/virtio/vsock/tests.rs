@@ -338,3 +338,51 @@ fn guest_connection_reaches_the_port_socket_or_gets_rst() {
     d.send(&mut s.vsock, d.header(op::RST, 5001, 52), &[]);
     assert_eq!(s.vsock.connection_count(), 0);
 }
+
+#[test]
+fn many_connections_at_once_each_carry_their_own_bytes() {
+    let mut s = setup();
+    let mem = memory();
+    let mut d = Driver::new(&mem);
+    d.activate(&mut s.vsock);
+    d.post_rx(&mut s.vsock, 200);
+    let clients: Vec<UnixStream> = (0..64)
+        .map(|_| {
+            let mut c = UnixStream::connect(&s.uds).unwrap();
+            c.write_all(b"CONNECT 80\n").unwrap();
+            c
+        })
+        .collect();
+    pump(&mut s.vsock);
+    let requests = d.received();
+    assert_eq!(requests.len(), 64);
+    let mut host_ports: Vec<u32> = requests.iter().map(|(h, _)| h.src_port).collect();
+    host_ports.sort_unstable();
+    host_ports.dedup();
+    assert_eq!(
+        host_ports.len(),
+        64,
+        "every connection has its own host port"
+    );
+    for (h, _) in &requests {
+        d.send(&mut s.vsock, d.header(op::RESPONSE, 80, h.src_port), &[]);
+    }
+    assert_eq!(s.vsock.connection_count(), 64);
+    // Each host client writes its index; each guest reply names the host port it came on.
+    for (i, mut c) in clients.iter().enumerate() {
+        let mut ok = [0u8; 14];
+        c.read_exact(&mut ok).unwrap();
+        c.write_all(format!("client {i:02}").as_bytes()).unwrap();
+    }
+    pump(&mut s.vsock);
+    let data = d.received();
+    assert_eq!(data.len(), 64);
+    for (h, body) in &data {
+        d.send(&mut s.vsock, d.header(op::RW, 80, h.src_port), body);
+    }
+    for (i, mut c) in clients.iter().enumerate() {
+        let mut echo = [0u8; 9];
+        c.read_exact(&mut echo).unwrap();
+        assert_eq!(echo, format!("client {i:02}").as_bytes());
+    }
+}
