@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    parse_console, parse_disk, parse_net, ByteSize, ConfigError, CpuTemplate, SerialOutput,
-    VmConfig,
+    parse_console, parse_disk, parse_input, parse_net, ByteSize, ConfigError, CpuTemplate,
+    SerialOutput, VmConfig,
 };
 use crate::ctl::CtlArgs;
 
@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// A virtio console: [id=ID,]output=stdout|file:PATH|pty|socket:PATH|none; repeatable.
     #[arg(long = "console", value_name = "OPTS")]
     pub consoles: Vec<String>,
+    /// A virtio-input device: kind=keyboard|tablet[,id=ID]; events come from the API
+    /// (PUT /input/{id}); repeatable.
+    #[arg(long = "input", value_name = "OPTS")]
+    pub inputs: Vec<String>,
     /// Read the machine from a JSON VmConfig file; other flags override its fields.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -150,6 +154,10 @@ impl RunArgs {
         for text in &self.consoles {
             let index = config.consoles.len();
             config.consoles.push(parse_console(text, index)?);
+        }
+        for text in &self.inputs {
+            let index = config.inputs.len();
+            config.inputs.push(parse_input(text, index)?);
         }
         config.validate()?;
         Ok(config)

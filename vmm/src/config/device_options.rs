@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use devices::rate_limiter::RateLimitConfig;
 use devices::virtio::block::BlockConfig;
 use devices::virtio::console::{ConsoleConfig, ConsoleOutput};
+use devices::virtio::input::{InputConfig, InputKind};
 use devices::virtio::net::{MacAddr, NetConfig};
 
 use super::{ConfigError, Options, VmConfig};
@@ -64,6 +65,18 @@ pub fn parse_console(text: &str, index: usize) -> Result<ConsoleConfig, ConfigEr
     Ok(ConsoleConfig { id, output })
 }
 
+/// `--input kind=keyboard|tablet[,id=ID]`.
+pub fn parse_input(text: &str, index: usize) -> Result<InputConfig, ConfigError> {
+    let mut o = Options::parse("input", text)?;
+    let kind = o.require("kind")?;
+    let kind = kind
+        .parse::<InputKind>()
+        .map_err(|e| o.invalid("kind", &kind, &e))?;
+    let id = o.take("id").unwrap_or_else(|| format!("input{index}"));
+    o.finish()?;
+    Ok(InputConfig { id, kind })
+}
+
 /// Whether `id` is a usable device id: 1 to 64 letters, digits, `-` or `_`.
 fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -81,7 +94,8 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
         .iter()
         .map(|d| ("disk", &d.id))
         .chain(config.nets.iter().map(|n| ("net", &n.id)))
-        .chain(config.consoles.iter().map(|c| ("console", &c.id)));
+        .chain(config.consoles.iter().map(|c| ("console", &c.id)))
+        .chain(config.inputs.iter().map(|i| ("input", &i.id)));
     let mut seen = HashSet::new();
     for (kind, id) in ids {
         if !valid_id(id) {
@@ -179,6 +193,23 @@ mod tests {
         assert!(parse_net("tap=t0,mac=zz:00:00:00:00:01", 0).is_err());
         assert!(parse_console("output=tty", 0).is_err());
         assert!(parse_console("output=socket:", 0).is_err());
+        assert!(parse_input("", 0).is_err());
+        assert!(parse_input("id=k", 0).is_err());
+        assert!(parse_input("kind=mouse", 0).is_err());
+        assert!(parse_input("kind=keyboard,repeat=on", 0).is_err());
+    }
+
+    #[test]
+    fn input_flags_fill_an_input_config() {
+        let k = parse_input("kind=keyboard", 2).unwrap();
+        assert_eq!((k.id.as_str(), k.kind), ("input2", InputKind::Keyboard));
+        let t = parse_input("kind=tablet,id=pointer", 0).unwrap();
+        assert_eq!((t.id.as_str(), t.kind), ("pointer", InputKind::Tablet));
+        let mut c = VmConfig::default();
+        c.inputs.push(k);
+        c.inputs
+            .push(parse_input("kind=tablet,id=input2", 1).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
     }
 
     #[test]

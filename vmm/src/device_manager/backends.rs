@@ -4,6 +4,7 @@
 
 use devices::virtio::block::{Block, BlockError};
 use devices::virtio::console::{Console, ConsoleError};
+use devices::virtio::input::Input;
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
 
@@ -23,7 +24,7 @@ fn open_error(kind: &'static str, id: &str, e: impl std::fmt::Display, user: boo
 pub type Opened = (String, Box<dyn VirtioDevice>);
 
 /// Every virtio device of `config` with its id: disks, then network interfaces, then
-/// consoles, each in the order given.
+/// consoles, then input devices, each in the order given.
 pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
     let mut opened: Vec<Opened> = Vec::new();
     for disk in &config.disks {
@@ -46,6 +47,9 @@ pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
             open_error("console", &console.id, e, user)
         })?;
         opened.push((console.id.clone(), Box::new(device)));
+    }
+    for input in &config.inputs {
+        opened.push((input.id.clone(), Box::new(Input::new(input))));
     }
     Ok(opened)
 }

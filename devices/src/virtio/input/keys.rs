@@ -251,11 +251,9 @@ const KEYS: &[(u16, &str)] = &[
     (248, "micmute"),
 ];
 
-/// The code of the key called `name` (ASCII case is ignored: `Enter` is `enter`).
+/// The code of the key called `name` (lowercase, as in the table).
 pub fn key_code(name: &str) -> Option<u16> {
-    KEYS.iter()
-        .find(|(_, n)| n.eq_ignore_ascii_case(name))
-        .map(|&(code, _)| code)
+    KEYS.iter().find(|(_, n)| *n == name).map(|&(code, _)| code)
 }
 
 /// The name of key `code`, if it has one.
@@ -285,7 +283,8 @@ mod tests {
     fn well_known_keys() {
         assert_eq!(key_code("esc"), Some(1));
         assert_eq!(key_code("a"), Some(30));
-        assert_eq!(key_code("Enter"), Some(28));
+        assert_eq!(key_code("enter"), Some(28));
+        assert_eq!(key_code("Enter"), None);
         assert_eq!(key_code("space"), Some(57));
         assert_eq!(key_code("leftshift"), Some(42));
         assert_eq!(key_code("f1"), Some(59));
