@@ -12,6 +12,7 @@ mod console;
 mod count;
 mod crash;
 mod demo;
+mod input;
 mod machine;
 mod net;
 mod smp;
@@ -98,6 +99,11 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "blkswap",
         run: blkswap::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "input",
+        run: input::run,
         exit: Exit::Reset,
     },
 ];
