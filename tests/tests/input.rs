@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tests::api_vm::ApiVm;
-use tests::{kvm_available, test_guest};
+use tests::{device_metrics, kvm_available, test_guest, Output};
 
 const READY: Duration = Duration::from_secs(60);
 const FINISH: Duration = Duration::from_secs(120);
@@ -60,7 +60,7 @@ fn events(serial: &str, dev: usize) -> Vec<(u16, u16, u32)> {
 
 const SYN: (u16, u16, u32) = (0, 0, 0);
 
-fn finish_pass(mut vm: ApiVm) -> String {
+fn finish_pass(mut vm: ApiVm) -> (String, Output) {
     let out = vm.finish(FINISH);
     let serial = vm.serial();
     assert!(
@@ -68,7 +68,7 @@ fn finish_pass(mut vm: ApiVm) -> String {
         "no PASS input\n{serial}\n{out}"
     );
     assert_eq!(out.status.code(), Some(0), "{out}");
-    serial
+    (serial, out)
 }
 
 #[test]
@@ -100,6 +100,8 @@ fn guest_reads_config_and_injected_key_and_pointer_events() {
         "{serial}"
     );
 
+    // The device counters are logged at exit, at info level.
+    vm.ok("PUT", "/logger", json!({"level": "Info"}));
     // Shift+A, then Enter by code.
     put(
         &vm,
@@ -127,7 +129,14 @@ fn guest_reads_config_and_injected_key_and_pointer_events() {
             {"kind": "button", "button": "right", "action": "press"},
         ]),
     );
-    let serial = finish_pass(vm);
+    let (serial, out) = finish_pass(vm);
+    for (id, n) in [("kbd", 12), ("tab", 11)] {
+        let m = device_metrics(&out, id);
+        assert_eq!(m["events_queued"], n, "{id}: {m}");
+        assert_eq!(m["events_delivered"], n, "{id}: {m}");
+        assert_eq!(m["dropped_events"], 0, "{id}: {m}");
+        assert_eq!(m["malformed"], 0, "{id}: {m}");
+    }
     assert_eq!(
         events(&serial, 0),
         [
@@ -257,7 +266,7 @@ fn bad_input_requests_get_400_and_send_nothing() {
     vm.set_state("Paused");
     put(&vm, "kbd", json!([key("esc")]));
     vm.set_state("Resumed");
-    let serial = finish_pass(vm);
+    let (serial, _) = finish_pass(vm);
     // Only the one good press arrived: every refused request sent nothing.
     assert_eq!(events(&serial, 0), [(1, 1, 1), SYN], "{serial}");
     assert_eq!(events(&serial, 1), [], "{serial}");
