@@ -122,4 +122,17 @@ mod tests {
         assert!(message(check(&start, Running)).starts_with("PUT /actions InstanceStart"));
         assert!(check(&ApiRequest::Action(ActionType::Kill), Stopped).is_err());
     }
+
+    #[test]
+    fn input_events_need_a_started_vm() {
+        let put =
+            ApiRequest::PutInput("kbd".into(), api::types::InputEvents { events: Vec::new() });
+        assert_eq!(check(&put, Running), Ok(()));
+        assert_eq!(check(&put, Paused), Ok(()));
+        assert_eq!(
+            message(check(&put, NotStarted)),
+            "PUT /input is not allowed while the VM is Not started; it is allowed when the VM is Running or Paused"
+        );
+        assert!(check(&put, Stopped).is_err());
+    }
 }

@@ -519,3 +519,21 @@ fn kinds_parse_and_serialize_by_name() {
     );
     assert!(QueueT::max_size(&Queue::new(QUEUE_SIZE).unwrap()) == QUEUE_SIZE);
 }
+
+#[test]
+fn a_garbage_available_index_does_not_spin_or_lose_events() {
+    let mem = memory();
+    let d = Driver::new(&mem);
+    let mut kbd = device(InputKind::Keyboard);
+    d.activate(&mut kbd);
+    // 1000 entries "available" in a 64-entry ring.
+    d.queues[0].avail().idx().store(1000);
+    kbd.inject(&[HostEvent::Key {
+        code: 1,
+        action: KeyAction::Press,
+    }])
+    .unwrap();
+    kbd.queue_notify(0);
+    assert_eq!(kbd.pending(), 2);
+    assert_eq!(kbd.metrics().events_delivered, 0);
+}
