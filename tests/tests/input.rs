@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tests::api_vm::ApiVm;
-use tests::{device_metrics, kvm_available, test_guest, Output};
+use tests::{device_metrics, kvm_available, run, test_guest, Output};
 
 const READY: Duration = Duration::from_secs(60);
 const FINISH: Duration = Duration::from_secs(120);
@@ -270,4 +270,45 @@ fn bad_input_requests_get_400_and_send_nothing() {
     // Only the one good press arrived: every refused request sent nothing.
     assert_eq!(events(&serial, 0), [(1, 1, 1), SYN], "{serial}");
     assert_eq!(events(&serial, 1), [], "{serial}");
+}
+
+/// Bad `--input` flags: one line on stderr naming the problem, exit status 2, before KVM.
+#[test]
+fn bad_input_flags_are_refused() {
+    for (args, needle) in [
+        (
+            &["--input", "kind=mouse"][..],
+            "invalid input kind \"mouse\": expected keyboard or tablet",
+        ),
+        (&["--input", "id=k"], "kind= is required"),
+        (
+            &["--input", "kind=keyboard,repeat=on"],
+            "unknown option repeat",
+        ),
+        (&["--input", "kind=keyboard,id=a b"], "invalid id"),
+        (
+            &[
+                "--input",
+                "kind=keyboard,id=k",
+                "--input",
+                "kind=tablet,id=k",
+            ],
+            "device id \"k\" is used twice",
+        ),
+        (
+            &[
+                "--console",
+                "id=k,output=none",
+                "--input",
+                "kind=tablet,id=k",
+            ],
+            "device id \"k\" is used twice",
+        ),
+    ] {
+        let out = run(args, Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(2), "{args:?}\n{out}");
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}\n{out}");
+        assert!(lines[0].contains(needle), "{args:?}: {}", lines[0]);
+    }
 }
