@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::parse_input;
 use crate::config::{
-    parse_console, parse_disk, parse_input, parse_net, ByteSize, ConfigError, CpuTemplate,
-    SerialOutput, VmConfig,
+    parse_console, parse_disk, parse_net, ByteSize, ConfigError, CpuTemplate, SerialOutput,
+    VmConfig,
 };
 use crate::ctl::CtlArgs;
 

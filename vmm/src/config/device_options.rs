@@ -210,6 +210,20 @@ mod tests {
         c.inputs
             .push(parse_input("kind=tablet,id=input2", 1).unwrap());
         assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        // A config file names them the same way.
+        let file: VmConfig =
+            serde_json::from_str(r#"{"inputs": [{"id": "k", "kind": "keyboard"}]}"#).unwrap();
+        assert_eq!(file.inputs[0].kind, InputKind::Keyboard);
+        let json = serde_json::to_value(&file).unwrap();
+        assert_eq!(json["inputs"][0]["kind"], "keyboard");
+        assert!(serde_json::to_value(VmConfig::default()).unwrap()["inputs"].is_null());
+        for bad in [
+            r#"{"inputs": [{"id": "k", "kind": "mouse"}]}"#,
+            r#"{"inputs": [{"id": "k"}]}"#,
+            r#"{"inputs": [{"id": "k", "kind": "tablet", "size": 1}]}"#,
+        ] {
+            assert!(serde_json::from_str::<VmConfig>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
