@@ -43,7 +43,10 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
             .map_err(|_| format!("input.count=`{text}` is not an event count"))?,
     };
     let mut inputs = Vec::new();
-    for (i, device) in virtio::take(&cmdline, DeviceType::Input)?.into_iter().enumerate() {
+    for (i, device) in virtio::take(&cmdline, DeviceType::Input)?
+        .into_iter()
+        .enumerate()
+    {
         let window = device.window;
         let mut input = Input::new(device.transport)
             .map_err(|e| format!("input device {i} ({window}): initialisation failed: {e}"))?;
@@ -113,9 +116,7 @@ fn describe(i: usize, input: &mut Input) -> Result<(), String> {
         );
         if ev == EV_ABS {
             for axis in codes {
-                let a = input
-                    .abs_info(axis as u8)
-                    .map_err(err("an axis"))?;
+                let a = input.abs_info(axis as u8).map_err(err("an axis"))?;
                 println!(
                     "INPUT dev={i} abs={axis} min={} max={} fuzz={} flat={} res={}",
                     a.min, a.max, a.fuzz, a.flat, a.res
