@@ -6,6 +6,7 @@
 //! [`openapi`] the OpenAPI document, and [`client`] the blocking client the CLI uses.
 
 pub mod client;
+pub mod input;
 pub mod openapi;
 pub mod request;
 pub mod router;

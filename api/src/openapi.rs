@@ -367,4 +367,53 @@ mod tests {
             },
         );
     }
+
+    #[test]
+    fn input_event_schemas_match_the_types() {
+        check(
+            "KeyEvent",
+            InputEvent::Key {
+                key: Some(s("a")),
+                code: Some(30),
+                action: KeyAction::Tap,
+            },
+        );
+        check("MoveEvent", InputEvent::Move { x: 1, y: 2 });
+        check(
+            "ButtonEvent",
+            InputEvent::Button {
+                button: ButtonName::Left,
+                action: ButtonAction::Click,
+            },
+        );
+        check("WheelEvent", InputEvent::Wheel { delta: -1 });
+        let doc = doc();
+        let s = schema(&doc, "InputEvents");
+        assert_eq!(s["additionalProperties"], json!(false));
+        assert_eq!(s["required"], json!(["events"]));
+        let events = &s["properties"]["events"];
+        assert_eq!(events["minItems"], json!(1));
+        assert_eq!(events["maxItems"], json!(crate::input::MAX_INPUT_EVENTS));
+        let mapping = events["items"]["discriminator"]["mapping"]
+            .as_object()
+            .unwrap();
+        assert_eq!(
+            mapping.len(),
+            events["items"]["oneOf"].as_array().unwrap().len()
+        );
+        for (kind, target) in mapping {
+            let name = target.as_str().unwrap().rsplit('/').next().unwrap();
+            assert_eq!(
+                schema(&doc, name)["properties"]["kind"]["enum"],
+                json!([kind])
+            );
+        }
+        // The key names the document lists are the ones the device knows.
+        let names = schema(&doc, "KeyEvent")["properties"]["key"]["enum"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(names.len(), 243, "242 names and null");
+        assert!(names.contains(&json!("leftshift")) && names.contains(&Value::Null));
+    }
 }

@@ -3,6 +3,7 @@
 //! The API thread parses and validates a request into an [`ApiRequest`] and sends it with a
 //! fresh reply channel; the VMM thread carries it out and answers with an [`ApiResponse`].
 
+use crate::types::InputEvents;
 use crate::types::{
     ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
     Metrics, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams, SnapshotLoadParams,
@@ -50,6 +51,8 @@ pub enum ApiRequest {
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load`.
     LoadSnapshot(SnapshotLoadParams),
+    /// `PUT /input/{id}` (petrel's): the device id and its events.
+    PutInput(String, InputEvents),
 }
 
 impl ApiRequest {
@@ -77,6 +80,7 @@ impl ApiRequest {
             R::PutLogger(_) => "PUT /logger",
             R::CreateSnapshot(_) => "PUT /snapshot/create",
             R::LoadSnapshot(_) => "PUT /snapshot/load",
+            R::PutInput(..) => "PUT /input",
         };
         route.to_string()
     }

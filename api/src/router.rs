@@ -6,6 +6,7 @@
 use serde::de::DeserializeOwned;
 
 use crate::request::{ApiRequest, ApiResponse};
+use crate::types::InputEvents;
 use crate::types::{
     BootSource, Console, Drive, DrivePatch, InstanceActionInfo, Logger, MachineConfig,
     MachineConfigPatch, Metrics, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams,
@@ -29,6 +30,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/snapshot/load", &["PUT"]),
     ("/logger", &["PUT"]),
     ("/metrics", &["GET", "PUT"]),
+    ("/input/{id}", &["PUT"]),
 ];
 
 /// Longest id accepted in a path.
@@ -72,6 +74,12 @@ fn match_template<'a>(template: &str, path: &'a str) -> Option<Option<&'a str>> 
 
 /// Parses a JSON body, naming the field at fault in the error.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
+    parse_with_arrays(body, &[])
+}
+
+/// [`parse`] for a body whose fields named in `arrays` (paths like `events`) are lists; the
+/// objects in them follow the objects-only rule again.
+fn parse_with_arrays<T: DeserializeOwned>(body: &[u8], arrays: &[&str]) -> Result<T, ApiResponse> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(bad_request(
             "missing request body: this request needs a JSON body",
@@ -96,10 +104,10 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
         .map_err(|e| bad_request(format!("malformed JSON in request body: {e}")))?;
     // serde also reads a struct from an array of its fields in order (`["/path"]` for
     // `{"metrics_path": "/path"}`); the document allows objects only, and no request body
-    // has an array field, so any array left is such a struct.
+    // has an array field except those in `arrays`, so any other array is such a struct.
     let json: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| bad_request(format!("malformed JSON in request body: {e}")))?;
-    if let Some(at) = first_array(&json, "") {
+    if let Some(at) = first_array(&json, "", arrays) {
         let field = if at.is_empty() {
             String::new()
         } else {
@@ -112,9 +120,14 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
     Ok(value)
 }
 
-/// The path (`a.b`; empty for the root) of the first array in `value`, if any.
-fn first_array(value: &serde_json::Value, at: &str) -> Option<String> {
+/// The path (`a.b`; empty for the root) of the first array in `value` that is not one of
+/// the `allowed` lists (whose elements are searched in turn, as `a.b[0].c`), if any.
+fn first_array(value: &serde_json::Value, at: &str, allowed: &[&str]) -> Option<String> {
     match value {
+        serde_json::Value::Array(items) if allowed.contains(&at) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| first_array(v, &format!("{at}[{i}]"), allowed)),
         serde_json::Value::Array(_) => Some(at.to_owned()),
         serde_json::Value::Object(fields) => fields.iter().find_map(|(k, v)| {
             let path = if at.is_empty() {
@@ -122,7 +135,7 @@ fn first_array(value: &serde_json::Value, at: &str) -> Option<String> {
             } else {
                 format!("{at}.{k}")
             };
-            first_array(v, &path)
+            first_array(v, &path, allowed)
         }),
         _ => None,
     }
@@ -210,6 +223,12 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, ApiRespons
         ("/logger", "PUT") => R::PutLogger(parse::<Logger>(body)?),
         ("/metrics", "GET") => R::GetMetrics,
         ("/metrics", "PUT") => R::PutMetrics(parse::<Metrics>(body)?),
+        ("/input/{id}", "PUT") => {
+            let id = path_id("id", id)?;
+            let events = parse_with_arrays::<InputEvents>(body, &["events"])?;
+            events.validate().map_err(bad_request)?;
+            R::PutInput(id.to_string(), events)
+        }
         _ => {
             return Err(ApiResponse::error(
                 405,
@@ -302,5 +321,46 @@ mod tests {
             route("GET", "/", b"ignored"),
             Ok(Routed::Vmm(Box::new(ApiRequest::GetInstanceInfo)))
         );
+    }
+
+    #[test]
+    fn input_events_are_a_list_of_objects() {
+        let status = |r: Result<Routed, ApiResponse>| match r {
+            Err(ApiResponse::Error { status, .. }) => status,
+            other => panic!("{other:?}"),
+        };
+        let ok = route(
+            "PUT",
+            "/input/kbd",
+            br#"{"events": [{"kind": "key", "key": "a", "action": "tap"}]}"#,
+        )
+        .unwrap();
+        let Routed::Vmm(req) = ok else { panic!() };
+        assert!(
+            matches!(*req, ApiRequest::PutInput(ref id, ref e) if id == "kbd" && e.events.len() == 1)
+        );
+        for bad in [
+            &br#"{"events": []}"#[..],
+            br#"{"events": [[]]}"#,
+            br#"{"events": [{"kind": "move", "x": [1], "y": 2}]}"#,
+            br#"{"events": [{"kind": "move", "x": 1, "y": 40000}]}"#,
+            br#"[{"kind": "wheel", "delta": 1}]"#,
+            br#"{"events": null}"#,
+            b"",
+        ] {
+            assert_eq!(
+                status(route("PUT", "/input/kbd", bad)),
+                400,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            status(route("PUT", "/input/a.b", br#"{"events": []}"#)),
+            400
+        );
+        assert_eq!(status(route("GET", "/input/kbd", b"")), 405);
+        // Other bodies still refuse arrays under the same name.
+        assert_eq!(status(route("PUT", "/metrics", br#"{"events": []}"#)), 400);
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 /// Reads an enum from its variant's name only: serde_json would also take
 /// `{"Name": null}`, which the document does not allow.
-fn by_name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+pub(crate) fn by_name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -331,3 +331,5 @@ pub struct ApiError {
     /// What went wrong, naming the field or state at fault.
     pub fault_message: String,
 }
+
+pub use crate::input::{ButtonAction, ButtonName, InputEvent, InputEvents, KeyAction};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::parse_input;
 use crate::config::parse_vsock;
 use crate::config::{
     parse_console, parse_disk, parse_net, ByteSize, ConfigError, CpuTemplate, SerialOutput,
@@ -74,6 +75,10 @@ pub struct RunArgs {
     /// write `CONNECT <port>`; guest connections to host port P reach PATH_P.
     #[arg(long = "vsock", value_name = "OPTS")]
     pub vsock: Option<String>,
+    /// A virtio-input device: kind=keyboard|tablet[,id=ID]; events come from the API
+    /// (PUT /input/{id}); repeatable.
+    #[arg(long = "input", value_name = "OPTS")]
+    pub inputs: Vec<String>,
     /// Read the machine from a JSON VmConfig file; other flags override its fields.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -158,6 +163,10 @@ impl RunArgs {
         }
         if let Some(text) = &self.vsock {
             config.vsock = Some(parse_vsock(text)?);
+        }
+        for text in &self.inputs {
+            let index = config.inputs.len();
+            config.inputs.push(parse_input(text, index)?);
         }
         config.validate()?;
         Ok(config)

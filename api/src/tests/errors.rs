@@ -108,6 +108,7 @@ fn bad_ids_rejected_naming_the_field() {
         ("/drives/".to_string(), "drive_id"),
         ("/network-interfaces/eth:0".to_string(), "iface_id"),
         ("/consoles/c$".to_string(), "id"),
+        ("/input/k$".to_string(), "id"),
     ] {
         let (status, msg) = send(&h, "PUT", &path, b"{}");
         assert_eq!(status, 400, "{path}");

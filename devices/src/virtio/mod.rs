@@ -15,6 +15,7 @@
 pub mod block;
 pub mod console;
 mod device;
+pub mod input;
 mod interrupt;
 pub mod mmio;
 pub mod net;
@@ -33,6 +34,7 @@ pub mod ids {
     pub const BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
     pub const CONSOLE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
     pub const VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
+    pub const INPUT: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_INPUT;
 }
 
 /// Feature bits every device shares (virtio 1.2, section 6).

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use devices::rate_limiter::RateLimitConfig;
 use devices::virtio::block::BlockConfig;
 use devices::virtio::console::{ConsoleConfig, ConsoleOutput};
+use devices::virtio::input::{InputConfig, InputKind};
 use devices::virtio::net::{MacAddr, NetConfig};
 use devices::virtio::vsock::VsockConfig;
 
@@ -82,6 +83,18 @@ pub fn parse_vsock(text: &str) -> Result<VsockConfig, ConfigError> {
     })
 }
 
+/// `--input kind=keyboard|tablet[,id=ID]`.
+pub fn parse_input(text: &str, index: usize) -> Result<InputConfig, ConfigError> {
+    let mut o = Options::parse("input", text)?;
+    let kind = o.require("kind")?;
+    let kind = kind
+        .parse::<InputKind>()
+        .map_err(|e| o.invalid("kind", &kind, &e))?;
+    let id = o.take("id").unwrap_or_else(|| format!("input{index}"));
+    o.finish()?;
+    Ok(InputConfig { id, kind })
+}
+
 /// Whether `id` is a usable device id: 1 to 64 letters, digits, `-` or `_`.
 fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -100,7 +113,8 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
         .map(|d| ("disk", &d.id))
         .chain(config.nets.iter().map(|n| ("net", &n.id)))
         .chain(config.consoles.iter().map(|c| ("console", &c.id)))
-        .chain(config.vsock.iter().map(|v| ("vsock", &v.id)));
+        .chain(config.vsock.iter().map(|v| ("vsock", &v.id)))
+        .chain(config.inputs.iter().map(|i| ("input", &i.id)));
     let mut seen = HashSet::new();
     for (kind, id) in ids {
         if !valid_id(id) {
@@ -214,6 +228,10 @@ mod tests {
         assert!(parse_vsock("cid=3").is_err());
         assert!(parse_vsock("cid=x,uds=/v").is_err());
         assert!(parse_vsock("cid=3,uds=/v,port=1").is_err());
+        assert!(parse_input("", 0).is_err());
+        assert!(parse_input("id=k", 0).is_err());
+        assert!(parse_input("kind=mouse", 0).is_err());
+        assert!(parse_input("kind=keyboard,repeat=on", 0).is_err());
     }
 
     #[test]
@@ -238,6 +256,33 @@ mod tests {
         c.consoles
             .push(parse_console("output=socket:/s", 0).unwrap());
         assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+    }
+
+    #[test]
+    fn input_flags_fill_an_input_config() {
+        let k = parse_input("kind=keyboard", 2).unwrap();
+        assert_eq!((k.id.as_str(), k.kind), ("input2", InputKind::Keyboard));
+        let t = parse_input("kind=tablet,id=pointer", 0).unwrap();
+        assert_eq!((t.id.as_str(), t.kind), ("pointer", InputKind::Tablet));
+        let mut c = VmConfig::default();
+        c.inputs.push(k);
+        c.inputs
+            .push(parse_input("kind=tablet,id=input2", 1).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        // A config file names them the same way.
+        let file: VmConfig =
+            serde_json::from_str(r#"{"inputs": [{"id": "k", "kind": "keyboard"}]}"#).unwrap();
+        assert_eq!(file.inputs[0].kind, InputKind::Keyboard);
+        let json = serde_json::to_value(&file).unwrap();
+        assert_eq!(json["inputs"][0]["kind"], "keyboard");
+        assert!(serde_json::to_value(VmConfig::default()).unwrap()["inputs"].is_null());
+        for bad in [
+            r#"{"inputs": [{"id": "k", "kind": "mouse"}]}"#,
+            r#"{"inputs": [{"id": "k"}]}"#,
+            r#"{"inputs": [{"id": "k", "kind": "tablet", "size": 1}]}"#,
+        ] {
+            assert!(serde_json::from_str::<VmConfig>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 mod device_options;
 mod options;
+pub use device_options::parse_input;
 pub use device_options::{parse_console, parse_disk, parse_net, parse_vsock};
 pub use options::Options;
 
@@ -224,6 +225,9 @@ pub struct VmConfig {
     /// The virtio-vsock device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<::devices::virtio::vsock::VsockConfig>,
+    /// virtio-input keyboards and tablets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<::devices::virtio::input::InputConfig>,
 }
 
 impl VmConfig {

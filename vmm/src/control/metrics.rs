@@ -49,6 +49,7 @@ fn kind_name(device_type: u32) -> &'static str {
         ids::NET => "net",
         ids::CONSOLE => "console",
         ids::VSOCK => "vsock",
+        ids::INPUT => "input",
         _ => "virtio",
     }
 }

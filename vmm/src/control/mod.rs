@@ -9,6 +9,7 @@
 //! - [`metrics`]: Prometheus text and the metrics file.
 
 pub mod configure;
+mod input;
 mod logger;
 pub mod metrics;
 pub mod runtime;
@@ -239,6 +240,10 @@ impl ControlHandler {
                 self.exit.signal(VmExit::Killed);
                 ApiResponse::NoContent
             }
+            R::PutInput(id, events) => done(
+                self.runtime()
+                    .and_then(|rt| input::put_input(rt, &id, &events)),
+            ),
         })
     }
 

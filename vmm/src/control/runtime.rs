@@ -88,7 +88,7 @@ impl Runtime {
     }
 
     /// Runs `f` on the virtio device `id` if it is a `T`.
-    fn with_device<T: 'static, R>(
+    pub(super) fn with_device<T: 'static, R>(
         &self,
         kind: &str,
         id: &str,

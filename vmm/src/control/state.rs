@@ -60,6 +60,7 @@ pub fn allowed_states(request: &ApiRequest) -> &'static [Lifecycle] {
         | R::LoadSnapshot(_) => BEFORE_START,
         R::PatchDrive(_) | R::PatchNetworkInterface(_) => ALIVE,
         R::PatchVm(_) => STARTED,
+        R::PutInput(..) => STARTED,
         R::CreateSnapshot(_) => &[Paused],
         R::Action(action) => match action {
             ActionType::InstanceStart => BEFORE_START,
@@ -120,5 +121,18 @@ mod tests {
         let start = ApiRequest::Action(ActionType::InstanceStart);
         assert!(message(check(&start, Running)).starts_with("PUT /actions InstanceStart"));
         assert!(check(&ApiRequest::Action(ActionType::Kill), Stopped).is_err());
+    }
+
+    #[test]
+    fn input_events_need_a_started_vm() {
+        let put =
+            ApiRequest::PutInput("kbd".into(), api::types::InputEvents { events: Vec::new() });
+        assert_eq!(check(&put, Running), Ok(()));
+        assert_eq!(check(&put, Paused), Ok(()));
+        assert_eq!(
+            message(check(&put, NotStarted)),
+            "PUT /input is not allowed while the VM is Not started; it is allowed when the VM is Running or Paused"
+        );
+        assert!(check(&put, Stopped).is_err());
     }
 }

@@ -49,6 +49,38 @@ pub enum CtlCommand {
     /// Change a network interface of the running VM.
     #[command(subcommand)]
     Net(NetCommand),
+    /// Send events to a virtio-input device (PUT /input/ID).
+    Input {
+        /// The input device's id.
+        id: String,
+        /// What to send.
+        #[command(subcommand)]
+        event: InputCommand,
+    },
+}
+
+/// `petrel ctl input ID ...`.
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum InputCommand {
+    /// Tap a key (press, then release) on a keyboard: a Linux key name such as a, enter,
+    /// leftshift or f1.
+    Key {
+        /// The key's name.
+        name: String,
+    },
+    /// Move a tablet's pointer to X, Y (each 0 to 32767).
+    Move { x: u32, y: u32 },
+    /// Click a tablet button (press, then release).
+    Click {
+        /// left, right or middle.
+        #[arg(default_value = "left", value_parser = ["left", "right", "middle"])]
+        button: String,
+    },
+    /// Turn a tablet's wheel by N notches (positive: away from the user).
+    Wheel {
+        #[arg(allow_negative_numbers = true)]
+        delta: i32,
+    },
 }
 
 /// `petrel ctl drive ...`.
@@ -186,6 +218,28 @@ mod tests {
     }
 
     #[test]
+    fn input_commands_are_read() {
+        let a = ctl(&["--api-sock", "/s", "input", "tab", "wheel", "-2"]).unwrap();
+        assert_eq!(
+            a.command,
+            CtlCommand::Input {
+                id: "tab".into(),
+                event: InputCommand::Wheel { delta: -2 }
+            }
+        );
+        let a = ctl(&["--api-sock", "/s", "input", "tab", "click"]).unwrap();
+        assert_eq!(
+            a.command,
+            CtlCommand::Input {
+                id: "tab".into(),
+                event: InputCommand::Click {
+                    button: "left".into()
+                }
+            }
+        );
+    }
+
+    #[test]
     fn bad_invocations_are_refused() {
         for bad in [
             &["--api-sock", "/s"][..],
@@ -194,6 +248,12 @@ mod tests {
             &["--api-sock", "/s", "drive", "set-rate", "root", "iops=5"],
             &["--api-sock", "/s", "drive", "set-path", "root"],
             &["--api-sock", "/s", "net", "set-rate", "eth0", "--rx", "bw"],
+            &["--api-sock", "/s", "input", "kbd"],
+            &["--api-sock", "/s", "input", "kbd", "key"],
+            &["--api-sock", "/s", "input", "tab", "move", "1"],
+            &["--api-sock", "/s", "input", "tab", "move", "-1", "2"],
+            &["--api-sock", "/s", "input", "tab", "click", "back"],
+            &["--api-sock", "/s", "input", "tab", "wheel", "x"],
         ] {
             assert!(ctl(bad).is_err(), "{bad:?}");
         }

@@ -12,7 +12,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub use args::{CtlArgs, CtlCommand, DriveCommand, NetCommand, RateSpec};
+pub use args::{CtlArgs, CtlCommand, DriveCommand, InputCommand, NetCommand, RateSpec};
 pub use output::{metrics_to_json, render, Output};
 pub use request::{request, ApiCall};
 

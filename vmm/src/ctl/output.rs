@@ -142,6 +142,7 @@ fn confirmation(cmd: &CtlCommand) -> String {
             }
             format!("net {id}: rate limit {}", parts.join(", "))
         }
+        CtlCommand::Input { id, .. } => format!("input {id}: sent"),
         CtlCommand::Status | CtlCommand::Config | CtlCommand::Metrics => "ok".into(),
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use devices::rate_limiter::{RateLimitConfig, TokenBucketConfig};
 use serde_json::{json, Value};
 
-use super::args::{CtlCommand, DriveCommand, NetCommand, RateSpec};
+use super::args::{CtlCommand, DriveCommand, InputCommand, NetCommand, RateSpec};
 use super::CtlError;
 
 /// One API request.
@@ -92,6 +92,18 @@ pub fn request(cmd: &CtlCommand, cwd: Option<&Path>) -> Result<ApiCall, CtlError
                 body["tx_rate_limiter"] = rate_limiter(tx);
             }
             ApiCall::with_body("PATCH", format!("/network-interfaces/{id}"), body)
+        }
+        CtlCommand::Input { id, event } => {
+            check_id("input device", id)?;
+            let event = match event {
+                InputCommand::Key { name } => json!({"kind": "key", "key": name, "action": "tap"}),
+                InputCommand::Move { x, y } => json!({"kind": "move", "x": x, "y": y}),
+                InputCommand::Click { button } => {
+                    json!({"kind": "button", "button": button, "action": "click"})
+                }
+                InputCommand::Wheel { delta } => json!({"kind": "wheel", "delta": delta}),
+            };
+            ApiCall::with_body("PUT", format!("/input/{id}"), json!({ "events": [event] }))
         }
     })
 }
@@ -324,6 +336,42 @@ mod tests {
                 }),
             })
         );
+    }
+
+    #[test]
+    fn input_commands_put_one_event() {
+        let input = |event| CtlCommand::Input {
+            id: "kbd".into(),
+            event,
+        };
+        let c = call(input(InputCommand::Key {
+            name: "enter".into(),
+        }));
+        assert_eq!((c.method, c.path.as_str()), ("PUT", "/input/kbd"));
+        assert_eq!(
+            c.body,
+            Some(json!({"events": [{"kind": "key", "key": "enter", "action": "tap"}]}))
+        );
+        for event in [
+            InputCommand::Move { x: 1, y: 32767 },
+            InputCommand::Click {
+                button: "middle".into(),
+            },
+            InputCommand::Wheel { delta: -1 },
+        ] {
+            let ApiRequest::PutInput(id, events) = routed(input(event)) else {
+                panic!()
+            };
+            assert_eq!((id.as_str(), events.events.len()), ("kbd", 1));
+        }
+        let bad = CtlCommand::Input {
+            id: "a/b".into(),
+            event: InputCommand::Wheel { delta: 1 },
+        };
+        assert!(matches!(
+            request(&bad, None),
+            Err(CtlError::InvalidId { .. })
+        ));
     }
 
     #[test]

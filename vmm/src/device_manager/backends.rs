@@ -4,6 +4,7 @@
 
 use devices::virtio::block::{Block, BlockError};
 use devices::virtio::console::{Console, ConsoleError};
+use devices::virtio::input::Input;
 use devices::virtio::net::Net;
 use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
@@ -24,7 +25,8 @@ fn open_error(kind: &'static str, id: &str, e: impl std::fmt::Display, user: boo
 pub type Opened = (String, Box<dyn VirtioDevice>);
 
 /// Every virtio device of `config` with its id: disks, then network interfaces, then
-/// consoles, each in the order given, then the vsock device.
+/// consoles, each in the order given, then the vsock device, then input devices in the
+/// order given.
 pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
     let mut opened: Vec<Opened> = Vec::new();
     for disk in &config.disks {
@@ -52,6 +54,9 @@ pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
         let device =
             Vsock::new(vsock).map_err(|e| open_error("vsock", &vsock.id, &e, e.is_user_error()))?;
         opened.push((vsock.id.clone(), Box::new(device)));
+    }
+    for input in &config.inputs {
+        opened.push((input.id.clone(), Box::new(Input::new(input))));
     }
     Ok(opened)
 }

@@ -12,6 +12,7 @@ mod console;
 mod count;
 mod crash;
 mod demo;
+mod input;
 mod machine;
 mod net;
 mod smp;
@@ -104,6 +105,11 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "vsock",
         run: vsock::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "input",
+        run: input::run,
         exit: Exit::Reset,
     },
 ];
