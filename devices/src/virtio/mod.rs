@@ -15,6 +15,7 @@
 pub mod block;
 pub mod console;
 mod device;
+pub mod gpu;
 mod interrupt;
 pub mod mmio;
 pub mod net;
@@ -31,6 +32,7 @@ pub mod ids {
     pub const NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
     pub const BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
     pub const CONSOLE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
+    pub const GPU: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_GPU;
 }
 
 /// Feature bits every device shares (virtio 1.2, section 6).
