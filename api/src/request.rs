@@ -3,6 +3,7 @@
 //! The API thread parses and validates a request into an [`ApiRequest`] and sends it with a
 //! fresh reply channel; the VMM thread carries it out and answers with an [`ApiResponse`].
 
+use crate::image::RawImage;
 use crate::types::{
     ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
     Metrics, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams, SnapshotLoadParams,
@@ -50,6 +51,8 @@ pub enum ApiRequest {
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load`.
     LoadSnapshot(SnapshotLoadParams),
+    /// `GET /display/screenshot` (petrel's): reply `Image` of the GPU's scanout.
+    GetScreenshot,
 }
 
 impl ApiRequest {
@@ -77,6 +80,7 @@ impl ApiRequest {
             R::PutLogger(_) => "PUT /logger",
             R::CreateSnapshot(_) => "PUT /snapshot/create",
             R::LoadSnapshot(_) => "PUT /snapshot/load",
+            R::GetScreenshot => "GET /display/screenshot",
         };
         route.to_string()
     }
@@ -97,6 +101,18 @@ pub enum ApiResponse {
     Json(serde_json::Value),
     /// 200 with a `text/plain; version=0.0.4` body (Prometheus exposition format).
     Text(String),
+    /// A copy of the screen, which the API thread encodes and sends as a 200 `Binary`
+    /// PNG with the `x-petrel-generation` header.
+    Image(RawImage),
+    /// 200 with a binary body of `content_type`, and extra response headers.
+    Binary {
+        /// The `Content-Type` header.
+        content_type: &'static str,
+        /// The body.
+        body: Vec<u8>,
+        /// More headers, name (lower case) and value.
+        headers: Vec<(&'static str, String)>,
+    },
     /// An error: `status` (one of [`ERROR_STATUSES`]) with `{"fault_message": ...}`.
     Error {
         /// HTTP status code.

@@ -29,6 +29,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/snapshot/load", &["PUT"]),
     ("/logger", &["PUT"]),
     ("/metrics", &["GET", "PUT"]),
+    ("/display/screenshot", &["GET"]),
 ];
 
 /// Longest id accepted in a path.
@@ -210,6 +211,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, ApiRespons
         ("/logger", "PUT") => R::PutLogger(parse::<Logger>(body)?),
         ("/metrics", "GET") => R::GetMetrics,
         ("/metrics", "PUT") => R::PutMetrics(parse::<Metrics>(body)?),
+        ("/display/screenshot", "GET") => R::GetScreenshot,
         _ => {
             return Err(ApiResponse::error(
                 405,

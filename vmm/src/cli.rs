@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    parse_console, parse_disk, parse_net, ByteSize, ConfigError, CpuTemplate, SerialOutput,
-    VmConfig,
+    parse_console, parse_disk, parse_gpu, parse_net, ByteSize, ConfigError, CpuTemplate,
+    SerialOutput, VmConfig,
 };
 use crate::ctl::CtlArgs;
 
@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// A virtio console: [id=ID,]output=stdout|file:PATH|pty|socket:PATH|none; repeatable.
     #[arg(long = "console", value_name = "OPTS")]
     pub consoles: Vec<String>,
+    /// A virtio-gpu (2D, one scanout): [width=W,height=H][,max_memory=SIZE][,id=ID]
+    /// (1280x800, 256M); `--gpu` alone for the defaults.
+    #[arg(long = "gpu", value_name = "OPTS", num_args = 0..=1, default_missing_value = "")]
+    pub gpu: Option<String>,
     /// Read the machine from a JSON VmConfig file; other flags override its fields.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -150,6 +154,9 @@ impl RunArgs {
         for text in &self.consoles {
             let index = config.consoles.len();
             config.consoles.push(parse_console(text, index)?);
+        }
+        if let Some(text) = &self.gpu {
+            config.gpu = Some(parse_gpu(text)?);
         }
         config.validate()?;
         Ok(config)

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 mod device_options;
 mod options;
+pub use device_options::parse_gpu;
 pub use device_options::{parse_console, parse_disk, parse_net};
 pub use options::Options;
 
@@ -221,6 +222,9 @@ pub struct VmConfig {
     /// virtio-console ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consoles: Vec<::devices::virtio::console::ConsoleConfig>,
+    /// The virtio-gpu (one at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<::devices::virtio::gpu::GpuConfig>,
 }
 
 impl VmConfig {

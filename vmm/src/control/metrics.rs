@@ -48,6 +48,7 @@ fn kind_name(device_type: u32) -> &'static str {
         ids::BLOCK => "block",
         ids::NET => "net",
         ids::CONSOLE => "console",
+        ids::GPU => "gpu",
         _ => "virtio",
     }
 }

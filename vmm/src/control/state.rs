@@ -61,6 +61,7 @@ pub fn allowed_states(request: &ApiRequest) -> &'static [Lifecycle] {
         R::PatchDrive(_) | R::PatchNetworkInterface(_) => ALIVE,
         R::PatchVm(_) => STARTED,
         R::CreateSnapshot(_) => &[Paused],
+        R::GetScreenshot => STARTED,
         R::Action(action) => match action {
             ActionType::InstanceStart => BEFORE_START,
             ActionType::SendCtrlAltDel | ActionType::Shutdown => &[Running],

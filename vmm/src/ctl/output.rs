@@ -142,6 +142,7 @@ fn confirmation(cmd: &CtlCommand) -> String {
             }
             format!("net {id}: rate limit {}", parts.join(", "))
         }
+        CtlCommand::Screenshot { file } => format!("screenshot saved to {}", file.display()),
         CtlCommand::Status | CtlCommand::Config | CtlCommand::Metrics => "ok".into(),
     }
 }

@@ -59,6 +59,7 @@ pub fn request(cmd: &CtlCommand, cwd: Option<&Path>) -> Result<ApiCall, CtlError
         CtlCommand::CtrlAltDel => action("SendCtrlAltDel"),
         CtlCommand::Config => ApiCall::get("/vm/config"),
         CtlCommand::Metrics => ApiCall::get("/metrics"),
+        CtlCommand::Screenshot { .. } => ApiCall::get("/display/screenshot"),
         CtlCommand::Drive(DriveCommand::SetPath { id, file }) => {
             check_id("drive", id)?;
             let file = absolute(file, cwd)?;

@@ -4,6 +4,7 @@
 
 use devices::virtio::block::{Block, BlockError};
 use devices::virtio::console::{Console, ConsoleError};
+use devices::virtio::gpu::Gpu;
 use devices::virtio::net::Net;
 use devices::virtio::VirtioDevice;
 
@@ -46,6 +47,9 @@ pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
             open_error("console", &console.id, e, user)
         })?;
         opened.push((console.id.clone(), Box::new(device)));
+    }
+    if let Some(gpu) = &config.gpu {
+        opened.push((gpu.id.clone(), Box::new(Gpu::new(gpu.clone()))));
     }
     Ok(opened)
 }
