@@ -12,6 +12,7 @@ mod console;
 mod count;
 mod crash;
 mod demo;
+mod gpu;
 mod machine;
 mod net;
 mod smp;
@@ -98,6 +99,11 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "blkswap",
         run: blkswap::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "gpu",
+        run: gpu::run,
         exit: Exit::Reset,
     },
 ];
