@@ -365,6 +365,21 @@ mod tests {
     }
 
     #[test]
+    fn gpu_in_json_takes_defaults_and_is_validated() {
+        let c: VmConfig = serde_json::from_str(r#"{"gpu":{"width":64,"height":48}}"#).unwrap();
+        let gpu = c.gpu.as_ref().unwrap();
+        assert_eq!((gpu.id.as_str(), gpu.max_memory), ("gpu0", 256 << 20));
+        assert_eq!(c.validate(), Ok(()));
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let none = serde_json::to_value(VmConfig::default()).unwrap();
+        assert!(none.get("gpu").is_none());
+        assert!(serde_json::from_str::<VmConfig>(r#"{"gpu":{"depth":24}}"#).is_err());
+        let big: VmConfig = serde_json::from_str(r#"{"gpu":{"width":8192}}"#).unwrap();
+        assert!(big.validate().is_err());
+    }
+
+    #[test]
     fn default_cmdline_depends_on_what_boots() {
         let mut c = VmConfig::default();
         assert_eq!(c.cmdline(), DEMO_CMDLINE);

@@ -175,6 +175,11 @@ mod tests {
         assert_eq!(routed(CtlCommand::Status), ApiRequest::GetInstanceInfo);
         assert_eq!(routed(CtlCommand::Config), ApiRequest::GetVmConfig);
         assert_eq!(routed(CtlCommand::Metrics), ApiRequest::GetMetrics);
+        let shot = CtlCommand::Screenshot {
+            file: "s.png".into(),
+        };
+        assert_eq!(call(shot.clone()), ApiCall::get("/display/screenshot"));
+        assert_eq!(routed(shot), ApiRequest::GetScreenshot);
     }
 
     #[test]

@@ -20,6 +20,9 @@ const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
 pub(super) const CONTROL_QUEUE: usize = 0;
 pub(super) const CURSOR_QUEUE: usize = 1;
 
+/// Passes over an available ring that popped nothing before the device stops looking.
+const EMPTY_ROUNDS: u32 = 2;
+
 /// The longest request: ATTACH_BACKING with the most entries.
 const MAX_REQUEST: usize = HDR_SIZE + 8 + MAX_BACKING_ENTRIES as usize * 16;
 
@@ -129,6 +132,7 @@ impl Gpu {
         let mem = active.env.mem.clone();
         let mut used = false;
         let mut budget = CHAINS_PER_PASS;
+        let mut empty_rounds = 0;
         loop {
             let q = if index == CONTROL_QUEUE {
                 &mut active.control
@@ -139,16 +143,16 @@ impl Gpu {
                 tracing::debug!(%e, id = self.config.id, "gpu queue ring is unreadable");
                 break;
             }
-            let mut more = false;
+            let mut popped = false;
             while let Some(chain) = q.pop_descriptor_chain(&mem) {
                 if budget == 0 {
+                    // The rest waits for the next pass, after the event loop served others.
                     q.go_to_previous_position();
                     active.env.kicks.kick(index);
-                    more = false;
                     break;
                 }
                 budget -= 1;
-                more = true;
+                popped = true;
                 let head = chain.head_index();
                 let len = self.serve(&mem, index, chain);
                 if let Err(e) = queue::add_used(q, &mem, head, len) {
@@ -156,11 +160,17 @@ impl Gpu {
                 }
                 used = true;
             }
-            let again = match q.enable_notification(&mem) {
-                Ok(pending) => pending && more,
-                Err(_) => false,
-            };
-            if !again || budget == 0 {
+            if budget == 0 {
+                break;
+            }
+            if !popped {
+                empty_rounds += 1;
+            }
+            // Chains that arrived while notifications were off are served now; an available
+            // index the queue cannot serve ends the pass after EMPTY_ROUNDS instead of
+            // spinning.
+            let pending = q.enable_notification(&mem).unwrap_or(false);
+            if !pending || empty_rounds >= EMPTY_ROUNDS {
                 break;
             }
         }

@@ -660,6 +660,27 @@ fn short_or_missing_response_buffers_and_bad_descriptors_never_panic() {
 }
 
 #[test]
+fn a_garbage_available_index_ends_the_pass_and_full_rings_are_served() {
+    let mem = memory();
+    let (mut gpu, mut d) = showing(&mem, B8G8R8A8, 16, 16);
+    // A full ring of display-info requests in one notification.
+    let req = hdr(CMD_GET_DISPLAY_INFO);
+    mem.write_slice(&req, GuestAddress(REQ)).unwrap();
+    let before = d.used_count(0);
+    d.next_desc[0] = 0;
+    for _ in 0..QUEUE_SIZE / 2 {
+        d.add_chain(0, &[(REQ, req.len() as u32, RO), (RESP, 512, WO)]);
+    }
+    gpu.queue_notify(0);
+    assert_eq!(d.used_count(0), before.wrapping_add(QUEUE_SIZE / 2));
+    // The driver claims 1000 more chains than the ring holds: nothing is served, no hang.
+    let avail = d.queues[0].avail();
+    avail.idx().store(avail.idx().load().wrapping_add(1000));
+    gpu.queue_notify(0);
+    assert_eq!(d.used_count(0), before.wrapping_add(QUEUE_SIZE / 2));
+}
+
+#[test]
 fn cursor_updates_and_moves() {
     let mem = memory();
     let (mut gpu, mut d) = showing(&mem, B8G8R8A8, 16, 16);
