@@ -107,6 +107,11 @@ fn screenshot_shows_the_guest_pixels_and_only_the_flushed_rectangle_changes() {
         "frame 2",
     );
 
+    // A paused VM's screen can be looked at too; it is the same picture.
+    vm.set_state("Paused");
+    assert_eq!(screenshot(&vm), (second.clone(), g2));
+    vm.set_state("Resumed");
+
     // `petrel ctl screenshot FILE` writes the same picture.
     let file = vm.path("screen.png");
     let out = std::process::Command::new(petrel())
