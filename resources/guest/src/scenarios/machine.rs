@@ -36,9 +36,7 @@ pub fn run(_: &crate::rt::bootparams::BootParams) -> Result<(), String> {
     };
     println!("UNCLAIMED port={port:#x} mmio={value:#x}");
     if port != 0xff || value != 0xffff_ffff {
-        return Err(format!(
-            "unclaimed reads gave {port:#x} and {value:#x}, not all ones"
-        ));
+        return Err(format!("unclaimed reads gave {port:#x} and {value:#x}, not all ones"));
     }
 
     let bit = |reg: u32, n: u32| (reg >> n) & 1;
