@@ -88,6 +88,13 @@ fn screenshot_shows_the_guest_pixels_and_only_the_flushed_rectangle_changes() {
     });
     assert_eq!(display, format!("{W}x{H} scanouts=1 edid={W}x{H}"));
 
+    // Malformed commands from the guest's driver get the spec's errors and change nothing:
+    // an id in use, scanout 5, past the memory cap, a rectangle outside, an unknown command.
+    let errors = vm.wait_serial(GUEST_TIMEOUT, |l| {
+        l.strip_prefix("GPU errors=").map(str::to_string)
+    });
+    assert_eq!(errors, "0x1203,0x1202,0x1201,0x1205,0x1200");
+
     vm.wait_serial(GUEST_TIMEOUT, |l| (l == "GPU frame1").then_some(()));
     let (first, g1) = screenshot(&vm);
     assert!(
@@ -130,10 +137,10 @@ fn screenshot_shows_the_guest_pixels_and_only_the_flushed_rectangle_changes() {
     assert_eq!((w, h), (W, H));
     assert_eq!(rgba, second);
 
-    // The device's counters: two flushes, no errors, one 64x48 resource.
+    // The device's counters: two flushes, the five errors above, one 64x48 resource.
     let metrics = vm.request("GET", "/metrics", None).1;
     let labels = "{device=\"gpu0\",type=\"gpu\"}";
-    for (name, value) in [("flushes", 2), ("errors", 0), ("resources", 1)] {
+    for (name, value) in [("flushes", 2), ("errors", 5), ("resources", 1)] {
         let line = format!("petrel_virtio_{name}{labels} {value}\n");
         assert!(metrics.contains(&line), "{line:?} in\n{metrics}");
     }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! GPU display=<w>x<h> scanouts=<n> edid=<w>x<h>   (edid=none without VIRTIO_GPU_F_EDID)
+//! GPU errors=<t>,...  (response types to five malformed commands, see `bad_commands`)
 //! GPU frame1      (the whole pattern is on the screen)
 //! GPU frame2      (a sub-rectangle was changed, transferred and flushed)
 //! GPU hold        (with gpu.hold=1: the picture stays up until the VM is killed)
@@ -106,6 +107,7 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
         attach = attach.u64(base + first).u32((len - first) as u32).u32(0);
     }
     gpu.expect_ok("RESOURCE_ATTACH_BACKING", attach)?;
+    println!("GPU errors={}", bad_commands(&mut gpu, w, h)?);
     gpu.expect_ok(
         "SET_SCANOUT",
         Request::new(gpu::CMD_SET_SCANOUT)
@@ -146,6 +148,52 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
         cpu::halt_forever();
     }
     Ok(())
+}
+
+/// Malformed commands, each answered with an error response: the response types, in order
+/// (an id in use, a scanout that does not exist, a resource past the memory cap, a flush
+/// outside the resource, an unknown command).
+fn bad_commands(gpu: &mut Gpu, w: u32, h: u32) -> Result<String, String> {
+    let requests = [
+        Request::new(gpu::CMD_RESOURCE_CREATE_2D)
+            .u32(RESOURCE)
+            .u32(gpu::FORMAT_B8G8R8A8)
+            .u32(4)
+            .u32(4),
+        Request::new(gpu::CMD_SET_SCANOUT)
+            .rect(Rect {
+                x: 0,
+                y: 0,
+                width: w,
+                height: h,
+            })
+            .u32(5)
+            .u32(RESOURCE),
+        Request::new(gpu::CMD_RESOURCE_CREATE_2D)
+            .u32(RESOURCE + 1)
+            .u32(gpu::FORMAT_B8G8R8A8)
+            .u32(60_000)
+            .u32(60_000),
+        Request::new(gpu::CMD_RESOURCE_FLUSH)
+            .rect(Rect {
+                x: w,
+                y: 0,
+                width: 1,
+                height: 1,
+            })
+            .u32(RESOURCE)
+            .u32(0),
+        Request::new(0x0999),
+    ];
+    let mut kinds = String::new();
+    for (i, req) in requests.into_iter().enumerate() {
+        let resp = gpu.command(req)?;
+        if i > 0 {
+            kinds.push(',');
+        }
+        kinds.push_str(&format!("{:#x}", resp.kind));
+    }
+    Ok(kinds)
 }
 
 /// TRANSFER_TO_HOST_2D and a fenced RESOURCE_FLUSH of `r`; the fence must come back.
