@@ -26,6 +26,32 @@ pub enum ClientError {
     Http(#[from] hyper::Error),
 }
 
+/// A whole response with its raw body (for binary bodies such as screenshots).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BinaryResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers, names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
+    /// The body as sent.
+    pub body: Vec<u8>,
+}
+
+impl BinaryResponse {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy), e.g. an error's JSON.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
 /// A client of the API socket at one path. Each request uses a new connection.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -61,6 +87,22 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, String), ClientError> {
+        let r = self.exchange(method, path, body)?;
+        let text = r.text();
+        Ok((r.status, text))
+    }
+
+    /// `GET path`, returning the status, headers and raw body (`GET /display/screenshot`).
+    pub fn get_bytes(&self, path: &str) -> Result<BinaryResponse, ClientError> {
+        self.exchange("GET", path, None)
+    }
+
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<BinaryResponse, ClientError> {
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|e| ClientError::InvalidRequest(format!("method `{method}`: {e}")))?;
         let mut builder = Request::builder()
@@ -92,8 +134,20 @@ impl Client {
             });
             let response = sender.send_request(request).await?;
             let status = response.status().as_u16();
-            let bytes = response.into_body().collect().await?.to_bytes();
-            Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                    (n.as_str().to_owned(), value)
+                })
+                .collect();
+            let body = response.into_body().collect().await?.to_bytes().to_vec();
+            Ok(BinaryResponse {
+                status,
+                headers,
+                body,
+            })
         })
     }
 }

@@ -6,6 +6,7 @@
 //! [`openapi`] the OpenAPI document, and [`client`] the blocking client the CLI uses.
 
 pub mod client;
+pub mod image;
 pub mod input;
 pub mod openapi;
 pub mod request;
@@ -18,6 +19,7 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
+pub use client::BinaryResponse;
 pub use client::{Client, ClientError};
 pub use request::{ApiRequest, ApiResponse};
 pub use server::{ApiServer, RequestSender, ServerError};

@@ -3,6 +3,7 @@
 //! The API thread parses and validates a request into an [`ApiRequest`] and sends it with a
 //! fresh reply channel; the VMM thread carries it out and answers with an [`ApiResponse`].
 
+use crate::image::RawImage;
 use crate::types::InputEvents;
 use crate::types::{
     ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
@@ -53,6 +54,8 @@ pub enum ApiRequest {
     LoadSnapshot(SnapshotLoadParams),
     /// `PUT /input/{id}` (petrel's): the device id and its events.
     PutInput(String, InputEvents),
+    /// `GET /display/screenshot` (petrel's): reply `Image` of the GPU's scanout.
+    GetScreenshot,
 }
 
 impl ApiRequest {
@@ -81,6 +84,7 @@ impl ApiRequest {
             R::CreateSnapshot(_) => "PUT /snapshot/create",
             R::LoadSnapshot(_) => "PUT /snapshot/load",
             R::PutInput(..) => "PUT /input",
+            R::GetScreenshot => "GET /display/screenshot",
         };
         route.to_string()
     }
@@ -101,6 +105,18 @@ pub enum ApiResponse {
     Json(serde_json::Value),
     /// 200 with a `text/plain; version=0.0.4` body (Prometheus exposition format).
     Text(String),
+    /// A copy of the screen, which the API thread encodes and sends as a 200 `Binary`
+    /// PNG with the `x-petrel-generation` header.
+    Image(RawImage),
+    /// 200 with a binary body of `content_type`, and extra response headers.
+    Binary {
+        /// The `Content-Type` header.
+        content_type: &'static str,
+        /// The body.
+        body: Vec<u8>,
+        /// More headers, name (lower case) and value.
+        headers: Vec<(&'static str, String)>,
+    },
     /// An error: `status` (one of [`ERROR_STATUSES`]) with `{"fault_message": ...}`.
     Error {
         /// HTTP status code.

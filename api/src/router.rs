@@ -31,6 +31,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/logger", &["PUT"]),
     ("/metrics", &["GET", "PUT"]),
     ("/input/{id}", &["PUT"]),
+    ("/display/screenshot", &["GET"]),
 ];
 
 /// Longest id accepted in a path.
@@ -229,6 +230,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, ApiRespons
             events.validate().map_err(bad_request)?;
             R::PutInput(id.to_string(), events)
         }
+        ("/display/screenshot", "GET") => R::GetScreenshot,
         _ => {
             return Err(ApiResponse::error(
                 405,

@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::parse_input;
 use crate::config::parse_vsock;
 use crate::config::{
-    parse_console, parse_disk, parse_net, ByteSize, ConfigError, CpuTemplate, SerialOutput,
-    VmConfig,
+    parse_console, parse_disk, parse_gpu, parse_net, ByteSize, ConfigError, CpuTemplate,
+    SerialOutput, VmConfig,
 };
 use crate::ctl::CtlArgs;
 
@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// (PUT /input/{id}); repeatable.
     #[arg(long = "input", value_name = "OPTS")]
     pub inputs: Vec<String>,
+    /// A virtio-gpu (2D, one scanout): [width=W,height=H][,max_memory=SIZE][,id=ID]
+    /// (1280x800, 256M); `--gpu` alone for the defaults.
+    #[arg(long = "gpu", value_name = "OPTS", num_args = 0..=1, default_missing_value = "")]
+    pub gpu: Option<String>,
     /// Read the machine from a JSON VmConfig file; other flags override its fields.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -167,6 +171,9 @@ impl RunArgs {
         for text in &self.inputs {
             let index = config.inputs.len();
             config.inputs.push(parse_input(text, index)?);
+        }
+        if let Some(text) = &self.gpu {
+            config.gpu = Some(parse_gpu(text)?);
         }
         config.validate()?;
         Ok(config)

@@ -15,6 +15,7 @@
 pub mod block;
 pub mod console;
 mod device;
+pub mod gpu;
 pub mod input;
 mod interrupt;
 pub mod mmio;
@@ -35,6 +36,7 @@ pub mod ids {
     pub const CONSOLE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
     pub const VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
     pub const INPUT: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_INPUT;
+    pub const GPU: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_GPU;
 }
 
 /// Feature bits every device shares (virtio 1.2, section 6).

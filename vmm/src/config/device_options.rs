@@ -6,11 +6,12 @@ use std::collections::HashSet;
 use devices::rate_limiter::RateLimitConfig;
 use devices::virtio::block::BlockConfig;
 use devices::virtio::console::{ConsoleConfig, ConsoleOutput};
+use devices::virtio::gpu::{GpuConfig, DEFAULT_SIZE};
 use devices::virtio::input::{InputConfig, InputKind};
 use devices::virtio::net::{MacAddr, NetConfig};
 use devices::virtio::vsock::VsockConfig;
 
-use super::{ConfigError, Options, VmConfig};
+use super::{ByteSize, ConfigError, Options, VmConfig};
 
 /// The keys of a `rate=` group.
 const RATE_KEYS: [&str; 4] = ["bw", "ops", "bw_burst", "ops_burst"];
@@ -95,6 +96,30 @@ pub fn parse_input(text: &str, index: usize) -> Result<InputConfig, ConfigError>
     Ok(InputConfig { id, kind })
 }
 
+/// `--gpu [width=W,height=H][,max_memory=SIZE][,id=ID]` (1280x800 and 256 MiB when left out).
+pub fn parse_gpu(text: &str) -> Result<GpuConfig, ConfigError> {
+    let defaults = GpuConfig::default();
+    if text.trim().is_empty() {
+        return Ok(defaults);
+    }
+    let mut o = Options::parse("gpu", text)?;
+    let side = |s: &str| s.parse::<u32>().map_err(|e| e.to_string());
+    let config = GpuConfig {
+        id: o.take("id").unwrap_or(defaults.id),
+        width: o.take_parsed("width", side)?.unwrap_or(DEFAULT_SIZE.0),
+        height: o.take_parsed("height", side)?.unwrap_or(DEFAULT_SIZE.1),
+        max_memory: o
+            .take_parsed("max_memory", |s| s.parse::<ByteSize>())?
+            .map_or(defaults.max_memory, |b| b.0),
+    };
+    o.finish()?;
+    config.validate().map_err(|e| ConfigError::Option {
+        flag: "gpu",
+        reason: e.to_string(),
+    })?;
+    Ok(config)
+}
+
 /// Whether `id` is a usable device id: 1 to 64 letters, digits, `-` or `_`.
 fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -175,6 +200,24 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
                 v.uds_path.display()
             )));
         }
+    }
+    if let Some(gpu) = &config.gpu {
+        if !valid_id(&gpu.id) {
+            return Err(ConfigError::Option {
+                flag: "gpu",
+                reason: format!(
+                    "invalid id {:?}: use 1 to 64 letters, digits, - or _",
+                    gpu.id
+                ),
+            });
+        }
+        if !seen.insert(gpu.id.as_str()) {
+            return Err(conflict(format!("device id {:?} is used twice", gpu.id)));
+        }
+        gpu.validate().map_err(|e| ConfigError::Option {
+            flag: "gpu",
+            reason: e.to_string(),
+        })?;
     }
     validate_root(config)
 }
@@ -283,6 +326,34 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<VmConfig>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn gpu_flag_fills_a_gpu_config_with_defaults_and_limits() {
+        let g = parse_gpu("width=64,height=48,max_memory=16M,id=screen").unwrap();
+        assert_eq!((g.width, g.height, g.max_memory), (64, 48, 16 << 20));
+        assert_eq!(g.id, "screen");
+        let d = parse_gpu("").unwrap();
+        assert_eq!((d.width, d.height, d.max_memory), (1280, 800, 256 << 20));
+        for bad in [
+            "width=15",
+            "height=4096",
+            "width=-1",
+            "width=abc",
+            "max_memory=1K",
+            "max_memory=lots",
+            "depth=32",
+            "width=64,width=64",
+        ] {
+            assert!(parse_gpu(bad).is_err(), "{bad}");
+        }
+        let mut c = VmConfig::default();
+        c.disks.push(parse_disk("path=/a,id=gpu0", 0).unwrap());
+        c.gpu = Some(parse_gpu("id=gpu0").unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        c.gpu.as_mut().unwrap().width = 9000;
+        c.disks.clear();
+        assert!(validate(&c).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 mod device_options;
 mod options;
+pub use device_options::parse_gpu;
 pub use device_options::parse_input;
 pub use device_options::{parse_console, parse_disk, parse_net, parse_vsock};
 pub use options::Options;
@@ -228,6 +229,9 @@ pub struct VmConfig {
     /// virtio-input keyboards and tablets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<::devices::virtio::input::InputConfig>,
+    /// The virtio-gpu (one at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<::devices::virtio::gpu::GpuConfig>,
 }
 
 impl VmConfig {
@@ -365,6 +369,21 @@ mod tests {
         assert!(serde_json::from_str::<VmConfig>(r#"{"machine":{"vcpus":"two"}}"#).is_err());
         assert!(serde_json::from_str::<VmConfig>(r#"{"serial":"tty"}"#).is_err());
         assert!(serde_json::from_str::<VmConfig>(r#"{"extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn gpu_in_json_takes_defaults_and_is_validated() {
+        let c: VmConfig = serde_json::from_str(r#"{"gpu":{"width":64,"height":48}}"#).unwrap();
+        let gpu = c.gpu.as_ref().unwrap();
+        assert_eq!((gpu.id.as_str(), gpu.max_memory), ("gpu0", 256 << 20));
+        assert_eq!(c.validate(), Ok(()));
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let none = serde_json::to_value(VmConfig::default()).unwrap();
+        assert!(none.get("gpu").is_none());
+        assert!(serde_json::from_str::<VmConfig>(r#"{"gpu":{"depth":24}}"#).is_err());
+        let big: VmConfig = serde_json::from_str(r#"{"gpu":{"width":8192}}"#).unwrap();
+        assert!(big.validate().is_err());
     }
 
     #[test]

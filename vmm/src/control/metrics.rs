@@ -50,6 +50,7 @@ fn kind_name(device_type: u32) -> &'static str {
         ids::CONSOLE => "console",
         ids::VSOCK => "vsock",
         ids::INPUT => "input",
+        ids::GPU => "gpu",
         _ => "virtio",
     }
 }

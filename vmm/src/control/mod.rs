@@ -236,6 +236,10 @@ impl ControlHandler {
                 let sample = self.sample();
                 done(self.metrics.flush(&sample))
             }
+            R::GetScreenshot => match self.runtime() {
+                Ok(rt) => rt.screenshot(),
+                Err(e) => e,
+            },
             R::Action(ActionType::Kill) => {
                 self.exit.signal(VmExit::Killed);
                 ApiResponse::NoContent

@@ -4,10 +4,12 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use api::image::RawImage;
 use api::types::{DrivePatch, NetworkInterfacePatch};
 use api::ApiResponse;
 use devices::legacy::I8042;
 use devices::virtio::block::Block;
+use devices::virtio::gpu::Gpu;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::Net;
 use devices::ExitSignal;
@@ -107,6 +109,37 @@ impl Runtime {
             .downcast_mut::<T>()
             .ok_or_else(|| no_such(kind, id))?;
         Ok(f(device))
+    }
+
+    /// `GET /display/screenshot`: a copy of the GPU's front buffer, for the API thread to
+    /// encode. A 400 when the VM has no GPU or the guest has set no scanout yet.
+    pub fn screenshot(&self) -> ApiResponse {
+        let gpu = self
+            .virtio
+            .iter()
+            .find(|(_, t)| lock(t).device().as_any().downcast_ref::<Gpu>().is_some());
+        let Some((_, transport)) = gpu else {
+            return ApiResponse::bad_request(
+                "GET /display/screenshot: the VM has no GPU (start petrel with --gpu)",
+            );
+        };
+        let transport = lock(transport);
+        let frame = transport
+            .device()
+            .as_any()
+            .downcast_ref::<Gpu>()
+            .and_then(Gpu::frame);
+        match frame {
+            Some(f) => ApiResponse::Image(RawImage {
+                width: f.width,
+                height: f.height,
+                rgba: f.rgba,
+                generation: f.generation,
+            }),
+            None => ApiResponse::bad_request(
+                "GET /display/screenshot: the guest has not set a scanout yet: nothing is on the screen",
+            ),
+        }
     }
 
     /// `PATCH /drives/{id}` on a running disk: a new backing file (the guest sees the new

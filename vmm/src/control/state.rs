@@ -62,6 +62,7 @@ pub fn allowed_states(request: &ApiRequest) -> &'static [Lifecycle] {
         R::PatchVm(_) => STARTED,
         R::PutInput(..) => STARTED,
         R::CreateSnapshot(_) => &[Paused],
+        R::GetScreenshot => STARTED,
         R::Action(action) => match action {
             ActionType::InstanceStart => BEFORE_START,
             ActionType::SendCtrlAltDel | ActionType::Shutdown => &[Running],

@@ -49,6 +49,11 @@ pub enum CtlCommand {
     /// Change a network interface of the running VM.
     #[command(subcommand)]
     Net(NetCommand),
+    /// Save the GPU's screen as a PNG file (GET /display/screenshot).
+    Screenshot {
+        /// Where to write the PNG (replaced if it exists).
+        file: PathBuf,
+    },
     /// Send events to a virtio-input device (PUT /input/ID).
     Input {
         /// The input device's id.

@@ -111,8 +111,42 @@ fn exchange(args: &CtlArgs) -> Result<Output, CtlError> {
     let cwd = std::env::current_dir().ok();
     let call = request(&args.command, cwd.as_deref())?;
     let client = api::Client::new(sock);
+    if let CtlCommand::Screenshot { file } = &args.command {
+        return screenshot(&client, &call.path, file, args);
+    }
     let (status, body) = client.request(call.method, &call.path, call.body)?;
     Ok(render(&args.command, status, &body, args.json))
+}
+
+/// `petrel ctl screenshot FILE`: the PNG goes to `FILE`; an error answer is rendered as any
+/// other command's.
+fn screenshot(
+    client: &api::Client,
+    path: &str,
+    file: &std::path::Path,
+    args: &CtlArgs,
+) -> Result<Output, CtlError> {
+    let response = client.get_bytes(path)?;
+    if response.status != 200 {
+        return Ok(render(
+            &args.command,
+            response.status,
+            &response.text(),
+            args.json,
+        ));
+    }
+    if let Err(e) = std::fs::write(file, &response.body) {
+        let message = format!("cannot write {}: {}", file.display(), os_message(&e));
+        let body = serde_json::json!({ "fault_message": message }).to_string();
+        return Ok(Output::failure(&message, args.json, body));
+    }
+    let generation = response.header(api::image::GENERATION_HEADER).unwrap_or("");
+    let body = serde_json::json!({
+        "file": file.display().to_string(),
+        "bytes": response.body.len(),
+        "generation": generation,
+    });
+    Ok(render(&args.command, 200, &body.to_string(), args.json))
 }
 
 #[cfg(test)]

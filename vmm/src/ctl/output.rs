@@ -143,6 +143,7 @@ fn confirmation(cmd: &CtlCommand) -> String {
             format!("net {id}: rate limit {}", parts.join(", "))
         }
         CtlCommand::Input { id, .. } => format!("input {id}: sent"),
+        CtlCommand::Screenshot { file } => format!("screenshot saved to {}", file.display()),
         CtlCommand::Status | CtlCommand::Config | CtlCommand::Metrics => "ok".into(),
     }
 }

@@ -59,6 +59,7 @@ pub fn request(cmd: &CtlCommand, cwd: Option<&Path>) -> Result<ApiCall, CtlError
         CtlCommand::CtrlAltDel => action("SendCtrlAltDel"),
         CtlCommand::Config => ApiCall::get("/vm/config"),
         CtlCommand::Metrics => ApiCall::get("/metrics"),
+        CtlCommand::Screenshot { .. } => ApiCall::get("/display/screenshot"),
         CtlCommand::Drive(DriveCommand::SetPath { id, file }) => {
             check_id("drive", id)?;
             let file = absolute(file, cwd)?;
@@ -186,6 +187,11 @@ mod tests {
         assert_eq!(routed(CtlCommand::Status), ApiRequest::GetInstanceInfo);
         assert_eq!(routed(CtlCommand::Config), ApiRequest::GetVmConfig);
         assert_eq!(routed(CtlCommand::Metrics), ApiRequest::GetMetrics);
+        let shot = CtlCommand::Screenshot {
+            file: "s.png".into(),
+        };
+        assert_eq!(call(shot.clone()), ApiCall::get("/display/screenshot"));
+        assert_eq!(routed(shot), ApiRequest::GetScreenshot);
     }
 
     #[test]

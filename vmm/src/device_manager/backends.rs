@@ -4,6 +4,7 @@
 
 use devices::virtio::block::{Block, BlockError};
 use devices::virtio::console::{Console, ConsoleError};
+use devices::virtio::gpu::Gpu;
 use devices::virtio::input::Input;
 use devices::virtio::net::Net;
 use devices::virtio::vsock::Vsock;
@@ -57,6 +58,9 @@ pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
     }
     for input in &config.inputs {
         opened.push((input.id.clone(), Box::new(Input::new(input))));
+    }
+    if let Some(gpu) = &config.gpu {
+        opened.push((gpu.id.clone(), Box::new(Gpu::new(gpu.clone()))));
     }
     Ok(opened)
 }

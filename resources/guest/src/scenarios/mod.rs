@@ -13,6 +13,7 @@ mod count;
 mod crash;
 mod demo;
 mod input;
+mod gpu;
 mod machine;
 mod net;
 mod smp;
@@ -110,6 +111,11 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "input",
         run: input::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "gpu",
+        run: gpu::run,
         exit: Exit::Reset,
     },
 ];

@@ -14,6 +14,7 @@
 pub mod blk;
 pub mod cmdline;
 pub mod devices;
+pub mod gpu;
 pub mod hal;
 pub mod poll;
 

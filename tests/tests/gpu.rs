@@ -1,0 +1,213 @@
+//! virtio-gpu end to end: the test guest draws a known pattern, the host's screenshot
+//! (`GET /display/screenshot`, decoded PNG) has exactly those pixels; a flush of a
+//! sub-rectangle changes only that part. Plus the API's errors around screenshots.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tests::api_vm::ApiVm;
+use tests::{kvm_available, petrel, test_guest};
+
+const W: u32 = 64;
+const H: u32 = 48;
+/// What the guest XORs into red and blue inside the sub-rectangle of frame 2.
+const SALT: u8 = 0x5a;
+const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The guest's pattern (resources/guest/src/scenarios/gpu.rs).
+fn pattern(x: u32, y: u32, salt: u8) -> [u8; 4] {
+    [
+        (x.wrapping_mul(3) as u8) ^ salt,
+        y.wrapping_mul(5) as u8,
+        (x.wrapping_add(y) as u8) ^ salt,
+        0xff,
+    ]
+}
+
+fn in_sub_rectangle(x: u32, y: u32) -> bool {
+    (W / 4..W / 4 + W / 2).contains(&x) && (H / 4..H / 4 + H / 2).contains(&y)
+}
+
+/// Decodes a PNG: (width, height, RGBA8 pixels).
+fn decode(png_bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("PNG pixels");
+    assert_eq!(info.color_type, png::ColorType::Rgba);
+    assert_eq!(info.bit_depth, png::BitDepth::Eight);
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+/// `GET /display/screenshot`: the decoded picture and its generation.
+fn screenshot(vm: &ApiVm) -> (Vec<u8>, u64) {
+    let r = api::Client::new(vm.socket())
+        .get_bytes("/display/screenshot")
+        .expect("screenshot request");
+    assert_eq!(r.status, 200, "screenshot: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    let generation = r
+        .header("x-petrel-generation")
+        .and_then(|g| g.parse().ok())
+        .expect("x-petrel-generation header");
+    let (w, h, rgba) = decode(&r.body);
+    assert_eq!((w, h), (W, H));
+    (rgba, generation)
+}
+
+/// Every pixel equals `want(x, y)`.
+fn assert_picture(rgba: &[u8], want: impl Fn(u32, u32) -> [u8; 4], what: &str) {
+    for y in 0..H {
+        for x in 0..W {
+            let at = ((y * W + x) * 4) as usize;
+            assert_eq!(rgba[at..at + 4], want(x, y), "{what}: pixel ({x},{y})");
+        }
+    }
+}
+
+fn gpu_vm(cmdline: &str) -> ApiVm {
+    ApiVm::spawn(&[
+        "--kernel",
+        test_guest().to_str().unwrap(),
+        "--cmdline",
+        cmdline,
+        "--gpu",
+        &format!("width={W},height={H}"),
+    ])
+}
+
+#[test]
+fn screenshot_shows_the_guest_pixels_and_only_the_flushed_rectangle_changes() {
+    if !kvm_available() {
+        return;
+    }
+    let vm = gpu_vm("petrel.test=gpu gpu.wait_ms=8000 gpu.hold=1");
+    let display = vm.wait_serial(GUEST_TIMEOUT, |l| {
+        l.strip_prefix("GPU display=").map(str::to_string)
+    });
+    assert_eq!(display, format!("{W}x{H} scanouts=1 edid={W}x{H}"));
+
+    // Malformed commands from the guest's driver get the spec's errors and change nothing:
+    // an id in use, scanout 5, past the memory cap, a rectangle outside, an unknown command.
+    let errors = vm.wait_serial(GUEST_TIMEOUT, |l| {
+        l.strip_prefix("GPU errors=").map(str::to_string)
+    });
+    assert_eq!(errors, "0x1203,0x1202,0x1201,0x1205,0x1200");
+
+    vm.wait_serial(GUEST_TIMEOUT, |l| (l == "GPU frame1").then_some(()));
+    let (first, g1) = screenshot(&vm);
+    assert!(
+        !vm.serial().contains("GPU frame2"),
+        "the guest moved on before the host looked; raise gpu.wait_ms"
+    );
+    assert_picture(&first, |x, y| pattern(x, y, 0), "frame 1");
+    // SET_SCANOUT and the whole-frame flush each changed the picture.
+    assert_eq!(g1, 2);
+
+    vm.wait_serial(GUEST_TIMEOUT, |l| (l == "GPU hold").then_some(()));
+    let (second, g2) = screenshot(&vm);
+    assert_eq!(g2, g1 + 1, "one flush changed the picture");
+    assert_picture(
+        &second,
+        |x, y| pattern(x, y, if in_sub_rectangle(x, y) { SALT } else { 0 }),
+        "frame 2",
+    );
+
+    // A paused VM's screen can be looked at too; it is the same picture.
+    vm.set_state("Paused");
+    assert_eq!(screenshot(&vm), (second.clone(), g2));
+    vm.set_state("Resumed");
+
+    // `petrel ctl screenshot FILE` writes the same picture.
+    let file = vm.path("screen.png");
+    let out = std::process::Command::new(petrel())
+        .args(["ctl", "--api-sock"])
+        .arg(vm.socket())
+        .arg("screenshot")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (w, h, rgba) = decode(&std::fs::read(&file).unwrap());
+    assert_eq!((w, h), (W, H));
+    assert_eq!(rgba, second);
+
+    // The device's counters: two flushes, the five errors above, one 64x48 resource.
+    let metrics = vm.request("GET", "/metrics", None).1;
+    let labels = "{device=\"gpu0\",type=\"gpu\"}";
+    for (name, value) in [("flushes", 2), ("errors", 5), ("resources", 1)] {
+        let line = format!("petrel_virtio_{name}{labels} {value}\n");
+        assert!(metrics.contains(&line), "{line:?} in\n{metrics}");
+    }
+}
+
+#[test]
+fn screenshot_errors_name_the_reason() {
+    if !kvm_available() {
+        return;
+    }
+    // A GPU the guest never drives: no scanout yet.
+    let vm = gpu_vm("petrel.test=idle");
+    vm.wait_serial(GUEST_TIMEOUT, |l| (l == "IDLE").then_some(()));
+    let msg = vm.fails("GET", "/display/screenshot", None, 400);
+    assert!(msg.contains("scanout"), "{msg}");
+    assert!(vm
+        .fails("PUT", "/display/screenshot", Some(json!({})), 405)
+        .contains("GET"));
+    drop(vm);
+
+    // No GPU at all.
+    let vm = ApiVm::spawn(&[
+        "--kernel",
+        test_guest().to_str().unwrap(),
+        "--cmdline",
+        "petrel.test=idle",
+    ]);
+    vm.wait_serial(GUEST_TIMEOUT, |l| (l == "IDLE").then_some(()));
+    let msg = vm.fails("GET", "/display/screenshot", None, 400);
+    assert!(msg.contains("no GPU"), "{msg}");
+    drop(vm);
+
+    // Not started: the state is at fault.
+    let vm = ApiVm::spawn(&[]);
+    let msg = vm.fails("GET", "/display/screenshot", None, 400);
+    assert!(msg.contains("Not started"), "{msg}");
+    // `petrel ctl screenshot` reports the error and writes nothing.
+    let file = vm.path("none.png");
+    let out = std::process::Command::new(petrel())
+        .args(["ctl", "--api-sock"])
+        .arg(vm.socket())
+        .arg("screenshot")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Not started"));
+    assert!(!file.exists());
+}
+
+#[test]
+fn bad_gpu_flags_are_refused_before_anything_starts() {
+    for bad in [
+        "width=8",
+        "height=5000",
+        "max_memory=1K",
+        "depth=24",
+        "width=x",
+    ] {
+        let out = std::process::Command::new(petrel())
+            .args(["run", "--kernel"])
+            .arg(test_guest())
+            .args(["--gpu", bad])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--gpu {bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--gpu"), "--gpu {bad}: {err}");
+    }
+}
