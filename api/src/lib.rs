@@ -13,6 +13,7 @@ pub mod server;
 mod service;
 mod socket;
 pub mod types;
+pub mod web;
 
 #[cfg(test)]
 mod tests;
@@ -20,3 +21,4 @@ mod tests;
 pub use client::{Client, ClientError};
 pub use request::{ApiRequest, ApiResponse};
 pub use server::{ApiServer, RequestSender, ServerError};
+pub use web::{WebError, WebListener};

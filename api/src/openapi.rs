@@ -367,4 +367,17 @@ mod tests {
             },
         );
     }
+
+    #[test]
+    fn serial_schemas_match_the_types() {
+        check(
+            "SerialLog",
+            SerialLog {
+                from: 1,
+                next: 2,
+                data: s("x"),
+            },
+        );
+        check("SerialInput", SerialInput { data: s("ls\n") });
+    }
 }

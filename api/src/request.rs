@@ -3,6 +3,7 @@
 //! The API thread parses and validates a request into an [`ApiRequest`] and sends it with a
 //! fresh reply channel; the VMM thread carries it out and answers with an [`ApiResponse`].
 
+use crate::types::SerialInput;
 use crate::types::{
     ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
     Metrics, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams, SnapshotLoadParams,
@@ -50,6 +51,13 @@ pub enum ApiRequest {
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load`.
     LoadSnapshot(SnapshotLoadParams),
+    /// `GET /serial?from=N` (petrel's): reply `Json(SerialLog)`.
+    GetSerial {
+        /// Absolute byte offset to read from.
+        from: u64,
+    },
+    /// `PUT /serial` (petrel's): 1 to 64 bytes for the serial input.
+    PutSerial(SerialInput),
 }
 
 impl ApiRequest {
@@ -77,6 +85,8 @@ impl ApiRequest {
             R::PutLogger(_) => "PUT /logger",
             R::CreateSnapshot(_) => "PUT /snapshot/create",
             R::LoadSnapshot(_) => "PUT /snapshot/load",
+            R::GetSerial { .. } => "GET /serial",
+            R::PutSerial(_) => "PUT /serial",
         };
         route.to_string()
     }
