@@ -241,6 +241,15 @@ impl ControlHandler {
                 self.exit.signal(VmExit::Killed);
                 ApiResponse::NoContent
             }
+            R::GetSerial { from } => match &self.runtime {
+                Some(rt) => ApiResponse::json(&rt.serial_log(from)),
+                // Nothing was written before the guest exists.
+                None => ApiResponse::json(&api::types::SerialLog::default()),
+            },
+            R::PutSerial(input) => done(
+                self.runtime()
+                    .and_then(|rt| rt.serial_input(input.data.as_bytes())),
+            ),
         })
     }
 

@@ -60,6 +60,8 @@ pub fn allowed_states(request: &ApiRequest) -> &'static [Lifecycle] {
         | R::LoadSnapshot(_) => BEFORE_START,
         R::PatchDrive(_) | R::PatchNetworkInterface(_) => ALIVE,
         R::PatchVm(_) => STARTED,
+        R::GetSerial { .. } => ANY,
+        R::PutSerial(_) => STARTED,
         R::CreateSnapshot(_) => &[Paused],
         R::Action(action) => match action {
             ActionType::InstanceStart => BEFORE_START,
