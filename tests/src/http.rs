@@ -102,8 +102,8 @@ fn is_complete(raw: &[u8]) -> bool {
             }
         }
     }
-    let status_without_body = head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304");
-    status_without_body
+    // 204 and 304 have no body.
+    head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304")
 }
 
 fn bad(msg: &str) -> io::Error {
