@@ -123,9 +123,43 @@ fn the_tcp_port_wants_the_token_and_the_loopback_host_and_serves_only_the_page_r
     }
     assert_eq!(state(&vm), "Running");
 
-    // The page's own routes work with the bearer token.
-    let log = vm.authed("GET", "/serial?from=0", None);
-    assert_eq!(log.status, 200);
+    // The page's own routes work with the bearer token, and the serial log is what the
+    // guest printed on COM1 (petrel's stdout), byte for byte.
+    let deadline = std::time::Instant::now() + WAIT;
+    let log = loop {
+        let log = vm.authed("GET", "/serial?from=0", None);
+        assert_eq!(log.status, 200);
+        let log = log.json();
+        if log["data"].as_str().unwrap().contains("COUNT 3\n") {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "no COUNT 3 in {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let data = log["data"].as_str().unwrap();
+    assert_eq!(log["from"], 0);
+    assert_eq!(log["next"].as_u64(), Some(data.len() as u64));
+    assert!(data.starts_with("COUNT 0\nCOUNT 1\n"), "{data}");
+    let logged: Vec<&str> = data
+        .lines()
+        .filter(|l| data.contains(&format!("{l}\n")))
+        .collect();
+    let printed = vm.stdout_lines();
+    let n = logged.len().min(printed.len());
+    assert!(n > 2, "{logged:?} {printed:?}");
+    assert_eq!(logged[..n], printed[..n]);
+    // Asking from `next` returns only what is new.
+    let next = log["next"].as_u64().unwrap();
+    let more = vm
+        .authed("GET", &format!("/serial?from={next}"), None)
+        .json();
+    assert_eq!(more["from"].as_u64(), Some(next));
+    let joined = format!("{data}{}", more["data"].as_str().unwrap());
+    let again = vm.authed("GET", "/serial", None).json();
+    assert!(
+        again["data"].as_str().unwrap().starts_with(&joined),
+        "{joined:?} then {again}"
+    );
     let bad = vm.authed("GET", "/serial?from=-1", None);
     assert_eq!(bad.status, 400, "{}", bad.text());
     finish(vm);
