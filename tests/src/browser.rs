@@ -212,7 +212,8 @@ impl Browser {
         self.session_call("POST", &format!("/element/{}/click", el.0), Some(json!({})));
     }
 
-    /// Types `text` into the element (`\u{e007}` is Enter).
+    /// Types `text` into the element (`\u{e006}` is the Return key, code `Enter`;
+    /// `\u{e007}` is the keypad's Enter).
     pub fn type_text(&self, el: &Element, text: &str) {
         self.session_call(
             "POST",
@@ -253,8 +254,8 @@ impl Browser {
         }]}));
     }
 
-    /// Presses and releases keys (W3C key values, e.g. `"a"`, `"\u{e007}"` for Enter) in the
-    /// focused element.
+    /// Presses and releases keys (W3C key values, e.g. `"a"`, `"\u{e006}"` for Return, code
+    /// `Enter`) in the focused element.
     pub fn press_keys(&self, keys: &[&str]) {
         let mut actions = Vec::new();
         for k in keys {

@@ -269,6 +269,27 @@ fn the_page_shows_the_serial_console_sends_input_and_pauses_the_vm() {
             null
         ])
     );
+    // The harness's real pointer and key events land where they are aimed (what the
+    // input tests build on): a click 10,20 px into an element, keys in the focused one. (A
+    // probe element of our own: the canvas is hidden while there is no display.)
+    browser.execute(
+        "window.seen = [];
+         const p = document.createElement('div');
+         p.id = 'probe';
+         p.tabIndex = 0;
+         p.style.cssText = 'position:fixed;left:5px;top:5px;width:200px;height:100px;';
+         p.addEventListener('mousedown', (e) => window.seen.push(['down', e.offsetX, e.offsetY]));
+         p.addEventListener('keydown', (e) => window.seen.push(['key', e.code]));
+         document.body.appendChild(p);",
+        json!([]),
+    );
+    browser.click_at(&browser.find("#probe"), 10, 20);
+    browser.press_keys(&["a", "\u{e006}"]);
+    let seen = browser.execute("return window.seen;", json!([]));
+    assert_eq!(
+        seen,
+        json!([["down", 10, 20], ["key", "KeyA"], ["key", "Enter"]])
+    );
     let errors = browser.execute("return window.petrelConsole.lastError;", json!([]));
     assert_eq!(errors, json!(""), "the page reported an error");
     finish(vm);
