@@ -15,6 +15,7 @@ pub mod server;
 mod service;
 mod socket;
 pub mod types;
+pub mod web;
 
 #[cfg(test)]
 mod tests;
@@ -23,3 +24,4 @@ pub use client::BinaryResponse;
 pub use client::{Client, ClientError};
 pub use request::{ApiRequest, ApiResponse};
 pub use server::{ApiServer, RequestSender, ServerError};
+pub use web::{WebError, WebListener};

@@ -416,4 +416,17 @@ mod tests {
         assert_eq!(names.len(), 243, "242 names and null");
         assert!(names.contains(&json!("leftshift")) && names.contains(&Value::Null));
     }
+
+    #[test]
+    fn serial_schemas_match_the_types() {
+        check(
+            "SerialLog",
+            SerialLog {
+                from: 1,
+                next: 2,
+                data: s("x"),
+            },
+        );
+        check("SerialInput", SerialInput { data: s("ls\n") });
+    }
 }

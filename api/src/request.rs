@@ -5,6 +5,7 @@
 
 use crate::image::RawImage;
 use crate::types::InputEvents;
+use crate::types::SerialInput;
 use crate::types::{
     ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
     Metrics, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams, SnapshotLoadParams,
@@ -56,6 +57,13 @@ pub enum ApiRequest {
     PutInput(String, InputEvents),
     /// `GET /display/screenshot` (petrel's): reply `Image` of the GPU's scanout.
     GetScreenshot,
+    /// `GET /serial?from=N` (petrel's): reply `Json(SerialLog)`.
+    GetSerial {
+        /// Absolute byte offset to read from.
+        from: u64,
+    },
+    /// `PUT /serial` (petrel's): 1 to 64 bytes for the serial input.
+    PutSerial(SerialInput),
 }
 
 impl ApiRequest {
@@ -85,6 +93,8 @@ impl ApiRequest {
             R::LoadSnapshot(_) => "PUT /snapshot/load",
             R::PutInput(..) => "PUT /input",
             R::GetScreenshot => "GET /display/screenshot",
+            R::GetSerial { .. } => "GET /serial",
+            R::PutSerial(_) => "PUT /serial",
         };
         route.to_string()
     }

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 
 use crate::request::{ApiRequest, ApiResponse};
 use crate::types::InputEvents;
+use crate::types::SerialInput;
 use crate::types::{
     BootSource, Console, Drive, DrivePatch, InstanceActionInfo, Logger, MachineConfig,
     MachineConfigPatch, Metrics, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams,
@@ -32,7 +33,14 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/metrics", &["GET", "PUT"]),
     ("/input/{id}", &["PUT"]),
     ("/display/screenshot", &["GET"]),
+    ("/serial", &["GET", "PUT"]),
+    ("/console", &["GET"]),
+    ("/console.js", &["GET"]),
+    ("/console.css", &["GET"]),
 ];
+
+/// Most bytes one `PUT /serial` carries: what the UART's receive FIFO holds.
+pub const MAX_SERIAL_INPUT: usize = 64;
 
 /// Longest id accepted in a path.
 pub const MAX_ID_LEN: usize = 64;
@@ -44,6 +52,8 @@ pub enum Routed {
     Vmm(Box<ApiRequest>),
     /// Answered by the API thread itself with the OpenAPI document.
     OpenApi,
+    /// Answered by the API thread itself with a file of the web console.
+    Asset(&'static crate::web::Asset),
 }
 
 /// Whether `id` is 1 to 64 characters of `[A-Za-z0-9_-]`.
@@ -59,7 +69,7 @@ fn bad_request(msg: impl Into<String>) -> ApiResponse {
 }
 
 /// Matches `path` against a template; on a match returns the `{...}` segment, if any.
-fn match_template<'a>(template: &str, path: &'a str) -> Option<Option<&'a str>> {
+pub(crate) fn match_template<'a>(template: &str, path: &'a str) -> Option<Option<&'a str>> {
     let mut id = None;
     let mut t = template.split('/');
     let mut p = path.split('/');
@@ -165,9 +175,66 @@ fn same_id(field: &str, path: &str, body: &str) -> Result<(), ApiResponse> {
     }
 }
 
-/// Routes a request. `path` excludes the query string. Errors are ready-made replies (400,
-/// 404 or 405).
+/// Routes a request without a query string. Errors are ready-made replies (400, 404 or 405).
 pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, ApiResponse> {
+    route_query(method, path, None, body)
+}
+
+/// The `key=value` pairs of a query string. Only the routes that take parameters look at
+/// it; the others ignore it, as they always have.
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// `GET /serial`'s `from` parameter: a byte offset, 0 when absent.
+fn serial_from(query: Option<&str>) -> Result<u64, ApiResponse> {
+    let mut from = None;
+    for (key, value) in query_pairs(query) {
+        if key != "from" {
+            return Err(bad_request(format!(
+                "unknown query parameter `{}`: GET /serial takes only `from`",
+                key.escape_default()
+            )));
+        }
+        if from.is_some() {
+            return Err(bad_request("query parameter `from` given twice"));
+        }
+        let ok = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+        let parsed = value.parse::<u64>().ok().filter(|_| ok);
+        from = Some(parsed.ok_or_else(|| {
+            bad_request(format!(
+                "invalid query parameter `from`: `{}` is not a byte offset (0 to {})",
+                value.escape_default(),
+                u64::MAX
+            ))
+        })?);
+    }
+    Ok(from.unwrap_or(0))
+}
+
+fn serial_input(body: &[u8]) -> Result<ApiRequest, ApiResponse> {
+    let input = parse::<SerialInput>(body)?;
+    let len = input.data.len();
+    if !(1..=MAX_SERIAL_INPUT).contains(&len) {
+        return Err(bad_request(format!(
+            "invalid request body: field `data`: {len} bytes; send 1 to {MAX_SERIAL_INPUT}"
+        )));
+    }
+    Ok(ApiRequest::PutSerial(input))
+}
+
+/// Routes a request; `query` is the part of the target after `?`, if any. Errors are
+/// ready-made replies (400, 404 or 405).
+pub fn route_query(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Routed, ApiResponse> {
     use ApiRequest as R;
     let Some((template, methods, id)) = ROUTES
         .iter()
@@ -231,6 +298,13 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Routed, ApiRespons
             R::PutInput(id.to_string(), events)
         }
         ("/display/screenshot", "GET") => R::GetScreenshot,
+        ("/serial", "GET") => R::GetSerial {
+            from: serial_from(query)?,
+        },
+        ("/serial", "PUT") => serial_input(body)?,
+        ("/console" | "/console.js" | "/console.css", "GET") => {
+            return Ok(Routed::Asset(crate::web::asset(template)))
+        }
         _ => {
             return Err(ApiResponse::error(
                 405,
@@ -319,6 +393,7 @@ mod tests {
             400
         );
         assert_eq!(route("GET", "/openapi.json", b""), Ok(Routed::OpenApi));
+        assert_eq!(status(route("POST", "/serial", b"")), 405);
         assert_eq!(
             route("GET", "/", b"ignored"),
             Ok(Routed::Vmm(Box::new(ApiRequest::GetInstanceInfo)))
@@ -364,5 +439,62 @@ mod tests {
         assert_eq!(status(route("GET", "/input/kbd", b"")), 405);
         // Other bodies still refuse arrays under the same name.
         assert_eq!(status(route("PUT", "/metrics", br#"{"events": []}"#)), 400);
+    }
+
+    #[test]
+    fn serial_takes_an_offset_in_the_query() {
+        let get = |q: Option<&str>| route_query("GET", "/serial", q, b"");
+        let from = |n| Ok(Routed::Vmm(Box::new(ApiRequest::GetSerial { from: n })));
+        assert_eq!(get(None), from(0));
+        assert_eq!(get(Some("")), from(0));
+        assert_eq!(get(Some("from=42")), from(42));
+        assert_eq!(get(Some("from=18446744073709551615")), from(u64::MAX));
+        for bad in [
+            "from=",
+            "from=-1",
+            "from=+1",
+            "from=1e3",
+            "from=0x10",
+            "from=18446744073709551616",
+            "from=1&from=2",
+            "to=3",
+            "from",
+            "from=%31",
+        ] {
+            assert!(
+                matches!(get(Some(bad)), Err(ApiResponse::Error { status: 400, .. })),
+                "{bad}"
+            );
+        }
+        // Routes without parameters ignore a query, as before.
+        assert!(route_query("GET", "/", Some("x=1"), b"").is_ok());
+    }
+
+    #[test]
+    fn serial_input_is_one_to_64_bytes() {
+        let put = |body: &str| route("PUT", "/serial", body.as_bytes());
+        let ok = |d: &str| {
+            Ok(Routed::Vmm(Box::new(ApiRequest::PutSerial(SerialInput {
+                data: d.into(),
+            }))))
+        };
+        assert_eq!(put(r#"{"data": "ls\n"}"#), ok("ls\n"));
+        let max = "x".repeat(64);
+        assert_eq!(put(&format!(r#"{{"data": "{max}"}}"#)), ok(&max));
+        for bad in [
+            r#"{"data": ""}"#.to_string(),
+            format!(r#"{{"data": "{}"}}"#, "x".repeat(65)),
+            // 22 three-byte characters: 66 bytes.
+            format!(r#"{{"data": "{}"}}"#, "☃".repeat(22)),
+            r#"{"data": 5}"#.to_string(),
+            r#"{"data": "a", "more": 1}"#.to_string(),
+            r#"{}"#.to_string(),
+            String::new(),
+        ] {
+            assert!(
+                matches!(put(&bad), Err(ApiResponse::Error { status: 400, .. })),
+                "{bad}"
+            );
+        }
     }
 }

@@ -17,8 +17,9 @@ use tokio::sync::oneshot;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::request::{ApiRequest, ApiResponse};
-use crate::service::{handle, Shared};
+use crate::service::{handle, handle_web, Shared};
 use crate::socket::bind_private;
+use crate::web::{WebGate, WebListener};
 
 /// The channel the API thread sends requests on, each with its own reply channel.
 pub type RequestSender = mpsc::Sender<(ApiRequest, mpsc::Sender<ApiResponse>)>;
@@ -61,7 +62,7 @@ pub enum ServerError {
 /// A running API server. Dropping it stops the thread and removes the socket file.
 #[derive(Debug)]
 pub struct ApiServer {
-    path: PathBuf,
+    path: Option<PathBuf>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -75,24 +76,48 @@ impl ApiServer {
         requests: RequestSender,
         wake: EventFd,
     ) -> Result<ApiServer, ServerError> {
+        Self::start_with(Some(path), None, requests, wake)
+    }
+
+    /// Like [`ApiServer::start`], on the socket `path` if given and on the web console's
+    /// TCP listener `web` if given, both from the same thread and HTTP stack.
+    pub fn start_with(
+        path: Option<&Path>,
+        web: Option<WebListener>,
+        requests: RequestSender,
+        wake: EventFd,
+    ) -> Result<ApiServer, ServerError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()
             .map_err(ServerError::Runtime)?;
-        let std_listener = bind_private(path)?;
-        let listener = {
-            let _guard = runtime.enter();
-            std_listener
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::UnixListener::from_std(std_listener))
+        let unix = match path {
+            Some(path) => Some(unix_listener(&runtime, path)?),
+            None => None,
         };
-        let listener = match listener {
-            Ok(l) => l,
-            Err(e) => {
+        let remove_socket = || {
+            if let Some(path) = path {
                 let _ = std::fs::remove_file(path);
-                return Err(ServerError::Io(path.to_owned(), e));
             }
+        };
+        let tcp = match web {
+            Some(web) => {
+                let addr = web.local_addr();
+                let _guard = runtime.enter();
+                let listener = web
+                    .listener
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(web.listener));
+                match listener {
+                    Ok(l) => Some((l, Arc::new(web.gate))),
+                    Err(e) => {
+                        remove_socket();
+                        return Err(ServerError::Io(PathBuf::from(addr.to_string()), e));
+                    }
+                }
+            }
+            None => None,
         };
         let shared = Arc::new(Shared { requests, wake });
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -100,7 +125,12 @@ impl ApiServer {
             .name("petrel-api".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    tokio::spawn(accept_loop(listener, shared));
+                    if let Some(listener) = unix {
+                        tokio::spawn(accept_loop(listener, shared.clone()));
+                    }
+                    if let Some((listener, gate)) = tcp {
+                        tokio::spawn(web_accept_loop(listener, shared, gate));
+                    }
                     // Stops on a signal or when the sender is dropped.
                     let _ = shutdown_rx.await;
                 });
@@ -109,22 +139,40 @@ impl ApiServer {
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
-                let _ = std::fs::remove_file(path);
+                remove_socket();
                 return Err(ServerError::Thread(e));
             }
         };
-        tracing::info!("API server listening on {}", path.display());
+        if let Some(path) = path {
+            tracing::info!("API server listening on {}", path.display());
+        }
         Ok(ApiServer {
-            path: path.to_owned(),
+            path: path.map(Path::to_owned),
             shutdown: Some(shutdown_tx),
             thread: Some(thread),
         })
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The socket path, if the server listens on a socket.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
+}
+
+/// Binds the API socket and hands it to the runtime.
+fn unix_listener(
+    runtime: &tokio::runtime::Runtime,
+    path: &Path,
+) -> Result<tokio::net::UnixListener, ServerError> {
+    let std_listener = bind_private(path)?;
+    let _guard = runtime.enter();
+    std_listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixListener::from_std(std_listener))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(path);
+            ServerError::Io(path.to_owned(), e)
+        })
 }
 
 impl Drop for ApiServer {
@@ -137,12 +185,35 @@ impl Drop for ApiServer {
                 tracing::error!("the API thread panicked");
             }
         }
-        if let Err(e) = std::fs::remove_file(&self.path) {
+        let Some(path) = &self.path else { return };
+        if let Err(e) = std::fs::remove_file(path) {
             if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!("failed to remove API socket {}: {e}", self.path.display());
+                tracing::warn!("failed to remove API socket {}: {e}", path.display());
             }
         }
     }
+}
+
+/// Serves one connection with `service` under the common limits.
+fn serve_connection<I, S>(io: I, service: S)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_BUF_BYTES);
+        if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+            tracing::debug!("API connection ended: {e}");
+        }
+    });
 }
 
 async fn accept_loop(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
@@ -157,19 +228,28 @@ async fn accept_loop(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
             }
         };
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, shared.clone()));
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_BUF_BYTES);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!("API connection ended: {e}");
+        serve_connection(stream, service_fn(move |req| handle(req, shared.clone())));
+    }
+}
+
+async fn web_accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    gate: Arc<WebGate>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("web console accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        });
+        };
+        let (shared, gate) = (shared.clone(), gate.clone());
+        serve_connection(
+            stream,
+            service_fn(move |req| handle_web(req, shared.clone(), gate.clone())),
+        );
     }
 }

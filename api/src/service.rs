@@ -14,9 +14,10 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::image::{encode_png, GENERATION_HEADER, PNG_CONTENT_TYPE};
 use crate::openapi::OPENAPI_JSON;
 use crate::request::{ApiRequest, ApiResponse, ERROR_STATUSES};
-use crate::router::{allowed_methods, route, Routed};
+use crate::router::{allowed_methods, route_query, Routed};
 use crate::server::RequestSender;
 use crate::types::ApiError;
+use crate::web::{asset_response, secure, Gate, WebGate};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -172,20 +173,47 @@ pub async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(serve(req, &shared).await)
+}
+
+/// Handles one request on the web console's TCP listener: the gate first, then as on the
+/// socket; every reply carries the security headers.
+pub async fn handle_web(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    gate: Arc<WebGate>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let decision = gate.check(
+        req.method().as_str(),
+        req.uri().path(),
+        req.uri().query(),
+        req.headers(),
+    );
+    let mut response = match decision {
+        Gate::Pass => serve(req, &shared).await,
+        Gate::Reply(r) => r,
+    };
+    secure(&mut response);
+    Ok(response)
+}
+
+async fn serve(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
     tracing::debug!("API request {method} {path}");
     let resp = match read_body(req).await {
         Err(resp) => resp,
-        Ok(body) => match route(&method, &path, &body) {
+        Ok(body) => match route_query(&method, &path, query.as_deref(), &body) {
             Err(resp) => resp,
             Ok(Routed::OpenApi) => {
                 let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())));
                 r.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                return Ok(r);
+                return r;
             }
-            Ok(Routed::Vmm(request)) => match dispatch(*request, &shared).await {
+            Ok(Routed::Asset(asset)) => return asset_response(asset),
+            Ok(Routed::Vmm(request)) => match dispatch(*request, shared).await {
                 image @ ApiResponse::Image(_) => {
                     tokio::task::spawn_blocking(move || encode_image(image))
                         .await
@@ -205,7 +233,7 @@ pub async fn handle(
             }
         }
     }
-    Ok(http)
+    http
 }
 
 #[cfg(test)]

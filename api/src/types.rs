@@ -333,3 +333,23 @@ pub struct ApiError {
 }
 
 pub use crate::input::{ButtonAction, ButtonName, InputEvent, InputEvents, KeyAction};
+/// Reply of `GET /serial` (petrel's): the guest's serial output from absolute byte offset
+/// `from` up to `next`, the offset to ask for next time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialLog {
+    /// Where `data` starts: the offset asked for, or the oldest byte kept if that is later.
+    pub from: u64,
+    /// The offset after `data`: pass it as `from` in the next request.
+    pub next: u64,
+    /// The output as text (invalid UTF-8 replaced with U+FFFD).
+    pub data: String,
+}
+
+/// `PUT /serial` body (petrel's): bytes for the guest's serial input.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialInput {
+    /// 1 to 64 bytes (as UTF-8) to put in the UART's receive FIFO.
+    pub data: String,
+}

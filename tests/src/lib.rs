@@ -12,7 +12,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod api_vm;
+pub mod browser;
+pub mod http;
 pub mod netns;
+pub mod web_vm;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

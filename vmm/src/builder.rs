@@ -138,6 +138,8 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
         terminal,
         virtio: devices.virtio,
         i8042: devices.i8042,
+        serial: devices.serial,
+        serial_log: devices.serial_log,
         config: config.clone(),
         control: Some(ControlQueue::new().map_err(io_err("cannot create the control queue"))?),
         vm,

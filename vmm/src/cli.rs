@@ -93,6 +93,22 @@ pub struct RunArgs {
     /// The instance id the API reports [default: anonymous-instance].
     #[arg(long, value_name = "ID", value_parser = parse_id)]
     pub id: Option<String>,
+    /// Serve the web console on this loopback address (127.0.0.1:PORT or [::1]:PORT; port 0
+    /// picks one), protected by a random token: petrel prints the URL to open at start.
+    #[arg(long, value_name = "ADDR", value_parser = parse_web_console)]
+    pub web_console: Option<std::net::SocketAddr>,
+}
+
+fn parse_web_console(s: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = s
+        .parse()
+        .map_err(|_| format!("invalid address {s:?}: expected 127.0.0.1:PORT or [::1]:PORT"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{s}: the web console listens on a loopback address only (127.0.0.1 or [::1])"
+        ));
+    }
+    Ok(addr)
 }
 
 fn parse_id(s: &str) -> Result<String, String> {
@@ -315,5 +331,25 @@ mod tests {
             .unwrap()
             .to_config();
         assert!(matches!(missing, Err(ConfigError::File { .. })));
+    }
+
+    #[test]
+    fn web_console_takes_a_loopback_address_only() {
+        let addr = |a: &str| run_args(&["--web-console", a]).map(|r| r.web_console);
+        assert_eq!(
+            addr("127.0.0.1:8080").unwrap(),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(addr("[::1]:0").unwrap(), Some("[::1]:0".parse().unwrap()));
+        for bad in [
+            "0.0.0.0:8080",
+            "192.168.1.2:80",
+            "[::]:80",
+            "localhost:80",
+            "8080",
+            "",
+        ] {
+            assert!(addr(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -4,11 +4,12 @@
 //! The VMM thread (the caller's) serves API requests all along: before start on a small
 //! event loop of its own, then on the machine's.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
-use api::{ApiResponse, ApiServer, ServerError};
+use api::{ApiResponse, ApiServer, ServerError, WebError, WebListener};
 use devices::{ExitSignal, VmExit};
 use event_manager::{EventManager, SubscriberOps};
 
@@ -31,6 +32,8 @@ pub struct LaunchOptions {
     pub id: String,
     /// The process's logging, for `PUT /logger`.
     pub log: Option<LogHandle>,
+    /// Where the web console listens (loopback), if anywhere.
+    pub web_console: Option<SocketAddr>,
 }
 
 /// Why a launch failed.
@@ -38,6 +41,8 @@ pub struct LaunchOptions {
 pub enum LaunchError {
     #[error(transparent)]
     Api(#[from] ServerError),
+    #[error(transparent)]
+    Web(#[from] WebError),
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error(transparent)]
@@ -61,6 +66,7 @@ impl LaunchError {
                 ServerError::Runtime(_) | ServerError::Thread(_) | ServerError::Io(..)
             ),
             LaunchError::Build(e) => e.is_user_error(),
+            LaunchError::Web(e) => !matches!(e, WebError::Random(_)),
             _ => false,
         }
     }
@@ -78,15 +84,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn launch(options: LaunchOptions) -> Result<VmExit, LaunchError> {
     let queue = ControlQueue::new().map_err(setup("cannot create the control queue"))?;
     let handle = queue.handle();
+    let web = options.web_console.map(WebListener::bind).transpose()?;
     // Dropped last: the socket goes away after the VM is torn down.
-    let _server = match &options.api_sock {
-        Some(path) => {
-            let wake = handle
-                .wake_fd()
-                .map_err(setup("cannot share the control eventfd"))?;
-            Some(ApiServer::start(path, handle.sender(), wake)?)
+    let _server = if options.api_sock.is_some() || web.is_some() {
+        let wake = handle
+            .wake_fd()
+            .map_err(setup("cannot share the control eventfd"))?;
+        let url = web.as_ref().map(WebListener::url);
+        let server =
+            ApiServer::start_with(options.api_sock.as_deref(), web, handle.sender(), wake)?;
+        if let Some(url) = url {
+            announce_web_console(&url);
         }
-        None => None,
+        Some(server)
+    } else {
+        None
     };
     let exit = Arc::new(ExitSignal::new().map_err(setup("cannot create the exit event"))?);
     let instance = Instance {
@@ -108,6 +120,15 @@ pub fn launch(options: LaunchOptions) -> Result<VmExit, LaunchError> {
         }
     };
     Ok(machine.run_controlled(Some(handler), start)?)
+}
+
+/// Prints where the web console is, with its token, on standard error (standard output may
+/// carry the guest's serial console).
+fn announce_web_console(url: &str) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "petrel: web console at {url}");
+    let _ = stderr.flush();
 }
 
 enum PreStart {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use api::ApiResponse;
-use devices::legacy::I8042;
+use devices::legacy::{Serial, SharedSerialLog, I8042};
 use devices::{ExitSignal, VmExit};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::VmFd;
@@ -72,6 +72,8 @@ pub struct Machine {
     pub(crate) terminal: Option<RawTerminal>,
     pub(crate) virtio: Vec<VirtioHandle>,
     pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) serial_log: SharedSerialLog,
     pub(crate) config: VmConfig,
     pub(crate) control: Option<ControlQueue>,
     pub(crate) vm: VmFd,
@@ -159,6 +161,8 @@ impl Machine {
                 .map(|h| (h.id.clone(), h.transport.clone()))
                 .collect(),
             i8042: self.i8042.clone(),
+            serial: self.serial.clone(),
+            serial_log: self.serial_log.clone(),
             exit: self.ctx.exit.clone(),
             started: Instant::now(),
         }

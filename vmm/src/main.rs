@@ -52,6 +52,7 @@ fn run(args: &vmm::cli::RunArgs, log: vmm::logging::LogHandle) -> ExitCode {
             .clone()
             .unwrap_or_else(|| vmm::machine::DEFAULT_INSTANCE_ID.to_string()),
         log: Some(log),
+        web_console: args.web_console,
     };
     match vmm::launch(options) {
         Ok(exit) => exit_status(&exit),

@@ -4,6 +4,7 @@
 mod errors;
 mod robustness;
 mod routing;
+mod web;
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -50,6 +51,11 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Harness {
+        Self::with_web(None)
+    }
+
+    /// A harness whose server also serves the web console's listener `web`.
+    pub fn with_web(web: Option<crate::WebListener>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api.sock");
         let (tx, rx) = mpsc::channel::<(ApiRequest, mpsc::Sender<ApiResponse>)>();
@@ -70,7 +76,8 @@ impl Harness {
                 }
             }
         });
-        let server = ApiServer::start(&path, tx, wake.try_clone().unwrap()).unwrap();
+        let server =
+            ApiServer::start_with(Some(&path), web, tx, wake.try_clone().unwrap()).unwrap();
         Harness {
             client: Client::new(&path),
             server: Some(server),

@@ -138,7 +138,7 @@ fn stale_socket_replaced_live_socket_refused() {
     drop(UnixListener::bind(&path).unwrap());
     let (tx, _rx) = mpsc::channel();
     let server = ApiServer::start(&path, tx.clone(), EventFd::new(0).unwrap()).unwrap();
-    assert_eq!(server.path(), path);
+    assert_eq!(server.path(), Some(path.as_path()));
     let err = ApiServer::start(&path, tx, EventFd::new(0).unwrap()).unwrap_err();
     assert!(matches!(err, ServerError::InUse(_)), "{err}");
     assert!(err.to_string().contains("in use"));

@@ -15,6 +15,7 @@ pub use pm::{PowerManagement, PM_PORT, PM_PORT_LEN, RESET_VALUE, S5_SLP_TYP, SLE
 pub use rtc::{
     host_clock, Clock, Rtc, RtcError, RtcState, CMOS_SIZE, RTC_IRQ, RTC_PORT, RTC_PORT_LEN,
 };
+pub use serial::log::{LogChunk, LoggedOutput, SerialLog, SharedSerialLog, SERIAL_LOG_SIZE};
 pub use serial::{
     Serial, SerialError, SerialOutput, SerialOutputError, SerialState, SERIAL_FIFO_SIZE,
     SERIAL_IRQ, SERIAL_PORT, SERIAL_PORT_LEN,

@@ -15,6 +15,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::trigger::EventFdTrigger;
 use crate::bus::BusDevice;
 
+pub mod log;
+
 /// COM1's base port.
 pub const SERIAL_PORT: u64 = 0x3f8;
 /// How many ports the UART decodes.

@@ -248,6 +248,15 @@ impl ControlHandler {
                 self.runtime()
                     .and_then(|rt| input::put_input(rt, &id, &events)),
             ),
+            R::GetSerial { from } => match &self.runtime {
+                Some(rt) => ApiResponse::json(&rt.serial_log(from)),
+                // Nothing was written before the guest exists.
+                None => ApiResponse::json(&api::types::SerialLog::default()),
+            },
+            R::PutSerial(input) => done(
+                self.runtime()
+                    .and_then(|rt| rt.serial_input(input.data.as_bytes())),
+            ),
         })
     }
 

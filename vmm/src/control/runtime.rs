@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use api::image::RawImage;
-use api::types::{DrivePatch, NetworkInterfacePatch};
+use api::types::{DrivePatch, NetworkInterfacePatch, SerialLog};
 use api::ApiResponse;
-use devices::legacy::I8042;
+use devices::legacy::{Serial, SharedSerialLog, I8042};
 use devices::virtio::block::Block;
 use devices::virtio::gpu::Gpu;
 use devices::virtio::mmio::MmioTransport;
@@ -36,6 +36,9 @@ pub struct Runtime {
     /// The virtio devices by id.
     pub virtio: Vec<(String, Arc<Mutex<MmioTransport>>)>,
     pub i8042: Arc<Mutex<I8042>>,
+    /// COM1 and what the guest wrote to it.
+    pub serial: Arc<Mutex<Serial>>,
+    pub serial_log: SharedSerialLog,
     pub exit: Arc<ExitSignal>,
     pub started: Instant,
 }
@@ -183,5 +186,33 @@ impl Runtime {
                 *entry = net.config().clone();
             }
         })
+    }
+
+    /// `GET /serial`: the logged output from `from` on.
+    pub fn serial_log(&self, from: u64) -> SerialLog {
+        let (from, next, data) = lock(&self.serial_log).read_from(from).into_text();
+        SerialLog { from, next, data }
+    }
+
+    /// `PUT /serial`: puts `data` into COM1's receive FIFO, all of it or none.
+    pub fn serial_input(&self, data: &[u8]) -> Result<(), ApiResponse> {
+        let mut serial = lock(&self.serial);
+        let room = serial.fifo_capacity_left();
+        if data.len() > room {
+            return Err(ApiResponse::bad_request(format!(
+                "PUT /serial: the serial receive FIFO has room for {room} of the {} bytes (the guest has not read what came before); nothing was sent",
+                data.len()
+            )));
+        }
+        match serial.enqueue_input(data) {
+            n if n == data.len() => Ok(()),
+            0 => Err(ApiResponse::bad_request(
+                "PUT /serial: the guest has the UART in loopback mode; nothing was sent",
+            )),
+            n => Err(ApiResponse::error(
+                500,
+                format!("PUT /serial: only {n} of {} bytes were queued", data.len()),
+            )),
+        }
     }
 }

@@ -61,6 +61,8 @@ pub fn allowed_states(request: &ApiRequest) -> &'static [Lifecycle] {
         R::PatchDrive(_) | R::PatchNetworkInterface(_) => ALIVE,
         R::PatchVm(_) => STARTED,
         R::PutInput(..) => STARTED,
+        R::GetSerial { .. } => ANY,
+        R::PutSerial(_) => STARTED,
         R::CreateSnapshot(_) => &[Paused],
         R::GetScreenshot => STARTED,
         R::Action(action) => match action {

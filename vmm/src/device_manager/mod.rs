@@ -7,6 +7,7 @@ pub mod allocator;
 mod backends;
 pub mod virtio;
 
+use devices::legacy::{LoggedOutput, SharedSerialLog};
 use devices::legacy::{
     PowerManagement, Rtc, Serial, I8042, I8042_IRQ, I8042_PORT, I8042_PORT_LEN, PM_PORT,
     PM_PORT_LEN, RTC_PORT, RTC_PORT_LEN, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORT_LEN,
@@ -56,6 +57,8 @@ pub struct DeviceManager {
     pub mmio: Bus,
     /// The serial console, for host input.
     pub serial: Arc<Mutex<Serial>>,
+    /// What the guest wrote to the serial console, for the API.
+    pub serial_log: SharedSerialLog,
     /// The i8042, for Ctrl+Alt+Del.
     pub i8042: Arc<Mutex<I8042>>,
     /// The virtio devices, in the order the guest sees them.
@@ -84,10 +87,12 @@ impl DeviceManager {
         mem: &GuestMemoryMmap,
         planned: Vec<virtio::PlannedDevice>,
     ) -> Result<Self, DeviceError> {
-        let serial = Arc::new(Mutex::new(Serial::with_output(
+        let serial_log = SharedSerialLog::default();
+        let output = LoggedOutput::new(config.serial.open()?, serial_log.clone());
+        let serial = Arc::new(Mutex::new(Serial::new(
             irq_line(vm, SERIAL_IRQ)?,
-            &config.serial,
-        )?));
+            Box::new(output),
+        )));
         let i8042 = Arc::new(Mutex::new(I8042::new(
             exit.clone(),
             irq_line(vm, I8042_IRQ)?,
@@ -115,6 +120,7 @@ impl DeviceManager {
             mmio,
             virtio,
             serial,
+            serial_log,
             i8042,
         })
     }
