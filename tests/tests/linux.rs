@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use tests::{kvm_available, workspace_root};
 
 /// `vmlinux` or `bzImage` from Debian's cloud kernel package, fetched when missing.
+/// The tests run on parallel threads: one fetches while the others wait for it.
 fn kernel(name: &str) -> std::path::PathBuf {
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCH.lock().unwrap_or_else(|e| e.into_inner());
     let out = workspace_root().join("resources/linux/out").join(name);
     if !out.exists() {
         let status = Command::new("bash")

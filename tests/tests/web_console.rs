@@ -1,8 +1,10 @@
 //! The web console in a real browser (headless Chromium through chromedriver) against the
 //! real binary: the tokenized URL logs in and leaves the token out of the address bar, the
 //! page shows the guest's serial output, sends serial input, and its Pause/Resume buttons
-//! pause and resume the VM. Without a token, with a wrong one or with a foreign Host the
-//! TCP port refuses, and it serves no configuration route.
+//! pause and resume the VM; with a GPU and input devices it shows the guest's drawing pixel
+//! for pixel, and a key typed and a click made in it reach the guest. Without a token, with a
+//! wrong one or with a foreign Host the TCP port refuses, and it serves no configuration
+//! route.
 //!
 //! Run under the KVM lock: `flock /tmp/kvm.lock cargo test -p tests --test web_console --
 //! --test-threads=1`.
@@ -293,4 +295,132 @@ fn the_page_shows_the_serial_console_sends_input_and_pauses_the_vm() {
     let errors = browser.execute("return window.petrelConsole.lastError;", json!([]));
     assert_eq!(errors, json!(""), "the page reported an error");
     finish(vm);
+}
+
+/// Frame 1 of the guest's `gpu` pattern as RGBA: pixel (x, y) is `[3x, 5y, x + y, 255]`
+/// (bytes, wrapping).
+fn gpu_pattern(width: u32, height: u32) -> Vec<u64> {
+    let mut rgba = Vec::new();
+    for y in 0..height {
+        for x in 0..width {
+            let px = [x.wrapping_mul(3), y.wrapping_mul(5), x.wrapping_add(y), 255];
+            rgba.extend(px.iter().map(|v| u64::from(*v as u8)));
+        }
+    }
+    rgba
+}
+
+/// The tablet's `(type, code, value)` events the guest printed (dev=1: the second input).
+fn tablet_events(stdout: &str) -> Vec<(u16, u16, i64)> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("INPUT dev=1 type="))
+        .filter_map(|rest| {
+            let mut fields = rest.split(' ');
+            let kind = fields.next()?.parse().ok()?;
+            let code = fields.next()?.strip_prefix("code=")?.parse().ok()?;
+            let value = fields.next()?.strip_prefix("value=")?.parse().ok()?;
+            Some((kind, code, value))
+        })
+        .collect()
+}
+
+#[test]
+fn the_page_shows_the_guests_drawing_and_its_clicks_and_keys_reach_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let Some(browser) = Browser::launch() else {
+        return;
+    };
+    let (width, height) = (64, 48);
+    let gpu = format!("width={width},height={height}");
+    let vm = WebVm::spawn(
+        "screen",
+        &[
+            "--gpu",
+            &gpu,
+            "--input",
+            "kind=keyboard,id=kbd",
+            "--input",
+            "kind=tablet,id=tab",
+        ],
+    );
+    browser.goto(&vm.url);
+
+    // The canvas shows exactly the pixels the guest drew (frame 1 of the gpu pattern).
+    let expected = serde_json::to_value(gpu_pattern(width, height)).unwrap();
+    let shown = browser.wait_for(WAIT, "the guest's picture in the canvas", |b| {
+        let pixels = b.execute(
+            "const c = document.getElementById('screen');
+             if (c.classList.contains('hidden')) return null;
+             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
+             return [c.width, c.height, Array.from(d.data)];",
+            json!([]),
+        );
+        (pixels[2] == expected).then_some(pixels)
+    });
+    assert_eq!(
+        (shown[0].clone(), shown[1].clone()),
+        (json!(width), json!(height))
+    );
+    browser.wait_for(WAIT, "the guest's input devices", |_| {
+        vm.stdout_lines()
+            .iter()
+            .any(|l| l == "INPUT ready")
+            .then_some(())
+    });
+
+    // A key typed on the focused canvas reaches the keyboard (dev=0) as KEY_A (30).
+    browser.execute("document.getElementById('screen').focus();", json!([]));
+    browser.press_keys(&["a"]);
+    browser.wait_for(WAIT, "KEY_A's release in the guest", |_| {
+        vm.stdout_lines()
+            .iter()
+            .any(|l| l == "INPUT dev=0 type=1 code=30 value=0")
+            .then_some(())
+    });
+
+    // A click a quarter across and half down the canvas reaches the tablet as a move there
+    // and BTN_LEFT (272) pressed and released; the guest passes on the release.
+    let rect = browser.execute(
+        "const r = document.getElementById('screen').getBoundingClientRect();
+         return [r.width, r.height];",
+        json!([]),
+    );
+    let (rw, rh) = (rect[0].as_f64().unwrap(), rect[1].as_f64().unwrap());
+    let (dx, dy) = ((rw / 4.0).floor(), (rh / 2.0).floor());
+    browser.click_at(&browser.find("#screen"), dx as i64, dy as i64);
+    let out = vm.finish(WAIT);
+    out.assert_pass("screen");
+    let keys = out.lines_with("INPUT dev=0 type=1 ");
+    assert_eq!(
+        keys,
+        vec![
+            "INPUT dev=0 type=1 code=30 value=1",
+            "INPUT dev=0 type=1 code=30 value=0"
+        ]
+    );
+    let events = tablet_events(&out.stdout);
+    let press = events
+        .iter()
+        .position(|e| *e == (1, 272, 1))
+        .unwrap_or_else(|| panic!("no BTN_LEFT press in {events:?}"));
+    assert_eq!(events.last(), Some(&(1, 272, 0)), "{events:?}");
+    // Where the pointer was at the press: the last ABS_X (0) and ABS_Y (1) before it, within
+    // a CSS pixel of the click (WebDriver rounds the element's centre).
+    let axis = |code: u16| {
+        events[..press]
+            .iter()
+            .rev()
+            .find(|e| e.0 == 3 && e.1 == code)
+            .map(|e| e.2 as f64)
+            .unwrap_or_else(|| panic!("no ABS {code} before the press in {events:?}"))
+    };
+    let near = |got: f64, offset: f64, len: f64| {
+        let per_px = 32767.0 / len;
+        (got - offset * per_px).abs() <= per_px + 1.0
+    };
+    assert!(near(axis(0), dx, rw), "x {} for {dx} of {rw}", axis(0));
+    assert!(near(axis(1), dy, rh), "y {} for {dy} of {rh}", axis(1));
 }

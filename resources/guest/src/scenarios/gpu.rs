@@ -22,7 +22,7 @@ use crate::rt::cpu;
 use crate::rt::deadline::Deadline;
 use crate::rt::pages;
 use crate::virtio::gpu::{self, Gpu, Rect, Request};
-use crate::virtio::{self, DeviceType};
+use crate::virtio::{self, Device, DeviceType};
 
 const RESOURCE: u32 = 1;
 const SALT: u8 = 0x5a;
@@ -60,13 +60,69 @@ fn cmdline_u64(boot: &BootParams, key: &str) -> Result<u64, String> {
     }
 }
 
+/// The first GPU with frame 1 of the pattern on its screen.
+pub struct Frame {
+    pub gpu: Gpu,
+    /// Where the resource's backing starts (identity-mapped guest memory).
+    base: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
 pub fn run(boot: &BootParams) -> Result<(), String> {
     let wait_ms = cmdline_u64(boot, "gpu.wait_ms")?;
     let hold = cmdline_u64(boot, "gpu.hold")? == 1;
-    let device = virtio::take(&boot.cmdline(), DeviceType::GPU)?
+    let Frame {
+        mut gpu,
+        base,
+        width: w,
+        height: h,
+    } = first_frame(device(boot)?, true)?;
+
+    let deadline = Deadline::after_ms(wait_ms);
+    while !deadline.expired() {
+        core::hint::spin_loop();
+    }
+
+    let sub = Rect {
+        x: w / 4,
+        y: h / 4,
+        width: w / 2,
+        height: h / 2,
+    };
+    draw(base, w, sub, SALT);
+    show(&mut gpu, sub, w)?;
+    gpu.cursor_command(
+        Request::new(gpu::CMD_MOVE_CURSOR)
+            .u32(0)
+            .u32(w / 2)
+            .u32(h / 2)
+            .u32(0)
+            .u32(0)
+            .u32(0)
+            .u32(0)
+            .u32(0),
+    )?;
+    println!("GPU frame2");
+    if hold {
+        println!("GPU hold");
+        cpu::halt_forever();
+    }
+    Ok(())
+}
+
+/// The first virtio-gpu on the command line.
+fn device(boot: &BootParams) -> Result<Device, String> {
+    virtio::take(&boot.cmdline(), DeviceType::GPU)?
         .into_iter()
         .next()
-        .ok_or("no virtio gpu device")?;
+        .ok_or_else(|| "no virtio gpu device".into())
+}
+
+/// Starts the GPU `device`, prints its display and EDID, draws frame 1 of the pattern into a
+/// resource and shows it (`GPU frame1`); with `check_errors`, first sends the malformed
+/// commands of `bad_commands` and prints their response types.
+pub fn first_frame(device: Device, check_errors: bool) -> Result<Frame, String> {
     let mut gpu = Gpu::new(device.transport)?;
     let scanouts = gpu.num_scanouts()?;
     let (w, h) = gpu.display_size()?;
@@ -107,7 +163,9 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
         attach = attach.u64(base + first).u32((len - first) as u32).u32(0);
     }
     gpu.expect_ok("RESOURCE_ATTACH_BACKING", attach)?;
-    println!("GPU errors={}", bad_commands(&mut gpu, w, h)?);
+    if check_errors {
+        println!("GPU errors={}", bad_commands(&mut gpu, w, h)?);
+    }
     gpu.expect_ok(
         "SET_SCANOUT",
         Request::new(gpu::CMD_SET_SCANOUT)
@@ -117,37 +175,12 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
     )?;
     show(&mut gpu, whole, w)?;
     println!("GPU frame1");
-
-    let deadline = Deadline::after_ms(wait_ms);
-    while !deadline.expired() {
-        core::hint::spin_loop();
-    }
-
-    let sub = Rect {
-        x: w / 4,
-        y: h / 4,
-        width: w / 2,
-        height: h / 2,
-    };
-    draw(base, w, sub, SALT);
-    show(&mut gpu, sub, w)?;
-    gpu.cursor_command(
-        Request::new(gpu::CMD_MOVE_CURSOR)
-            .u32(0)
-            .u32(w / 2)
-            .u32(h / 2)
-            .u32(0)
-            .u32(0)
-            .u32(0)
-            .u32(0)
-            .u32(0),
-    )?;
-    println!("GPU frame2");
-    if hold {
-        println!("GPU hold");
-        cpu::halt_forever();
-    }
-    Ok(())
+    Ok(Frame {
+        gpu,
+        base,
+        width: w,
+        height: h,
+    })
 }
 
 /// Malformed commands, each answered with an error response: the response types, in order

@@ -18,20 +18,20 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use virtio_drivers::device::input::VirtIOInput;
+use virtio_drivers::device::input::{InputEvent, VirtIOInput};
 use virtio_drivers::transport::mmio::MmioTransport;
 
 use crate::rt::bootparams::BootParams;
 use crate::rt::deadline::Deadline;
-use crate::virtio::{self, DeviceType, PetrelHal};
+use crate::virtio::{self, Device, DeviceType, PetrelHal};
 
-type Input = VirtIOInput<PetrelHal, MmioTransport<'static>>;
+pub type Input = VirtIOInput<PetrelHal, MmioTransport<'static>>;
 
 /// The event types Linux's virtio_input driver queries: EV_KEY, EV_REL, EV_ABS, EV_MSC,
 /// EV_SW, EV_LED, EV_SND, EV_REP.
 const EV_TYPES: [u8; 8] = [0x01, 0x02, 0x03, 0x04, 0x05, 0x11, 0x12, 0x14];
 const EV_ABS: u8 = 0x03;
-/// How long the host gets to send all the events.
+/// How long the host gets to send each event.
 const EVENTS_TIMEOUT_MS: u64 = 120_000;
 
 pub fn run(boot: &BootParams) -> Result<(), String> {
@@ -42,11 +42,23 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
             .parse::<usize>()
             .map_err(|_| format!("input.count=`{text}` is not an event count"))?,
     };
+    let mut inputs = open(virtio::take(&cmdline, DeviceType::Input)?)?;
+    println!("INPUT ready");
+    for seen in 0..count {
+        if next_event(&mut inputs).is_none() {
+            // The devices still own the posted event buffers: end here.
+            crate::scenarios::fail_now(format_args!(
+                "got {seen} of {count} input events within {EVENTS_TIMEOUT_MS} ms"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The input `devices`, initialised, each described on the serial port.
+pub fn open(devices: Vec<Device>) -> Result<Vec<Input>, String> {
     let mut inputs = Vec::new();
-    for (i, device) in virtio::take(&cmdline, DeviceType::Input)?
-        .into_iter()
-        .enumerate()
-    {
+    for (i, device) in devices.into_iter().enumerate() {
         let window = device.window;
         let mut input = Input::new(device.transport)
             .map_err(|e| format!("input device {i} ({window}): initialisation failed: {e}"))?;
@@ -56,30 +68,29 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
     if inputs.is_empty() {
         return Err("no virtio input device".into());
     }
-    println!("INPUT ready");
+    Ok(inputs)
+}
+
+/// Polls the devices round robin for the next event and prints it as
+/// `INPUT dev=<i> type=<type> code=<code> value=<value>`; `None` when none came within
+/// `EVENTS_TIMEOUT_MS`.
+pub fn next_event(inputs: &mut [Input]) -> Option<InputEvent> {
     let deadline = Deadline::after_ms(EVENTS_TIMEOUT_MS);
-    let mut seen = 0;
-    while seen < count {
-        let mut got = false;
+    loop {
         for (i, input) in inputs.iter_mut().enumerate() {
             if let Some(e) = input.pop_pending_event() {
                 println!(
                     "INPUT dev={i} type={} code={} value={}",
                     e.event_type, e.code, e.value
                 );
-                seen += 1;
-                got = true;
+                return Some(e);
             }
         }
-        if !got && deadline.expired() {
-            // The devices still own the posted event buffers: end here.
-            crate::scenarios::fail_now(format_args!(
-                "got {seen} of {count} input events within {EVENTS_TIMEOUT_MS} ms"
-            ));
+        if deadline.expired() {
+            return None;
         }
         core::hint::spin_loop();
     }
-    Ok(())
 }
 
 /// Prints what device `i`'s config space says.

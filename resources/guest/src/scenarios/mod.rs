@@ -16,6 +16,7 @@ mod input;
 mod gpu;
 mod machine;
 mod net;
+mod screen;
 mod smp;
 mod vsock;
 
@@ -116,6 +117,11 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "gpu",
         run: gpu::run,
+        exit: Exit::Reset,
+    },
+    Scenario {
+        name: "screen",
+        run: screen::run,
         exit: Exit::Reset,
     },
 ];

@@ -33,6 +33,12 @@ pub struct Device {
 /// Probes every `virtio_mmio.device` window on `cmdline` and returns the devices of type
 /// `kind`, in command-line order; the others are left untouched. Can be called once per run.
 pub fn take(cmdline: &Cmdline, kind: DeviceType) -> Result<Vec<Device>, String> {
+    take_kinds(cmdline, &[kind])
+}
+
+/// `take` for a scenario that drives devices of several `kinds`: all of them, in
+/// command-line order.
+pub fn take_kinds(cmdline: &Cmdline, kinds: &[DeviceType]) -> Result<Vec<Device>, String> {
     let windows = cmdline::windows(cmdline)?;
     check_disjoint(&windows)?;
     if PROBED.swap(true, Ordering::SeqCst) {
@@ -41,7 +47,7 @@ pub fn take(cmdline: &Cmdline, kind: DeviceType) -> Result<Vec<Device>, String> 
     let mut devices = Vec::new();
     for window in windows {
         match probe(window)? {
-            Some(device) if device.transport.device_type() == kind => devices.push(device),
+            Some(device) if kinds.contains(&device.transport.device_type()) => devices.push(device),
             // Dropping a transport resets its device: leave devices this scenario does not
             // drive alone (a transport owns nothing but its register pointers).
             Some(other) => core::mem::forget(other),

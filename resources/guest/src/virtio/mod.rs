@@ -18,6 +18,6 @@ pub mod gpu;
 pub mod hal;
 pub mod poll;
 
-pub use devices::take;
+pub use devices::{take, take_kinds, Device};
 pub use hal::PetrelHal;
 pub use virtio_drivers::transport::DeviceType;
