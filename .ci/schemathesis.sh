@@ -152,7 +152,10 @@ run_against() {
 
 # The bundled test guest boots when the configuration names no kernel.
 echo '{}' >"$work/vm.json"
-run_against booted 'Running|Paused' --config "$work/vm.json" --cmdline petrel.test=idle
+# With a GPU, two input devices and a vsock device, so their routes reach real devices.
+run_against booted 'Running|Paused' --config "$work/vm.json" --cmdline petrel.test=idle \
+    --gpu width=64,height=48 --input kind=keyboard,id=input0 --input kind=tablet,id=input1 \
+    --vsock "cid=3,uds=$work/vsock.sock"
 run_against unstarted 'Not started'
 
 echo "== schemathesis: $((SECONDS - started)) s in all"

@@ -127,6 +127,12 @@ pub enum ApiResponse {
         /// More headers, name (lower case) and value.
         headers: Vec<(&'static str, String)>,
     },
+    /// 304 Not Modified for a conditional request (the client has this screenshot already),
+    /// with these headers and no body.
+    NotModified {
+        /// Headers, name (lower case) and value.
+        headers: Vec<(&'static str, String)>,
+    },
     /// An error: `status` (one of [`ERROR_STATUSES`]) with `{"fault_message": ...}`.
     Error {
         /// HTTP status code.

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, IF_NONE_MATCH};
 use hyper::{Request, Response, StatusCode};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::image::{encode_png, GENERATION_HEADER, PNG_CONTENT_TYPE};
+use crate::image::{encode_png, RawImage, GENERATION_HEADER, PNG_CONTENT_TYPE};
 use crate::openapi::OPENAPI_JSON;
 use crate::request::{ApiRequest, ApiResponse, ERROR_STATUSES};
 use crate::router::{allowed_methods, route_query, Routed};
@@ -44,10 +44,44 @@ pub fn encode_image(resp: ApiResponse) -> ApiResponse {
         Ok(body) => ApiResponse::Binary {
             content_type: PNG_CONTENT_TYPE,
             body,
-            headers: vec![(GENERATION_HEADER, image.generation.to_string())],
+            headers: image_headers(image.generation),
         },
         Err(e) => ApiResponse::error(500, format!("cannot encode the screenshot: {e}")),
     }
+}
+
+/// The headers naming a screenshot's frame: `x-petrel-generation: N` and `etag: "N"`.
+fn image_headers(generation: u64) -> Vec<(&'static str, String)> {
+    vec![
+        (GENERATION_HEADER, generation.to_string()),
+        ("etag", format!("\"{generation}\"")),
+    ]
+}
+
+/// Whether an `If-None-Match` header value names frame `generation` (`"N"`, `W/"N"`, in a
+/// list or as `*`): the client has that picture, so it gets a 304 and no PNG is encoded.
+fn client_has(if_none_match: Option<&str>, generation: u64) -> bool {
+    let Some(value) = if_none_match else {
+        return false;
+    };
+    let tag = format!("\"{generation}\"");
+    value
+        .split(',')
+        .map(|t| t.trim())
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == tag)
+}
+
+/// The reply to a screenshot request: 304 when the client has the frame, else the PNG
+/// (encoded on a blocking thread).
+async fn screenshot_reply(image: RawImage, if_none_match: Option<&str>) -> ApiResponse {
+    if client_has(if_none_match, image.generation) {
+        return ApiResponse::NotModified {
+            headers: image_headers(image.generation),
+        };
+    }
+    tokio::task::spawn_blocking(move || encode_image(ApiResponse::Image(image)))
+        .await
+        .unwrap_or_else(|e| ApiResponse::error(500, format!("screenshot encoder failed: {e}")))
 }
 
 /// Turns an [`ApiResponse`] into an HTTP response.
@@ -72,6 +106,10 @@ pub fn to_http(resp: ApiResponse) -> Response<Full<Bytes>> {
         } => {
             extra = headers;
             (StatusCode::OK, Some(content_type), Bytes::from(body))
+        }
+        ApiResponse::NotModified { headers } => {
+            extra = headers;
+            (StatusCode::NOT_MODIFIED, None, Bytes::new())
         }
         // encode_image turned it into Binary or Error.
         ApiResponse::Image(_) => (
@@ -201,6 +239,11 @@ async fn serve(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>>
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
+    let if_none_match = req
+        .headers()
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     tracing::debug!("API request {method} {path}");
     let resp = match read_body(req).await {
         Err(resp) => resp,
@@ -214,12 +257,8 @@ async fn serve(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>>
             }
             Ok(Routed::Asset(asset)) => return asset_response(asset),
             Ok(Routed::Vmm(request)) => match dispatch(*request, shared).await {
-                image @ ApiResponse::Image(_) => {
-                    tokio::task::spawn_blocking(move || encode_image(image))
-                        .await
-                        .unwrap_or_else(|e| {
-                            ApiResponse::error(500, format!("screenshot encoder failed: {e}"))
-                        })
+                ApiResponse::Image(image) => {
+                    screenshot_reply(image, if_none_match.as_deref()).await
                 }
                 other => other,
             },
@@ -241,6 +280,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_client_with_the_frame_gets_304_and_no_body() {
+        for has in [r#""7""#, r#"W/"7""#, r#""1", "7""#, "*"] {
+            assert!(client_has(Some(has), 7), "{has}");
+        }
+        for lacks in [r#""8""#, "7", r#""07""#, "", r#"W/"""#] {
+            assert!(!client_has(Some(lacks), 7), "{lacks}");
+        }
+        assert!(!client_has(None, 7));
+        let http = to_http(ApiResponse::NotModified {
+            headers: image_headers(7),
+        });
+        assert_eq!(http.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(http.headers()["etag"], r#""7""#);
+        assert_eq!(http.headers()["x-petrel-generation"], "7");
+        assert!(http.headers().get(CONTENT_TYPE).is_none());
+    }
+
+    #[test]
     fn images_go_out_as_png_with_their_generation() {
         let image = crate::image::RawImage {
             width: 2,
@@ -252,6 +309,7 @@ mod tests {
         assert_eq!(http.status(), StatusCode::OK);
         assert_eq!(http.headers()[CONTENT_TYPE], "image/png");
         assert_eq!(http.headers()["x-petrel-generation"], "42");
+        assert_eq!(http.headers()["etag"], r#""42""#);
         let bad = crate::image::RawImage {
             width: 2,
             height: 2,

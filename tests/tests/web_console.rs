@@ -364,6 +364,30 @@ fn the_page_shows_the_guests_drawing_and_its_clicks_and_keys_reach_the_guest() {
         (shown[0].clone(), shown[1].clone()),
         (json!(width), json!(height))
     );
+    // The page asks for the frame it has with If-None-Match: 304, no body, no PNG encoded.
+    let full = vm.authed("GET", "/display/screenshot", None);
+    assert_eq!(full.status, 200, "{}", full.text());
+    let etag = full.header("etag").expect("an ETag").to_string();
+    assert_eq!(
+        etag,
+        format!("\"{}\"", full.header("x-petrel-generation").unwrap())
+    );
+    let bearer = format!("Bearer {}", vm.token);
+    let same = vm.raw(
+        "GET",
+        "/display/screenshot",
+        &[("Authorization", &bearer), ("If-None-Match", &etag)],
+        None,
+    );
+    assert_eq!(same.status, 304);
+    assert!(same.body.is_empty());
+    let other = vm.raw(
+        "GET",
+        "/display/screenshot",
+        &[("Authorization", &bearer), ("If-None-Match", "\"0\"")],
+        None,
+    );
+    assert_eq!(other.status, 200);
     browser.wait_for(WAIT, "the guest's input devices", |_| {
         vm.stdout_lines()
             .iter()
