@@ -21,6 +21,8 @@ mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod queue;
+#[cfg(test)]
+mod test_chains;
 pub mod vsock;
 
 pub use device::{

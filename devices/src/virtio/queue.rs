@@ -2,9 +2,57 @@
 
 use memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::Interrupt;
+
+/// Why a chain's buffers cannot be used as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainError {
+    /// The chain has no descriptors.
+    Empty,
+    /// A device-readable descriptor where the device writes.
+    ReadOnly,
+    /// A device-writable descriptor where the device reads.
+    WriteOnly,
+    /// A buffer that is not all inside guest memory.
+    OutOfRange { addr: u64, len: u32 },
+}
+
+/// The buffers of `chain` as `(address, length)`, each checked to be inside guest memory and
+/// device-writable if `writable`, else device-readable. Each device turns a [`ChainError`]
+/// into its own error, which names its queue.
+pub fn chain_buffers(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    writable: bool,
+) -> Result<Vec<(GuestAddress, u32)>, ChainError> {
+    let descriptors: Vec<Descriptor> = chain.collect();
+    if descriptors.is_empty() {
+        return Err(ChainError::Empty);
+    }
+    descriptors
+        .iter()
+        .map(|d| {
+            if d.is_write_only() != writable {
+                return Err(if writable {
+                    ChainError::ReadOnly
+                } else {
+                    ChainError::WriteOnly
+                });
+            }
+            if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
+                return Err(ChainError::OutOfRange {
+                    addr: d.addr().0,
+                    len: d.len(),
+                });
+            }
+            Ok((d.addr(), d.len()))
+        })
+        .collect()
+}
 
 /// Puts a chain on the used ring. A head past the ring (from a garbage available entry)
 /// cannot be used and is skipped, so that virtio-queue does not log it once per chain; the

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::desc::RawDescriptor;
+use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -110,20 +108,7 @@ impl<'a> Driver<'a> {
     /// Makes one chain of `(addr, len, flags)` available on `queue`.
     fn add_chain(&mut self, queue: usize, descs: &[(u64, u32, u16)]) {
         let first = self.next_desc[queue];
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let last = i + 1 == descs.len();
-                let flags = if last {
-                    flags
-                } else {
-                    flags | VRING_DESC_F_NEXT as u16
-                };
-                let next = if last { 0 } else { first + i as u16 + 1 };
-                RawDescriptor::from(Descriptor::new(addr, len, flags, next))
-            })
-            .collect();
+        let raw = crate::virtio::test_chains::chain(first, descs);
         self.next_desc[queue] = first + descs.len() as u16;
         let mock = if queue == 0 { &self.rx } else { &self.tx };
         mock.add_desc_chains(&raw, first).unwrap();

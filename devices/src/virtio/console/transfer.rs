@@ -3,14 +3,14 @@
 //! every descriptor is checked before any byte moves.
 
 use memory::GuestMemoryMmap;
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::backend::{Read, Write};
 use super::device::{Console, RX_QUEUE, TX_QUEUE};
 use super::{INPUT_BUFFER_SIZE, OUTPUT_BUFFER_SIZE};
-use crate::virtio::{queue, DeviceEnv, CHAINS_PER_PASS};
+use crate::virtio::queue::{self, ChainError};
+use crate::virtio::{DeviceEnv, CHAINS_PER_PASS};
 
 /// Bytes copied per step between guest memory and the backend.
 const CHUNK: usize = 4096;
@@ -39,36 +39,24 @@ const MAX_TX_CHAIN: u64 = 1 << 20;
 /// index the queue cannot serve must not spin the event loop.
 const EMPTY_ROUNDS: u32 = 2;
 
-/// The buffers of `chain`, each checked to be inside guest memory and, if `writable`, to be
-/// device-writable, else device-readable.
+impl From<ChainError> for Malformed {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::Empty => Malformed::Empty,
+            ChainError::ReadOnly => Malformed::ReadOnly,
+            ChainError::WriteOnly => Malformed::WriteOnly,
+            ChainError::OutOfRange { addr, len } => Malformed::OutOfRange { addr, len },
+        }
+    }
+}
+
+/// The buffers of `chain`, checked (see [`queue::chain_buffers`]).
 fn buffers(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     writable: bool,
 ) -> Result<Vec<(GuestAddress, u32)>, Malformed> {
-    let descriptors: Vec<Descriptor> = chain.collect();
-    if descriptors.is_empty() {
-        return Err(Malformed::Empty);
-    }
-    descriptors
-        .iter()
-        .map(|d| {
-            if d.is_write_only() != writable {
-                return Err(if writable {
-                    Malformed::ReadOnly
-                } else {
-                    Malformed::WriteOnly
-                });
-            }
-            if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
-                return Err(Malformed::OutOfRange {
-                    addr: d.addr().0,
-                    len: d.len(),
-                });
-            }
-            Ok((d.addr(), d.len()))
-        })
-        .collect()
+    Ok(queue::chain_buffers(mem, chain, writable)?)
 }
 
 /// Raises the queue's interrupt unless EVENT_IDX says the driver does not want it.

@@ -3,18 +3,16 @@
 
 use memory::GuestMemoryMmap;
 use serde::Serialize;
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::codes::{EV_LED, LED_CAPSL, LED_NUML, LED_SCROLLL};
 use super::{
     ConfigSpace, HostEvent, InputConfig, InvalidEvent, PendingEvents, VirtioInputEvent,
     MAX_PENDING_EVENTS, QUEUE_SIZE,
 };
-use crate::virtio::{
-    features, ids, queue, ActivateError, DeviceEnv, VirtioDevice, CHAINS_PER_PASS,
-};
+use crate::virtio::queue::{self, ChainError};
+use crate::virtio::{features, ids, ActivateError, DeviceEnv, VirtioDevice, CHAINS_PER_PASS};
 
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
 pub(super) const EVENT_QUEUE: usize = 0;
@@ -71,32 +69,21 @@ pub struct Input {
     active: Option<Active>,
 }
 
-/// Checks every descriptor of `chain` is inside guest memory and writable (or readable);
-/// returns them and their total length.
+/// The buffers of `chain`, checked (see [`queue::chain_buffers`]), and their total length.
 fn buffers(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     writable: bool,
-) -> Result<(Vec<Descriptor>, u64), Malformed> {
-    let descriptors: Vec<Descriptor> = chain.collect();
-    let mut total = 0u64;
-    for d in &descriptors {
-        if d.is_write_only() != writable {
-            return Err(if writable {
-                Malformed::ReadOnly
-            } else {
-                Malformed::WriteOnly
-            });
-        }
-        if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
-            return Err(Malformed::OutOfRange {
-                addr: d.addr().0,
-                len: d.len(),
-            });
-        }
-        total += u64::from(d.len());
-    }
-    Ok((descriptors, total))
+) -> Result<(Vec<(GuestAddress, u32)>, u64), Malformed> {
+    let bufs = queue::chain_buffers(mem, chain, writable).map_err(|e| match e {
+        // An empty chain holds no event: too short for the eventq, nothing on the statusq.
+        ChainError::Empty => Malformed::TooShort(0),
+        ChainError::ReadOnly => Malformed::ReadOnly,
+        ChainError::WriteOnly => Malformed::WriteOnly,
+        ChainError::OutOfRange { addr, len } => Malformed::OutOfRange { addr, len },
+    })?;
+    let total = bufs.iter().map(|&(_, len)| u64::from(len)).sum();
+    Ok((bufs, total))
 }
 
 impl Input {
@@ -227,16 +214,13 @@ impl Input {
         };
         let bytes = event.to_bytes();
         let mut done = 0;
-        for d in descriptors {
+        for (addr, len) in descriptors {
             if done == bytes.len() {
                 break;
             }
-            let n = (d.len() as usize).min(bytes.len() - done);
-            mem.write_slice(&bytes[done..done + n], d.addr())
-                .map_err(|_| Malformed::OutOfRange {
-                    addr: d.addr().0,
-                    len: d.len(),
-                })?;
+            let n = (len as usize).min(bytes.len() - done);
+            mem.write_slice(&bytes[done..done + n], addr)
+                .map_err(|_| Malformed::OutOfRange { addr: addr.0, len })?;
             done += n;
         }
         self.pending.pop();
@@ -295,14 +279,11 @@ impl Input {
             return Err(Malformed::TooLong(total));
         }
         let mut bytes = Vec::with_capacity(total as usize);
-        for d in descriptors {
+        for (addr, len) in descriptors {
             let start = bytes.len();
-            bytes.resize(start + d.len() as usize, 0);
-            mem.read_slice(&mut bytes[start..], d.addr())
-                .map_err(|_| Malformed::OutOfRange {
-                    addr: d.addr().0,
-                    len: d.len(),
-                })?;
+            bytes.resize(start + len as usize, 0);
+            mem.read_slice(&mut bytes[start..], addr)
+                .map_err(|_| Malformed::OutOfRange { addr: addr.0, len })?;
         }
         for chunk in bytes.chunks_exact(VirtioInputEvent::SIZE) {
             let mut b = [0u8; VirtioInputEvent::SIZE];

@@ -2,11 +2,11 @@
 //! before a byte moves.
 
 use memory::GuestMemoryMmap;
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{HEADER_LEN, MAX_PAYLOAD};
+use crate::virtio::queue::{self, ChainError};
 
 /// Why a descriptor chain was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,36 +29,24 @@ pub enum Malformed {
     Memory(String),
 }
 
-/// The buffers of `chain`, checked to be inside guest memory and device-writable (`writable`)
-/// or device-readable.
+impl From<ChainError> for Malformed {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::Empty => Malformed::Empty,
+            ChainError::ReadOnly => Malformed::ReadOnly,
+            ChainError::WriteOnly => Malformed::WriteOnly,
+            ChainError::OutOfRange { addr, len } => Malformed::OutOfRange { addr, len },
+        }
+    }
+}
+
+/// The buffers of `chain`, checked (see [`queue::chain_buffers`]).
 pub fn buffers(
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     writable: bool,
 ) -> Result<Vec<(GuestAddress, u32)>, Malformed> {
-    let descriptors: Vec<Descriptor> = chain.collect();
-    if descriptors.is_empty() {
-        return Err(Malformed::Empty);
-    }
-    descriptors
-        .iter()
-        .map(|d| {
-            if d.is_write_only() != writable {
-                return Err(if writable {
-                    Malformed::ReadOnly
-                } else {
-                    Malformed::WriteOnly
-                });
-            }
-            if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
-                return Err(Malformed::OutOfRange {
-                    addr: d.addr().0,
-                    len: d.len(),
-                });
-            }
-            Ok((d.addr(), d.len()))
-        })
-        .collect()
+    Ok(queue::chain_buffers(mem, chain, writable)?)
 }
 
 /// The total length of `bufs`.
