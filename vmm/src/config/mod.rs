@@ -286,6 +286,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_config_example_is_a_valid_config() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("### Configuration file")
+            .nth(1)
+            .expect("the README's configuration section");
+        let json = section
+            .split("```json\n")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("its JSON example");
+        let config: VmConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.inputs.len(), 2);
+        assert!(config.vsock.is_some() && config.gpu.is_some());
+    }
+
+    #[test]
     fn sizes_parse_with_suffixes_and_bare_mib() {
         assert_eq!("256M".parse(), Ok(ByteSize(256 << 20)));
         assert_eq!("1G".parse(), Ok(ByteSize(1 << 30)));
