@@ -33,6 +33,20 @@ pub struct DeviceEnv {
 /// event, other devices) keeps running.
 pub const CHAINS_PER_PASS: usize = 256;
 
+/// Copies the bytes of a config space `space` at `offset` into `data`, as
+/// [`VirtioDevice::read_config`] reads: bytes past the end (or at an offset that does not fit
+/// a `usize`) read as zero.
+pub fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|at| space.get(at))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// The notification eventfds of a device's queues (shared with the transport).
 #[derive(Clone, Default)]
 pub struct QueueKicks(Arc<Vec<EventFd>>);

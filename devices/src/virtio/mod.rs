@@ -26,7 +26,8 @@ mod test_chains;
 pub mod vsock;
 
 pub use device::{
-    ActivateError, AsAny, DeviceEnv, QueueKicks, VirtioDevice, CHAINS_PER_PASS, HOST_EVENT_BASE,
+    read_config_bytes, ActivateError, AsAny, DeviceEnv, QueueKicks, VirtioDevice, CHAINS_PER_PASS,
+    HOST_EVENT_BASE,
 };
 pub use interrupt::Interrupt;
 pub use queue::QueueState;

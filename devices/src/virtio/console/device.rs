@@ -18,7 +18,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::Backend;
 use super::{ConsoleConfig, ConsoleError, INPUT_BUFFER_SIZE, QUEUE_SIZE, VIRTIO_CONSOLE_F_SIZE};
-use crate::virtio::{features, ids, ActivateError, DeviceEnv, VirtioDevice, HOST_EVENT_BASE};
+use crate::virtio::{
+    features, ids, read_config_bytes, ActivateError, DeviceEnv, VirtioDevice, HOST_EVENT_BASE,
+};
 
 /// The pty master or the socket client.
 pub(super) const BACKEND_TOKEN: u32 = HOST_EVENT_BASE;
@@ -240,15 +242,7 @@ impl VirtioDevice for Console {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let space = self.config_space();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| space.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config_space(), offset, data);
     }
 
     fn activate(&mut self, queues: Vec<Queue>, env: DeviceEnv) -> Result<(), ActivateError> {

@@ -13,7 +13,8 @@ use super::resources::{Resources, MAX_BACKING_ENTRIES};
 use super::scanout::{Cursor, Frame, Front, Scanout};
 use super::{GpuConfig, EVENT_DISPLAY, QUEUE_SIZE, VIRTIO_GPU_F_EDID};
 use crate::virtio::{
-    features, ids, queue, ActivateError, DeviceEnv, VirtioDevice, CHAINS_PER_PASS,
+    features, ids, queue, read_config_bytes, ActivateError, DeviceEnv, VirtioDevice,
+    CHAINS_PER_PASS,
 };
 
 const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
@@ -289,15 +290,7 @@ impl VirtioDevice for Gpu {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let space = self.config_space();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| space.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config_space(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

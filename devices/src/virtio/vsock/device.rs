@@ -23,7 +23,9 @@ use super::conn::{Conn, State};
 use super::host::{Handshake, SocketFile};
 use super::packet::Header;
 use super::{VsockConfig, VsockError, FIRST_HOST_PORT, QUEUE_SIZE};
-use crate::virtio::{features, ids, ActivateError, DeviceEnv, VirtioDevice, HOST_EVENT_BASE};
+use crate::virtio::{
+    features, ids, read_config_bytes, ActivateError, DeviceEnv, VirtioDevice, HOST_EVENT_BASE,
+};
 
 /// The device's epoll descriptor on the VMM's event loop.
 const EPOLL_TOKEN: u32 = HOST_EVENT_BASE;
@@ -403,15 +405,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let space = self.config_space();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| space.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config_space(), offset, data);
     }
 
     fn activate(&mut self, queues: Vec<Queue>, env: DeviceEnv) -> Result<(), ActivateError> {
