@@ -27,7 +27,7 @@ pub type Opened = (String, Box<dyn VirtioDevice>);
 
 /// Every virtio device of `config` with its id: disks, then network interfaces, then
 /// consoles, each in the order given, then the vsock device, then input devices in the
-/// order given.
+/// order given, then the GPU.
 pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
     let mut opened: Vec<Opened> = Vec::new();
     for disk in &config.disks {
