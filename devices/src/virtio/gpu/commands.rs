@@ -121,12 +121,7 @@ impl Gpu {
                 ok()
             }
             CMD_RESOURCE_DETACH_BACKING => {
-                let id = r.u32()?;
-                let res = self.resources.get_mut(id)?;
-                if res.backing.is_empty() {
-                    return Err(ResourceError::NoBacking.into());
-                }
-                res.backing = Vec::new();
+                self.resources.detach(r.u32()?)?;
                 ok()
             }
             other => {

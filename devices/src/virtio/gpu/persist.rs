@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::device::Gpu;
 use super::protocol::format_layout;
-use super::resources::{size_of, Resource};
+use super::resources::{size_of, Resource, MAX_BACKING_ENTRIES};
 use super::scanout::{Cursor, Front, Scanout};
 use super::{GpuConfig, GpuError};
 
@@ -88,20 +88,21 @@ impl Gpu {
             if r.pixels.len() as u64 != size {
                 return Err(err(format!("resource {}: pixel data size", r.id)));
             }
-            if gpu.resources.used + size > gpu.resources.max {
+            if r.backing.len() > MAX_BACKING_ENTRIES as usize {
+                return Err(err(format!("resource {}: backing entries", r.id)));
+            }
+            let resource = Resource {
+                format: r.format,
+                layout,
+                width: r.width,
+                height: r.height,
+                pixels: r.pixels.clone(),
+                backing: r.backing.clone(),
+            };
+            if gpu.resources.reserve(resource.host_bytes()).is_err() {
                 return Err(err("resources exceed max_memory".into()));
             }
-            gpu.resources.insert(
-                r.id,
-                Resource {
-                    format: r.format,
-                    layout,
-                    width: r.width,
-                    height: r.height,
-                    pixels: r.pixels.clone(),
-                    backing: r.backing.clone(),
-                },
-            );
+            gpu.resources.insert(r.id, resource);
         }
         if let Some(s) = state.scanout {
             let res = gpu

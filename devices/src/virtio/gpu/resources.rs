@@ -162,7 +162,22 @@ fn read_scattered(
     }
 }
 
-/// Every resource, by id, and the host memory their pixels take.
+/// What a resource costs the host beside its pixels (its entry and bookkeeping), charged
+/// against `max_memory` so that many tiny resources cannot take unbounded memory.
+pub const RESOURCE_OVERHEAD: u64 = 256;
+/// What one backing entry costs the host, charged against `max_memory` likewise.
+pub const BACKING_ENTRY_COST: u64 = 16;
+
+impl Resource {
+    /// The host memory charged for this resource: pixels, overhead and backing list.
+    pub fn host_bytes(&self) -> u64 {
+        self.pixels.len() as u64
+            + RESOURCE_OVERHEAD
+            + self.backing.len() as u64 * BACKING_ENTRY_COST
+    }
+}
+
+/// Every resource, by id, and the host memory they take (see [`Resource::host_bytes`]).
 #[derive(Debug, Default)]
 pub struct Resources {
     pub map: BTreeMap<u32, Resource>,
@@ -200,16 +215,11 @@ impl Resources {
         }
         let layout = format_layout(format).ok_or(ResourceError::Format(format))?;
         let size = size_of(width, height).ok_or(ResourceError::Size { width, height })?;
-        let oom = ResourceError::OutOfMemory {
-            need: size,
-            used: self.used,
-            max: self.max,
-        };
-        if self.used.checked_add(size).is_none_or(|t| t > self.max) {
-            return Err(oom);
-        }
+        self.reserve(size.saturating_add(RESOURCE_OVERHEAD))?;
         let mut pixels = Vec::new();
-        pixels.try_reserve_exact(size as usize).map_err(|_| oom)?;
+        pixels
+            .try_reserve_exact(size as usize)
+            .map_err(|_| self.out_of_memory(size))?;
         pixels.resize(size as usize, 0);
         self.insert(
             id,
@@ -225,16 +235,44 @@ impl Resources {
         Ok(())
     }
 
-    /// Adds a resource whose size was checked.
+    fn out_of_memory(&self, need: u64) -> ResourceError {
+        ResourceError::OutOfMemory {
+            need,
+            used: self.used,
+            max: self.max,
+        }
+    }
+
+    /// Checks that `need` more bytes fit under the cap.
+    pub fn reserve(&self, need: u64) -> Result<(), ResourceError> {
+        match self.used.checked_add(need) {
+            Some(total) if total <= self.max => Ok(()),
+            _ => Err(self.out_of_memory(need)),
+        }
+    }
+
+    /// Adds a resource whose cost was reserved.
     pub fn insert(&mut self, id: u32, resource: Resource) {
-        self.used += resource.pixels.len() as u64;
+        self.used += resource.host_bytes();
         self.map.insert(id, resource);
     }
 
     /// RESOURCE_UNREF.
     pub fn unref(&mut self, id: u32) -> Result<(), ResourceError> {
         let r = self.map.remove(&id).ok_or(ResourceError::UnknownId(id))?;
-        self.used -= r.pixels.len() as u64;
+        self.used -= r.host_bytes();
+        Ok(())
+    }
+
+    /// RESOURCE_DETACH_BACKING.
+    pub fn detach(&mut self, id: u32) -> Result<(), ResourceError> {
+        let r = self.map.get_mut(&id).ok_or(ResourceError::UnknownId(id))?;
+        if r.backing.is_empty() {
+            return Err(ResourceError::NoBacking);
+        }
+        let refund = r.backing.len() as u64 * BACKING_ENTRY_COST;
+        r.backing = Vec::new();
+        self.used -= refund;
         Ok(())
     }
 
@@ -245,12 +283,14 @@ impl Resources {
         id: u32,
         entries: Vec<(u64, u32)>,
     ) -> Result<(), ResourceError> {
-        let r = self.get_mut(id)?;
-        if !r.backing.is_empty() {
+        if !self.get(id)?.backing.is_empty() {
             return Err(ResourceError::HasBacking);
         }
         check_backing(mem, &entries)?;
-        r.backing = entries;
+        let cost = entries.len() as u64 * BACKING_ENTRY_COST;
+        self.reserve(cost)?;
+        self.get_mut(id)?.backing = entries;
+        self.used += cost;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::protocol::*;
+use super::resources::{BACKING_ENTRY_COST, RESOURCE_OVERHEAD};
 use super::*;
 use crate::virtio::{features, ids, DeviceEnv, Interrupt, VirtioDevice};
 
@@ -460,13 +461,66 @@ fn creating_past_the_memory_cap_is_out_of_memory_and_the_device_goes_on() {
         d.create(&mut gpu, 3, B8G8R8A8, 65535, 65535),
         RESP_ERR_OUT_OF_MEMORY
     );
-    assert_eq!(gpu.metrics().resource_bytes, 512 * 400 * 4);
+    assert_eq!(
+        gpu.metrics().resource_bytes,
+        512 * 400 * 4 + RESOURCE_OVERHEAD
+    );
     assert_eq!(
         d.status(&mut gpu, &words(CMD_RESOURCE_UNREF, &[1, 0])),
         RESP_OK_NODATA
     );
     assert_eq!(d.create(&mut gpu, 2, B8G8R8A8, 512, 400), RESP_OK_NODATA);
     assert_eq!(gpu.metrics().resources, 1);
+}
+
+#[test]
+fn tiny_resources_and_long_backing_lists_count_against_the_cap() {
+    let mem = memory();
+    let cap = 16 << 10;
+    let mut gpu = Gpu::new(GpuConfig {
+        max_memory: cap,
+        ..config(64, 48)
+    });
+    let mut d = Driver::new(&mem);
+    d.activate(&mut gpu);
+    // 1x1 resources cost their overhead, not 4 bytes: the cap stops them.
+    let per = 4 + RESOURCE_OVERHEAD;
+    let fit = (cap / per) as u32;
+    for id in 1..=fit {
+        assert_eq!(
+            d.create(&mut gpu, id, B8G8R8A8, 1, 1),
+            RESP_OK_NODATA,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        d.create(&mut gpu, fit + 1, B8G8R8A8, 1, 1),
+        RESP_ERR_OUT_OF_MEMORY
+    );
+    // Unref four to make room; then a backing list of many entries (all naming the same
+    // page) is charged too, and refunded on detach.
+    for id in 2..=5 {
+        assert_eq!(
+            d.status(&mut gpu, &words(CMD_RESOURCE_UNREF, &[id, 0])),
+            RESP_OK_NODATA
+        );
+    }
+    let held = u64::from(fit - 4) * per;
+    assert_eq!(gpu.metrics().resource_bytes, held);
+    let entries = ((cap - held) / BACKING_ENTRY_COST + 1) as usize;
+    let page = (MEM_SIZE - 4096) as u64;
+    let list = vec![(page, 4096); entries];
+    assert_eq!(d.attach(&mut gpu, 1, &list), RESP_ERR_OUT_OF_MEMORY);
+    assert_eq!(d.attach(&mut gpu, 1, &list[1..]), RESP_OK_NODATA);
+    assert_eq!(
+        gpu.metrics().resource_bytes,
+        held + (entries as u64 - 1) * BACKING_ENTRY_COST
+    );
+    assert_eq!(
+        d.status(&mut gpu, &words(CMD_RESOURCE_DETACH_BACKING, &[1, 0])),
+        RESP_OK_NODATA
+    );
+    assert_eq!(gpu.metrics().resource_bytes, held);
 }
 
 #[test]
