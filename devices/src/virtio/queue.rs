@@ -8,17 +8,33 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::Interrupt;
 
+/// The most descriptors one chain may have for [`chain_buffers`]: more than any of its
+/// devices' queues holds (the spec forbids chains longer than the queue, section 2.7.5.3.1),
+/// so an indirect table of 65535 zero-length descriptors costs the VMM thread little.
+pub const MAX_CHAIN_DESCRIPTORS: usize = 1024;
+
 /// Why a chain's buffers cannot be used as they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     /// The chain has no descriptors.
+    #[error("the chain has no descriptors")]
     Empty,
     /// A device-readable descriptor where the device writes.
+    #[error("read-only descriptor where the device writes")]
     ReadOnly,
     /// A device-writable descriptor where the device reads.
+    #[error("write-only descriptor where the device reads")]
     WriteOnly,
     /// A buffer that is not all inside guest memory.
+    #[error("buffer {addr:#x}+{len:#x} is outside guest memory")]
     OutOfRange { addr: u64, len: u32 },
+    /// More than [`MAX_CHAIN_DESCRIPTORS`] descriptors.
+    #[error("the chain has more than {MAX_CHAIN_DESCRIPTORS} descriptors")]
+    TooLong,
+    /// The chain ends at a descriptor that says another follows (a bad `next` index, an
+    /// unreadable or misplaced indirect table).
+    #[error("the chain breaks off: a descriptor's next one cannot be read")]
+    Broken,
 }
 
 /// The buffers of `chain` as `(address, length)`, each checked to be inside guest memory and
@@ -29,9 +45,12 @@ pub fn chain_buffers(
     chain: DescriptorChain<&GuestMemoryMmap>,
     writable: bool,
 ) -> Result<Vec<(GuestAddress, u32)>, ChainError> {
-    let descriptors: Vec<Descriptor> = chain.collect();
-    if descriptors.is_empty() {
-        return Err(ChainError::Empty);
+    let descriptors: Vec<Descriptor> = chain.take(MAX_CHAIN_DESCRIPTORS + 1).collect();
+    match descriptors.last() {
+        None => return Err(ChainError::Empty),
+        Some(_) if descriptors.len() > MAX_CHAIN_DESCRIPTORS => return Err(ChainError::TooLong),
+        Some(last) if last.has_next() => return Err(ChainError::Broken),
+        Some(_) => {}
     }
     descriptors
         .iter()
@@ -128,5 +147,80 @@ impl QueueState {
             avail_ring: self.avail_ring,
             used_ring: self.used_ring,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::Bytes;
+
+    use super::*;
+    use crate::virtio::test_chains::chain;
+
+    const WO: u16 = VRING_DESC_F_WRITE as u16;
+
+    /// `chain_buffers` of the one chain `descs` on a fresh 256-entry queue.
+    fn buffers_of(
+        mem: &GuestMemoryMmap,
+        descs: &[RawDescriptor],
+        writable: bool,
+    ) -> Result<Vec<(GuestAddress, u32)>, ChainError> {
+        let mock = MockSplitQueue::new(mem, 256);
+        mock.add_desc_chains(descs, 0).unwrap();
+        let mut queue = mock.create_queue::<Queue>().unwrap();
+        let chain = queue.pop_descriptor_chain(mem).expect("a chain");
+        chain_buffers(mem, chain, writable)
+    }
+
+    #[test]
+    fn chains_are_checked_for_direction_range_length_and_breaks() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let ok = chain(0, &[(0x10_0000, 16, WO), (0x10_1000, 32, WO)]);
+        assert_eq!(
+            buffers_of(&mem, &ok, true),
+            Ok(vec![
+                (GuestAddress(0x10_0000), 16),
+                (GuestAddress(0x10_1000), 32)
+            ])
+        );
+        assert_eq!(buffers_of(&mem, &ok, false), Err(ChainError::WriteOnly));
+        let outside = chain(0, &[(0x10_0000, 16, 0), (0x2000_0000, 1, 0)]);
+        assert_eq!(
+            buffers_of(&mem, &outside, false),
+            Err(ChainError::OutOfRange {
+                addr: 0x2000_0000,
+                len: 1
+            })
+        );
+        // A descriptor whose `next` is past the table: the chain breaks off.
+        let mut broken = chain(0, &[(0x10_0000, 16, 0), (0x10_1000, 16, 0)]);
+        broken.truncate(1);
+        let first = Descriptor::from(broken[0]);
+        broken[0] = RawDescriptor::from(virtio_queue::desc::split::Descriptor::new(
+            first.addr().0,
+            first.len(),
+            first.flags(),
+            300,
+        ));
+        assert_eq!(buffers_of(&mem, &broken, false), Err(ChainError::Broken));
+        // An indirect table of 4096 zero-length descriptors: refused after the cap, not
+        // walked to its end.
+        let table = chain(0, &vec![(0x10_0000, 0, 0); 4096]);
+        let at = 0x20_0000u64;
+        for (i, d) in table.iter().enumerate() {
+            mem.write_obj(*d, GuestAddress(at + 16 * i as u64)).unwrap();
+        }
+        let indirect = [RawDescriptor::from(
+            virtio_queue::desc::split::Descriptor::new(
+                at,
+                16 * 4096,
+                VRING_DESC_F_INDIRECT as u16,
+                0,
+            ),
+        )];
+        assert_eq!(buffers_of(&mem, &indirect, false), Err(ChainError::TooLong));
     }
 }

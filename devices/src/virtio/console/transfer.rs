@@ -18,6 +18,8 @@ const CHUNK: usize = 4096;
 /// Why a descriptor chain was refused.
 #[derive(Debug, thiserror::Error)]
 enum Malformed {
+    #[error(transparent)]
+    Chain(ChainError),
     #[error("the chain has no descriptors")]
     Empty,
     #[error("write-only descriptor on transmitq")]
@@ -46,6 +48,7 @@ impl From<ChainError> for Malformed {
             ChainError::ReadOnly => Malformed::ReadOnly,
             ChainError::WriteOnly => Malformed::WriteOnly,
             ChainError::OutOfRange { addr, len } => Malformed::OutOfRange { addr, len },
+            other => Malformed::Chain(other),
         }
     }
 }

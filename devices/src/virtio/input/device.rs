@@ -40,6 +40,8 @@ pub struct InputMetrics {
 /// Why a descriptor chain was refused.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum Malformed {
+    #[error(transparent)]
+    Chain(ChainError),
     #[error("read-only descriptor on eventq")]
     ReadOnly,
     #[error("write-only descriptor on statusq")]
@@ -81,6 +83,7 @@ fn buffers(
         ChainError::ReadOnly => Malformed::ReadOnly,
         ChainError::WriteOnly => Malformed::WriteOnly,
         ChainError::OutOfRange { addr, len } => Malformed::OutOfRange { addr, len },
+        other => Malformed::Chain(other),
     })?;
     let total = bufs.iter().map(|&(_, len)| u64::from(len)).sum();
     Ok((bufs, total))

@@ -11,6 +11,8 @@ use crate::virtio::queue::{self, ChainError};
 /// Why a descriptor chain was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Malformed {
+    #[error(transparent)]
+    Chain(ChainError),
     #[error("the chain has no descriptors")]
     Empty,
     #[error("write-only descriptor on tx")]
@@ -36,6 +38,7 @@ impl From<ChainError> for Malformed {
             ChainError::ReadOnly => Malformed::ReadOnly,
             ChainError::WriteOnly => Malformed::WriteOnly,
             ChainError::OutOfRange { addr, len } => Malformed::OutOfRange { addr, len },
+            other => Malformed::Chain(other),
         }
     }
 }

@@ -18,6 +18,8 @@ use super::{VsockError, CONNECT_TIMEOUT, FIRST_HOST_PORT, MAX_CONNECTIONS};
 
 /// The longest `CONNECT` line accepted, newline included.
 const MAX_LINE: usize = 32;
+/// The most host clients one call of `accept_clients` takes.
+const ACCEPTS_PER_CALL: usize = 64;
 
 /// The socket file petrel bound; removed when the device goes, if it is still that file.
 pub struct SocketFile {
@@ -140,8 +142,11 @@ impl Vsock {
 
     /// Accepts waiting host clients; each must send its `CONNECT` line within
     /// [`CONNECT_TIMEOUT`].
+    ///
+    /// At most [`ACCEPTS_PER_CALL`] a call: the listener is level-triggered, so the rest come
+    /// on the next, and host clients that connect in a tight loop cannot hold the VMM thread.
     pub(super) fn accept_clients(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_CALL {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

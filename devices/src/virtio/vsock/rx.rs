@@ -22,10 +22,12 @@ impl Vsock {
     /// Fills the rx buffers the guest posted: control packets first, then host bytes from
     /// connections in turn, each within the guest's credit for it.
     pub fn process_rx(&mut self) {
-        // A second pass only when buffers arrived while notifications were being re-enabled.
-        for _ in 0..2 {
-            if !self.rx_pass() {
-                break;
+        // A second pass only when buffers arrived while notifications were being re-enabled;
+        // if more arrived even then, the driver may not kick again (EVENT_IDX): come back
+        // through the event loop rather than loop here.
+        if self.rx_pass() && self.rx_pass() {
+            if let Some(active) = &self.active {
+                active.env.kicks.kick(RX_QUEUE);
             }
         }
     }
