@@ -195,15 +195,7 @@ pub struct Running {
 impl Running {
     /// Boots the test guest with `petrel.test=<scenario>` plus `extra` arguments.
     pub fn scenario(scenario: &str, extra: &[&str]) -> Running {
-        let cmdline = format!("petrel.test={scenario}");
-        let mut args = vec![
-            "--kernel",
-            test_guest().to_str().unwrap(),
-            "--cmdline",
-            &cmdline,
-        ];
-        args.extend_from_slice(extra);
-        Running::spawn(&args)
+        Running::scenario_with_cmdline(scenario, "", extra)
     }
 
     fn spawn(args: &[&str]) -> Running {
@@ -229,11 +221,12 @@ impl Running {
     /// Like [`Running::scenario`], with `params` appended to the guest's command line.
     pub fn scenario_with_cmdline(scenario: &str, params: &str, extra: &[&str]) -> Running {
         let cmdline = format!("petrel.test={scenario} {params}");
+        let cmdline = cmdline.trim_end();
         let mut args = vec![
             "--kernel",
             test_guest().to_str().unwrap(),
             "--cmdline",
-            &cmdline,
+            cmdline,
         ];
         args.extend_from_slice(extra);
         Running::spawn(&args)
