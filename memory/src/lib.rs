@@ -1,15 +1,30 @@
 //! Guest memory: the layout of RAM around the 32-bit MMIO gap, and its allocation as
 //! `GuestMemoryMmap` with a dirty bitmap so that every write the VMM makes is logged.
 //!
-//! Later issues add file/memfd backing, NUMA zones with host binding, and dirty-page
-//! tracking that joins KVM's log with this bitmap.
+//! For snapshots: guest RAM as one flat "RAM offset space" (the regions in order) with page
+//! sets over it (`dirty`), the pages ever touched (`resident_pages`), the VMM's own writes
+//! (`take_vmm_dirty`; KVM's log of the guest's writes is read in `vmm::vstate::vm`), RAM as
+//! byte slices (`ram_slices`), and guest memory mapped copy-on-write from a snapshot's memory
+//! file (`MemoryLayout::map_file`).
+//!
+//! Later issues add memfd backing and NUMA zones with host binding.
 
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryRegion};
 
+mod dirty;
+mod file;
 mod layout;
+mod resident;
+mod slices;
 
+pub use dirty::{
+    count_pages, empty_page_set, or_page_set_at, pages_in, ram_pages, region_pages_in_ram,
+    take_vmm_dirty,
+};
 pub use layout::{MemoryLayout, RamRange};
+pub use resident::resident_pages;
+pub use slices::{ram_slices, ram_slices_mut};
 
 pub use vm_memory;
 
@@ -49,6 +64,37 @@ pub enum MemoryError {
     /// A region could not be placed at its guest address.
     #[error("cannot place a {len:#x}-byte region at guest address {start:#x}")]
     Place { start: u64, len: u64 },
+    /// A memory file's data offset is not a multiple of the page size.
+    #[error("memory file offset {offset:#x} is not a multiple of 4 KiB")]
+    UnalignedFileOffset { offset: u64 },
+    /// A memory file ends before the guest's memory does.
+    #[error(
+        "memory file is {len} bytes, guest memory needs {needed} (offset {offset} + size {size})"
+    )]
+    FileTooShort {
+        len: u64,
+        needed: u64,
+        offset: u64,
+        size: u64,
+    },
+    /// The memory file's length could not be read.
+    #[error("cannot read the memory file's length: {0}")]
+    FileMetadata(#[source] std::io::Error),
+    /// A region of the memory file could not be mapped.
+    #[error("cannot map {size} bytes of the memory file at offset {offset}: {source}")]
+    MapFile {
+        offset: u64,
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    /// Finding which pages of guest memory hold data failed.
+    #[error("cannot find the touched pages of guest memory ({what}): {source}")]
+    Residency {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The host address and length of every region, for registering memory slots with KVM.
