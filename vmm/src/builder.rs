@@ -98,7 +98,7 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     tracing::debug!(%cmdline, "guest command line");
     let entry = load_guest(&mem, &layout, config, &cmdline)?;
     let kvm = vm::open_kvm(machine.vcpus)?;
-    let vm = vm::create_vm(&kvm, &mem)?;
+    let vm = vm::create_vm(&kvm, &mem, false)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit event"))?);
     let devices = DeviceManager::new(&vm, &exit, config, &mem, planned)?;
