@@ -87,13 +87,25 @@ fn mincore_bits(addr: *mut u8, pages: usize) -> Result<Vec<u64>, MemoryError> {
     if ret != 0 {
         return Err(residency("mincore")(io::Error::last_os_error()));
     }
-    let mut bits = vec![0u64; pages.div_ceil(64)];
-    for (word, chunk) in bits.iter_mut().zip(vec.chunks(64)) {
-        for (i, &b) in chunk.iter().enumerate() {
-            *word |= u64::from(b & 1) << i;
-        }
-    }
-    Ok(bits)
+    vec.resize(pages.div_ceil(64) * 64, 0);
+    Ok(vec
+        .chunks_exact(64)
+        .map(|chunk| {
+            chunk
+                .chunks_exact(8)
+                .enumerate()
+                .fold(0u64, |word, (i, bytes)| {
+                    word | u64::from(lsb_of_each_byte(bytes.try_into().unwrap())) << (8 * i)
+                })
+        })
+        .collect())
+}
+
+/// Bit `k` = the lowest bit of byte `k`. The multiplication moves byte `k`'s bit (bit `8k`)
+/// to bit `56 + k`; each product lands on its own bit, so nothing carries.
+fn lsb_of_each_byte(bytes: [u8; 8]) -> u8 {
+    let x = u64::from_le_bytes(bytes) & 0x0101_0101_0101_0101;
+    (x.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8
 }
 
 /// `/proc/self/pagemap` entry bit: the page is swapped out.
@@ -198,6 +210,17 @@ mod tests {
 
     fn resident_list(mem: &GuestMemoryMmap) -> Vec<usize> {
         pages_in(&resident_pages(mem).unwrap()).collect()
+    }
+
+    #[test]
+    fn lsb_of_each_byte_packs_bytes_in_order() {
+        assert_eq!(lsb_of_each_byte([1, 0, 0, 0, 0, 0, 0, 0]), 0b1);
+        assert_eq!(lsb_of_each_byte([0, 0, 0, 0, 0, 0, 0, 1]), 0b1000_0000);
+        assert_eq!(
+            lsb_of_each_byte([1, 3, 2, 0, 0xff, 0xfe, 0, 1]),
+            0b1001_0011
+        );
+        assert_eq!(lsb_of_each_byte([1; 8]), 0xff);
     }
 
     #[test]
