@@ -56,7 +56,8 @@ pub fn resident_pages(mem: &GuestMemoryMmap) -> Result<Vec<u64>, MemoryError> {
                 Some(_) => Count::PrivateOrSwapped,
                 None => Count::Swapped,
             };
-            add_from_pagemap(pagemap.as_ref().unwrap(), region.as_ptr(), count, &mut bits)?;
+            let pagemap = pagemap.as_ref().unwrap();
+            add_from_pagemap(pagemap, region.as_ptr(), pages, count, &mut bits)?;
         }
         if let Some(file) = file {
             add_file_data(file, pages, &mut bits)?;
@@ -124,19 +125,17 @@ enum Count {
     PrivateOrSwapped,
 }
 
-/// Adds the pages of the mapping at `addr` (`bits` covers it, rounded up to 64 pages;
-/// entries past the mapping's end are empty or of other mappings that are not private-file
-/// pages of ours, and the caller ignores those bits) that `/proc/self/pagemap` shows as
-/// `count` says.
+/// Adds the pages among the `pages` of the mapping at `addr` that `/proc/self/pagemap` shows
+/// as `count` says.
 fn add_from_pagemap(
     pagemap: &File,
     addr: *mut u8,
+    pages: usize,
     count: Count,
     bits: &mut [u64],
 ) -> Result<(), MemoryError> {
     const CHUNK: usize = 8192;
     let first_vpn = addr as u64 / PAGE_SIZE as u64;
-    let pages = bits.len() * 64;
     let mut buf = vec![0u8; CHUNK * 8];
     let mut page = 0;
     while page < pages {
@@ -236,6 +235,42 @@ mod tests {
 
         let low = (3usize << 30) / PAGE_SIZE;
         assert_eq!(resident_list(&mem), vec![5, 0x100, 0x101, 0x102, low + 2]);
+    }
+
+    #[test]
+    fn pagemap_shows_written_anonymous_pages_as_private_and_none_swapped() {
+        let mem = MemoryLayout::new(16 << 20).unwrap().allocate().unwrap();
+        mem.write_obj(1u8, GuestAddress(0x3000)).unwrap();
+        mem.write_obj(1u8, GuestAddress(0xff_f000)).unwrap();
+        let region = mem.iter().next().unwrap();
+        let pagemap = File::open("/proc/self/pagemap").unwrap();
+        let pages = 4096;
+
+        let mut private = vec![0u64; 64];
+        add_from_pagemap(
+            &pagemap,
+            region.as_ptr(),
+            pages,
+            Count::PrivateOrSwapped,
+            &mut private,
+        )
+        .unwrap();
+        let mut swapped = vec![0u64; 64];
+        add_from_pagemap(
+            &pagemap,
+            region.as_ptr(),
+            pages,
+            Count::Swapped,
+            &mut swapped,
+        )
+        .unwrap();
+
+        assert_eq!(pages_in(&private).collect::<Vec<_>>(), vec![3, 4095]);
+        assert_eq!(
+            crate::count_pages(&swapped),
+            0,
+            "this test's memory cannot be swapped out yet"
+        );
     }
 
     #[test]
