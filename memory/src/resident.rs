@@ -17,7 +17,14 @@
 //!   (`lseek(SEEK_DATA/SEEK_HOLE)`; a filesystem without hole support reports the whole file
 //!   as data) plus the pages that `/proc/self/pagemap` shows as private copies (present and
 //!   not a file page) or swapped out — the pages the guest or the VMM wrote.
+//! - with transparent huge pages enabled for all memory (`always`; `madvise` here), one
+//!   touch makes a whole 2 MiB huge page resident: over-reporting again.
 //!
+//! Swap is checked once per call, before reading: a swap area switched on meanwhile, and
+//! pages of ours swapped out to it within the call, could be missed. Snapshots are taken
+//! with the guest paused; an operator adding swap in that window is not worth a pagemap
+//! read of all memory on every host without swap.
+
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -211,6 +218,23 @@ mod tests {
         pages_in(&resident_pages(mem).unwrap()).collect()
     }
 
+    /// `got` holds every page of `want`, and nothing outside the 2 MiB huge pages of `want`'s
+    /// pages: where transparent huge pages are enabled for all memory (`always`), one write
+    /// (or read: the huge zero page) makes all 512 pages of its huge page resident.
+    #[track_caller]
+    fn assert_touched(got: &[usize], want: &[usize]) {
+        const HUGE: usize = 512;
+        for p in want {
+            assert!(got.contains(p), "page {p} missing from {got:?}");
+        }
+        for p in got {
+            assert!(
+                want.iter().any(|w| w / HUGE == p / HUGE),
+                "page {p} reported, not near any of {want:?}"
+            );
+        }
+    }
+
     #[test]
     fn lsb_of_each_byte_packs_bytes_in_order() {
         assert_eq!(lsb_of_each_byte([1, 0, 0, 0, 0, 0, 0, 0]), 0b1);
@@ -234,7 +258,7 @@ mod tests {
             .unwrap();
 
         let low = (3usize << 30) / PAGE_SIZE;
-        assert_eq!(resident_list(&mem), vec![5, 0x100, 0x101, 0x102, low + 2]);
+        assert_touched(&resident_list(&mem), &[5, 0x100, 0x101, 0x102, low + 2]);
     }
 
     #[test]
@@ -265,7 +289,7 @@ mod tests {
         )
         .unwrap();
 
-        assert_eq!(pages_in(&private).collect::<Vec<_>>(), vec![3, 4095]);
+        assert_touched(&pages_in(&private).collect::<Vec<_>>(), &[3, 4095]);
         assert_eq!(
             crate::count_pages(&swapped),
             0,
@@ -279,7 +303,7 @@ mod tests {
         // over-reports, which the snapshot writer's zero-page check absorbs.
         let mem = MemoryLayout::new(16 << 20).unwrap().allocate().unwrap();
         assert_eq!(mem.read_obj::<u64>(GuestAddress(0x7000)).unwrap(), 0);
-        assert_eq!(resident_list(&mem), vec![7]);
+        assert_touched(&resident_list(&mem), &[7]);
     }
 
     fn evict(file: &File) {
@@ -319,11 +343,11 @@ mod tests {
         // A guest write into a hole makes a private page, reported too; the holes that
         // readahead brought into the page cache around it are not (they read as zeros).
         mem.write_obj(1u8, GuestAddress(50 * 4096)).unwrap();
-        assert_eq!(resident_list(&mem), vec![3, 4, 50, 100]);
+        assert_touched(&resident_list(&mem), &[3, 4, 50, 100]);
         // Reading pages maps the page cache's pages, and no private copies.
         assert_eq!(mem.read_obj::<u8>(GuestAddress(3 * 4096)).unwrap(), 1);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(60 * 4096)).unwrap(), 0);
-        assert_eq!(resident_list(&mem), vec![3, 4, 50, 100]);
+        assert_touched(&resident_list(&mem), &[3, 4, 50, 100]);
     }
 
     #[test]
