@@ -124,9 +124,11 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap, dirty_log: bool) -> Result<Vm
 }
 
 /// The pages KVM saw the guest write, in every slot, since the VM was created or the last
-/// call, as one RAM-order page set (see `memory::dirty`); clears KVM's log. The VM must have
-/// been created with `dirty_log`. Call it with the vCPUs paused for an exact set; while they
-/// run, a page written during the call is reported now or next time, never lost.
+/// call, as one RAM-order page set (bit `i` of word `w` is RAM page `w * 64 + i`, as
+/// everywhere in the `memory` crate); clears KVM's log. The VM must have been created with
+/// `dirty_log`, or this fails on the first slot and clears nothing. Call it with the vCPUs
+/// paused for an exact set; while they run, a page written during the call is reported now
+/// or next time, never lost.
 ///
 /// This is the classic `KVM_GET_DIRTY_LOG`: one ioctl per slot returns the slot's log and,
 /// in the same step, clears it and write-protects those pages again. The alternative,
