@@ -49,7 +49,7 @@ mod snapshot_proto_tests {
         assert_eq!(PAGES_PER_SUBREGION, 256);
         assert_eq!(page_addr(0, 0), REGION_START);
         assert_eq!(page_addr(15, 255) + PAGE_SIZE, REGION_START + REGION_SIZE);
-        assert!(REGION_START >= 8 << 20 && REGION_START + REGION_SIZE <= 128 << 20);
+        const { assert!(REGION_START >= 8 << 20 && REGION_START + REGION_SIZE <= 128 << 20) };
     }
 
     #[test]
