@@ -40,7 +40,7 @@ pub struct SnapshotGuest {
     /// Serial output of the processes before the current one, up to the checkpoint the
     /// current one was restored from.
     earlier: String,
-    /// Bytes of the current process's serial log already searched for answers.
+    /// Bytes of [`SnapshotGuest::output`] already searched for answers.
     answered: usize,
 }
 
@@ -50,6 +50,7 @@ pub struct SnapshotGuest {
 pub struct Checkpoint {
     gens: [u64; SUBREGIONS],
     output: String,
+    answered: usize,
 }
 
 impl Checkpoint {
@@ -128,34 +129,44 @@ impl SnapshotGuest {
 
     /// Sends `command`'s byte and, for a command with an answer, waits for the answer line
     /// (`WROTE ...`, `VERIFY ...`, `UNKNOWN ...`) printed after it was sent, and returns it.
-    /// Does not change the host's generations: see [`SnapshotGuest::write`] and friends.
+    /// Bumps the host's generations as [`SnapshotGuest::put`] does, without checking the
+    /// answer: [`SnapshotGuest::write`] and friends check it.
     pub fn send(&mut self, vm: &ApiVm, command: Command) -> Option<String> {
+        self.put(vm, command);
+        let prefix = answer_prefix(command)?;
+        Some(self.answer(vm, prefix))
+    }
+
+    /// Sends `command`'s byte without waiting for its answer (to pause or snapshot while the
+    /// guest works on it); [`SnapshotGuest::answer`] waits for it later, in this process or
+    /// in one restored from a snapshot taken meanwhile. A write command bumps the host's
+    /// generations now: the guest has it, and a snapshot taken from here on holds it.
+    pub fn put(&mut self, vm: &ApiVm, command: Command) {
         let byte = command
             .byte()
             .unwrap_or_else(|| panic!("{command:?} has no byte"));
         // Answers to this command can only come after this point: the guest has not read it.
-        let from = vm.serial().len();
-        self.answered = self.answered.max(from);
+        self.answered = self.answered.max(self.output(vm).len());
         vm.ok(
             "PUT",
             "/serial",
             serde_json::json!({ "data": char::from(byte).to_string() }),
         );
-        let prefix = match command {
-            Command::Write(_) | Command::WriteAll => "WROTE ",
-            Command::Verify => "VERIFY ",
-            Command::Unknown(_) => "UNKNOWN ",
-            Command::Quit | Command::Ignore => return None,
-        };
-        Some(self.wait_answer(vm, prefix))
+        match command {
+            Command::Write(k) => self.gens[k] += 1,
+            Command::WriteAll => self.gens.iter_mut().for_each(|g| *g += 1),
+            _ => {}
+        }
     }
 
-    /// Waits for a complete line starting with `prefix` in the serial log after what earlier
-    /// answers consumed; the log up to its end is consumed.
-    fn wait_answer(&mut self, vm: &ApiVm, prefix: &str) -> String {
+    /// Waits for a complete line starting with `prefix` (`WROTE `, `VERIFY `, `UNKNOWN `) in
+    /// [`SnapshotGuest::output`] after what earlier answers consumed, consumes the output up
+    /// to it and returns it. Fails on a `FAIL` or `panicked` line, or after
+    /// [`ANSWER_TIMEOUT`].
+    pub fn answer(&mut self, vm: &ApiVm, prefix: &str) -> String {
         let start = Instant::now();
         loop {
-            let log = vm.serial();
+            let log = self.output(vm);
             let tail = log.get(self.answered..).unwrap_or("");
             let mut offset = self.answered;
             for line in tail.split_inclusive('\n') {
@@ -184,14 +195,12 @@ impl SnapshotGuest {
     pub fn write(&mut self, vm: &ApiVm, k: usize) {
         assert!(k < SUBREGIONS, "sub-region {k}");
         let answer = self.send(vm, Command::Write(k));
-        self.gens[k] += 1;
         assert_eq!(answer, Some(format!("WROTE {k} {}", self.gens[k])));
     }
 
     /// `A`: bumps every generation (16 MiB rewritten) and checks the guest's `WROTE all`.
     pub fn write_all(&mut self, vm: &ApiVm) {
         let answer = self.send(vm, Command::WriteAll);
-        self.gens.iter_mut().for_each(|g| *g += 1);
         assert_eq!(answer.as_deref(), Some("WROTE all"));
     }
 
@@ -266,6 +275,7 @@ impl SnapshotGuest {
         Checkpoint {
             gens: self.gens,
             output: self.output(vm),
+            answered: self.answered,
         }
     }
 
@@ -275,7 +285,17 @@ impl SnapshotGuest {
     pub fn restored(&mut self, at: &Checkpoint) {
         self.gens = at.gens;
         self.earlier = at.output.clone();
-        self.answered = 0;
+        self.answered = at.answered;
+    }
+}
+
+/// The answer line `command` gets: what it starts with (`None`: no answer).
+pub fn answer_prefix(command: Command) -> Option<&'static str> {
+    match command {
+        Command::Write(_) | Command::WriteAll => Some("WROTE "),
+        Command::Verify => Some("VERIFY "),
+        Command::Unknown(_) => Some("UNKNOWN "),
+        Command::Quit | Command::Ignore => None,
     }
 }
 

@@ -37,6 +37,18 @@ fn writes_verify_and_the_count_goes_on_across_a_pause() {
         Some("UNKNOWN 0x78")
     );
 
+    // A command sent just before a pause is answered after the resume.
+    guest.put(&vm, Command::WriteAll);
+    vm.set_state("Paused");
+    std::thread::sleep(Duration::from_millis(100));
+    vm.set_state("Resumed");
+    assert_eq!(guest.answer(&vm, "WROTE "), "WROTE all");
+    guest.verify(&vm);
+    assert_eq!(
+        guest.expected_verify(),
+        "VERIFY ok 2,2,2,4,2,2,2,2,2,2,2,2,2,2,2,2"
+    );
+
     vm.set_state("Paused");
     let frozen = guest.last_count(&vm);
     std::thread::sleep(Duration::from_millis(300));
