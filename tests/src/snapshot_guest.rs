@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # use tests::snapshot_guest::SnapshotGuest;
-//! let (vm, mut guest) = SnapshotGuest::boot(&[]);
+//! let (vm, mut guest) = SnapshotGuest::boot("128M", &[]);
 //! guest.write(&vm, 3);
 //! guest.write_all(&vm);
 //! guest.verify(&vm); // VERIFY ok 1,1,1,2,1,...
@@ -81,24 +81,26 @@ impl SnapshotGuest {
         }
     }
 
-    /// petrel's arguments that boot the scenario with 128 MiB (the least it accepts).
-    pub fn args() -> Vec<String> {
+    /// petrel's arguments that boot the scenario with `memory` of RAM (`--memory`'s syntax;
+    /// the region ends at 80 MiB, and the snapshot tests use 128M or more).
+    pub fn args(memory: &str) -> Vec<String> {
         [
             "--kernel",
             test_guest().to_str().expect("UTF-8 temp path"),
             "--cmdline",
             "petrel.test=snapshot",
             "--memory",
-            "128M",
+            memory,
         ]
         .map(String::from)
         .to_vec()
     }
 
-    /// Starts petrel with an API socket, the scenario ([`SnapshotGuest::args`]) and `extra`
-    /// arguments (a later `--memory` wins), and waits until the guest has written its region.
-    pub fn boot(extra: &[&str]) -> (ApiVm, SnapshotGuest) {
-        let args = SnapshotGuest::args();
+    /// Starts petrel with an API socket, the scenario with `memory` of RAM
+    /// ([`SnapshotGuest::args`]) and `extra` arguments, and waits until the guest has written
+    /// its region.
+    pub fn boot(memory: &str, extra: &[&str]) -> (ApiVm, SnapshotGuest) {
+        let args = SnapshotGuest::args(memory);
         let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
         all.extend_from_slice(extra);
         let vm = ApiVm::spawn(&all);

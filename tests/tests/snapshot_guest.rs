@@ -14,7 +14,7 @@ fn writes_verify_and_the_count_goes_on_across_a_pause() {
     if !kvm_available() {
         return;
     }
-    let (mut vm, mut guest) = SnapshotGuest::boot(&[]);
+    let (mut vm, mut guest) = SnapshotGuest::boot("128M", &[]);
     guest.wait_counts(&vm, 3);
 
     let timed = |what: &str, start: Instant| eprintln!("{what}: {:?}", start.elapsed());

@@ -3,11 +3,12 @@
 //! `count`, so that after a pause, a snapshot and a restore the host sees whether memory came
 //! back as it was and the guest went on from where it stopped.
 //!
-//! The region is [`REGION_SIZE`] bytes at the fixed guest-physical [`REGION_START`] (64 MiB;
-//! boot with `--memory 128M` or more, else the scenario fails), split into 16 sub-regions of
-//! 1 MiB with a generation each (0 at start). Writing sub-region k at generation g stores, in
-//! each of its 256 pages, two words derived from (k, g, page) ([`page_words`]) at offsets 0 and
-//! 4088. At start every sub-region is written at generation 0 and the guest prints
+//! The region is [`REGION_SIZE`] bytes at the fixed guest-physical [`REGION_START`] (64 MiB:
+//! it needs RAM up to 80 MiB, else the scenario fails; the tests boot it with 128M or more),
+//! split into 16 sub-regions of 1 MiB with a generation each (0 at start). Writing sub-region
+//! k at generation g stores, in each of its 256 pages, two words derived from (k, g, page)
+//! ([`page_words`]) at offsets 0 and 4088. At start every sub-region is written at
+//! generation 0 and the guest prints
 //!
 //! ```text
 //! SNAPSHOT ready region=0x4000000..0x5000000
@@ -125,7 +126,7 @@ impl Region {
                 .max()
                 .unwrap_or(0);
             return Err(format!(
-                "RAM too small: the region {:#x}..{:#x} is not all RAM in the e820 map (RAM ends at {ram_end:#x}; boot with --memory 128M or more)",
+                "RAM too small: the region {:#x}..{:#x} is not all RAM in the e820 map (RAM ends at {ram_end:#x}; boot with --memory 80M or more)",
                 region.start, region.end
             ));
         }
