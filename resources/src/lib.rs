@@ -19,3 +19,51 @@ pub static TEST_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/petrel-
 #[cfg(test)]
 #[path = "../guest/src/rt/scancode.rs"]
 mod guest_scancode;
+
+/// The `snapshot` scenario's region layout, page pattern and command bytes, compiled from the
+/// guest's own source so host and guest cannot disagree.
+#[path = "../guest/src/scenarios/snapshot_proto.rs"]
+pub mod snapshot_proto;
+
+#[cfg(test)]
+mod snapshot_proto_tests {
+    use super::snapshot_proto::*;
+
+    #[test]
+    fn the_pattern_is_never_zero_and_differs_across_regions_generations_and_pages() {
+        let mut seen = std::collections::HashSet::new();
+        for k in 0..SUBREGIONS {
+            for g in 0..4 {
+                for page in 0..PAGES_PER_SUBREGION {
+                    let (first, last) = page_words(k, g, page);
+                    assert!(first != 0 && last != 0 && first != last);
+                    assert!(seen.insert(first) && seen.insert(last), "{k} {g} {page}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_region_fits_under_128_mib_above_the_guest_image() {
+        assert_eq!(REGION_SIZE, 16 << 20);
+        assert_eq!(PAGES_PER_SUBREGION, 256);
+        assert_eq!(page_addr(0, 0), REGION_START);
+        assert_eq!(page_addr(15, 255) + PAGE_SIZE, REGION_START + REGION_SIZE);
+        const { assert!(REGION_START >= 8 << 20 && REGION_START + REGION_SIZE <= 128 << 20) };
+    }
+
+    #[test]
+    fn command_bytes_round_trip() {
+        for byte in 0..=u8::MAX {
+            let command = Command::parse(byte);
+            match command {
+                Command::Ignore => assert!(b"\r\n ".contains(&byte)),
+                Command::Unknown(b) => assert_eq!(b, byte),
+                _ => assert_eq!(command.byte(), Some(byte)),
+            }
+        }
+        assert_eq!(Command::parse(b'f'), Command::Write(15));
+        assert_eq!(Command::parse(b'F'), Command::Unknown(b'F'));
+        assert_eq!(Command::Write(16).byte(), None);
+    }
+}

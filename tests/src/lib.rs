@@ -15,6 +15,7 @@ pub mod api_vm;
 pub mod browser;
 pub mod http;
 pub mod netns;
+pub mod snapshot_guest;
 pub mod web_vm;
 
 /// The workspace root.

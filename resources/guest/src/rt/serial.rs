@@ -7,8 +7,12 @@ use super::cpu;
 const COM1: u16 = 0x3f8;
 /// Transmit holding register (write).
 const THR: u16 = COM1;
+/// Receive buffer register (read).
+const RBR: u16 = COM1;
 /// Line status register.
 const LSR: u16 = COM1 + 5;
+/// LSR: a received byte waits in RBR.
+const LSR_DATA_READY: u8 = 1 << 0;
 /// LSR: the transmit holding register is empty.
 const LSR_THR_EMPTY: u8 = 1 << 5;
 /// Give up waiting for THR-empty after this many polls and write anyway: a missing or stuck
@@ -28,6 +32,19 @@ impl Serial {
         }
         // SAFETY: writing a byte to the UART's THR only transmits it.
         unsafe { cpu::outb(THR, byte) };
+    }
+
+    /// The next received byte, if one waits: one LSR read (a VM exit), and an RBR read only
+    /// when the data-ready bit is set. Interrupts stay off; callers poll. An absent UART reads
+    /// 0xff everywhere and yields nothing.
+    pub fn try_read_byte() -> Option<u8> {
+        // SAFETY: reading the line status register has no side effects on memory.
+        let lsr = unsafe { cpu::inb(LSR) };
+        if lsr == 0xff || lsr & LSR_DATA_READY == 0 {
+            return None;
+        }
+        // SAFETY: reading RBR takes the byte out of the receive FIFO; it touches no memory.
+        Some(unsafe { cpu::inb(RBR) })
     }
 }
 

@@ -18,6 +18,8 @@ mod machine;
 mod net;
 mod screen;
 mod smp;
+mod snapshot;
+pub mod snapshot_proto;
 mod vsock;
 
 use alloc::string::String;
@@ -123,6 +125,11 @@ pub static SCENARIOS: &[Scenario] = &[
         name: "screen",
         run: screen::run,
         exit: Exit::Reset,
+    },
+    Scenario {
+        name: "snapshot",
+        run: snapshot::run,
+        exit: Exit::PowerOff,
     },
 ];
 

@@ -1,0 +1,436 @@
+//! The host side of the test guest's `snapshot` scenario (see
+//! `resources/guest/src/scenarios/snapshot.rs`): sends its commands through `PUT /serial`, waits
+//! for their answers in the serial log, keeps the generations the host commanded, and checks
+//! that `COUNT` lines go on without a gap or a repeat across pauses, snapshots and restores.
+//!
+//! ```no_run
+//! # use tests::snapshot_guest::SnapshotGuest;
+//! let (vm, mut guest) = SnapshotGuest::boot("128M", &[]);
+//! guest.write(&vm, 3);
+//! guest.write_all(&vm);
+//! guest.verify(&vm); // VERIFY ok 1,1,1,2,1,...
+//! vm.set_state("Paused");
+//! let at = guest.checkpoint(&vm); // with the snapshot
+//! // ... restore into a new petrel `vm2` (its serial log starts empty) ...
+//! # let vm2 = vm;
+//! guest.restored(&at);
+//! guest.assert_counts_continue(&vm2);
+//! guest.verify(&vm2);
+//! ```
+
+use std::time::{Duration, Instant};
+
+use resources::snapshot_proto::{
+    page_words, Command, LAST_WORD_OFFSET, PAGES_PER_SUBREGION, PAGE_SIZE, REGION_SIZE, SUBREGIONS,
+    SUBREGION_SIZE,
+};
+
+use crate::api_vm::ApiVm;
+use crate::{test_guest, Output};
+
+/// How long the guest gets to answer a command (`A` and `v` take well under a second here).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long petrel gets to exit after `q`.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The generations the host commanded, and where the guest's output stands.
+#[derive(Debug)]
+pub struct SnapshotGuest {
+    gens: [u64; SUBREGIONS],
+    /// Serial output of the processes before the current one, up to the checkpoint the
+    /// current one was restored from.
+    earlier: String,
+    /// Bytes of [`SnapshotGuest::output`] already searched for answers.
+    answered: usize,
+}
+
+/// What the guest was at when a snapshot was taken: restore from it with
+/// [`SnapshotGuest::restored`].
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    gens: [u64; SUBREGIONS],
+    output: String,
+    answered: usize,
+}
+
+impl Checkpoint {
+    /// The generations at the checkpoint.
+    pub fn generations(&self) -> [u64; SUBREGIONS] {
+        self.gens
+    }
+
+    /// All the guest printed up to the checkpoint, across restores.
+    pub fn output(&self) -> &str {
+        &self.output
+    }
+}
+
+impl Default for SnapshotGuest {
+    fn default() -> Self {
+        SnapshotGuest::new()
+    }
+}
+
+impl SnapshotGuest {
+    /// The host side of a guest that just booted the scenario (all generations 0).
+    pub fn new() -> SnapshotGuest {
+        SnapshotGuest {
+            gens: [0; SUBREGIONS],
+            earlier: String::new(),
+            answered: 0,
+        }
+    }
+
+    /// petrel's arguments that boot the scenario with `memory` of RAM (`--memory`'s syntax;
+    /// the region ends at 80 MiB, and the snapshot tests use 128M or more).
+    pub fn args(memory: &str) -> Vec<String> {
+        [
+            "--kernel",
+            test_guest().to_str().expect("UTF-8 temp path"),
+            "--cmdline",
+            "petrel.test=snapshot",
+            "--memory",
+            memory,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Starts petrel with an API socket, the scenario with `memory` of RAM
+    /// ([`SnapshotGuest::args`]) and `extra` arguments, and waits until the guest has written
+    /// its region.
+    pub fn boot(memory: &str, extra: &[&str]) -> (ApiVm, SnapshotGuest) {
+        let args = SnapshotGuest::args(memory);
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        let vm = ApiVm::spawn(&all);
+        let guest = SnapshotGuest::new();
+        guest.wait_ready(&vm);
+        (vm, guest)
+    }
+
+    /// Waits for the guest's `SNAPSHOT ready` line (its region is written at generation 0);
+    /// fails on a `FAIL` line (too little RAM, for instance).
+    pub fn wait_ready(&self, vm: &ApiVm) {
+        let found = vm.wait_serial(ANSWER_TIMEOUT, |l| {
+            (l.starts_with("SNAPSHOT ready") || l.starts_with("FAIL ")).then(|| l.to_string())
+        });
+        assert!(found.starts_with("SNAPSHOT ready"), "{found}");
+    }
+
+    /// The generations the host commanded so far.
+    pub fn generations(&self) -> [u64; SUBREGIONS] {
+        self.gens
+    }
+
+    /// The scenario's answer to `VERIFY` with the host's generations.
+    pub fn expected_verify(&self) -> String {
+        let gens: Vec<String> = self.gens.iter().map(u64::to_string).collect();
+        format!("VERIFY ok {}", gens.join(","))
+    }
+
+    /// Sends `command`'s byte and, for a command with an answer, waits for the answer line
+    /// (`WROTE ...`, `VERIFY ...`, `UNKNOWN ...`) printed after it was sent, and returns it.
+    /// Bumps the host's generations as [`SnapshotGuest::put`] does, without checking the
+    /// answer: [`SnapshotGuest::write`] and friends check it.
+    pub fn send(&mut self, vm: &ApiVm, command: Command) -> Option<String> {
+        self.put(vm, command);
+        let prefix = answer_prefix(command)?;
+        Some(self.answer(vm, prefix))
+    }
+
+    /// Sends `command`'s byte without waiting for its answer (to pause or snapshot while the
+    /// guest works on it); [`SnapshotGuest::answer`] waits for it later, in this process or
+    /// in one restored from a snapshot taken meanwhile. A write command bumps the host's
+    /// generations now: the guest has it, and a snapshot taken from here on holds it.
+    pub fn put(&mut self, vm: &ApiVm, command: Command) {
+        let byte = command
+            .byte()
+            .unwrap_or_else(|| panic!("{command:?} has no byte"));
+        // Answers to this command can only come after this point: the guest has not read it.
+        self.answered = self.answered.max(self.output(vm).len());
+        vm.ok(
+            "PUT",
+            "/serial",
+            serde_json::json!({ "data": char::from(byte).to_string() }),
+        );
+        match command {
+            Command::Write(k) => self.gens[k] += 1,
+            Command::WriteAll => self.gens.iter_mut().for_each(|g| *g += 1),
+            _ => {}
+        }
+    }
+
+    /// Waits for a complete line starting with `prefix` (`WROTE `, `VERIFY `, `UNKNOWN `) in
+    /// [`SnapshotGuest::output`] after what earlier answers consumed, consumes the output up
+    /// to it and returns it. Fails on a `FAIL` or `panicked` line, or after
+    /// [`ANSWER_TIMEOUT`].
+    pub fn answer(&mut self, vm: &ApiVm, prefix: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.output(vm);
+            let tail = log.get(self.answered..).unwrap_or("");
+            let mut offset = self.answered;
+            for line in tail.split_inclusive('\n') {
+                offset += line.len();
+                let Some(line) = line.strip_suffix('\n') else {
+                    break;
+                };
+                if line.starts_with(prefix) {
+                    self.answered = offset;
+                    return line.to_string();
+                }
+                assert!(
+                    !line.starts_with("FAIL ") && !line.starts_with("panicked"),
+                    "the guest failed while the host waited for {prefix:?}:\n{log}"
+                );
+            }
+            assert!(
+                start.elapsed() < ANSWER_TIMEOUT,
+                "no {prefix:?} line within {ANSWER_TIMEOUT:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// `0`-`f`: bumps sub-region `k`'s generation and checks the guest's `WROTE k g`.
+    pub fn write(&mut self, vm: &ApiVm, k: usize) {
+        assert!(k < SUBREGIONS, "sub-region {k}");
+        let answer = self.send(vm, Command::Write(k));
+        assert_eq!(answer, Some(format!("WROTE {k} {}", self.gens[k])));
+    }
+
+    /// `A`: bumps every generation (16 MiB rewritten) and checks the guest's `WROTE all`.
+    pub fn write_all(&mut self, vm: &ApiVm) {
+        let answer = self.send(vm, Command::WriteAll);
+        assert_eq!(answer.as_deref(), Some("WROTE all"));
+    }
+
+    /// `v`: has the guest check every page and asserts `VERIFY ok` with exactly the host's
+    /// generations (a guest restored from an older snapshot verifies its own, older ones).
+    pub fn verify(&mut self, vm: &ApiVm) {
+        let answer = self.send(vm, Command::Verify);
+        assert_eq!(
+            answer,
+            Some(self.expected_verify()),
+            "the guest's memory is not what the host wrote"
+        );
+    }
+
+    /// `q`: the guest prints `PASS snapshot` and powers off; asserts that and petrel's exit
+    /// status 0, and returns what petrel left.
+    pub fn quit(&mut self, vm: &mut ApiVm) -> Output {
+        self.send(vm, Command::Quit);
+        let out = vm.finish(EXIT_TIMEOUT);
+        let serial = vm.serial();
+        assert!(
+            serial.lines().any(|l| l == "PASS snapshot"),
+            "no PASS snapshot\n{serial}\n{out}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{out}");
+        out
+    }
+
+    /// All the guest printed: the earlier processes' output up to the checkpoint this one was
+    /// restored from, then the current process's serial log.
+    pub fn output(&self, vm: &ApiVm) -> String {
+        format!("{}{}", self.earlier, vm.serial())
+    }
+
+    /// The last complete `COUNT n` line in [`SnapshotGuest::output`].
+    pub fn last_count(&self, vm: &ApiVm) -> Option<u64> {
+        let output = self.output(vm);
+        let complete = &output[..output.rfind('\n').map_or(0, |i| i + 1)];
+        complete
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("COUNT ")?.parse().ok())
+    }
+
+    /// Asserts that the `COUNT` lines in [`SnapshotGuest::output`] run from 0 with no gap, no
+    /// repeat and no garbled line, and returns the last.
+    pub fn assert_counts_continue(&self, vm: &ApiVm) -> u64 {
+        let output = self.output(vm);
+        match check_counts(&output) {
+            Ok(Counts { first: 0, last }) => last,
+            Ok(counts) => panic!("the counts start at {}, not 0:\n{output}", counts.first),
+            Err(e) => panic!("{e}\n--- output ---\n{output}"),
+        }
+    }
+
+    /// Waits until the current process printed `COUNT` lines `more` past the last one so far.
+    pub fn wait_counts(&self, vm: &ApiVm, more: u64) -> u64 {
+        let target = self
+            .last_count(vm)
+            .map_or(more.saturating_sub(1), |n| n + more);
+        vm.wait_serial(Duration::from_secs(60), |l| {
+            l.strip_prefix("COUNT ")?
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n >= target)
+        })
+    }
+
+    /// What the guest is at now, to be taken with a snapshot while the VM is paused (its
+    /// serial output must be complete: nothing prints while paused).
+    pub fn checkpoint(&self, vm: &ApiVm) -> Checkpoint {
+        Checkpoint {
+            gens: self.gens,
+            output: self.output(vm),
+            answered: self.answered,
+        }
+    }
+
+    /// The guest goes on in a new petrel process restored from `at`'s snapshot, whose serial
+    /// log starts empty: the host's generations and the output go back to the checkpoint's
+    /// (what the guest printed after it, in the process the snapshot came from, is dropped).
+    pub fn restored(&mut self, at: &Checkpoint) {
+        self.gens = at.gens;
+        self.earlier = at.output.clone();
+        self.answered = at.answered;
+    }
+}
+
+/// The answer line `command` gets: what it starts with (`None`: no answer).
+pub fn answer_prefix(command: Command) -> Option<&'static str> {
+    match command {
+        Command::Write(_) | Command::WriteAll => Some("WROTE "),
+        Command::Verify => Some("VERIFY "),
+        Command::Unknown(_) => Some("UNKNOWN "),
+        Command::Quit | Command::Ignore => None,
+    }
+}
+
+/// The `COUNT` lines of an output: the first and last numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counts {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// Checks the complete `COUNT n` lines of `output` (a line being written at the end is left
+/// out): each must be one more than the one before, and a line that mentions `COUNT` but is
+/// not `COUNT <number>` is garbled (a restore that repeated or lost part of a line). Other
+/// lines are ignored.
+pub fn check_counts(output: &str) -> Result<Counts, String> {
+    let complete = &output[..output.rfind('\n').map_or(0, |i| i + 1)];
+    let mut counts: Option<Counts> = None;
+    for (i, line) in complete.lines().enumerate() {
+        if !line.contains("COUNT") {
+            continue;
+        }
+        let n: u64 = line
+            .strip_prefix("COUNT ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("line {}: garbled count line {line:?}", i + 1))?;
+        counts = match counts {
+            None => Some(Counts { first: n, last: n }),
+            Some(c) if n == c.last + 1 => Some(Counts { last: n, ..c }),
+            Some(c) => {
+                let what = if n <= c.last { "a repeat" } else { "a gap" };
+                return Err(format!(
+                    "line {}: COUNT {} followed by COUNT {n}: {what}",
+                    i + 1,
+                    c.last
+                ));
+            }
+        };
+    }
+    counts.ok_or_else(|| "no COUNT line".to_string())
+}
+
+/// Checks the scenario's region as a snapshot's memory holds it: `region` is the
+/// [`REGION_SIZE`] bytes from guest-physical `REGION_START` on (for a flat memory file of a
+/// guest under 3 GiB, the bytes at that file offset). Names the first page that differs.
+pub fn check_region(region: &[u8], gens: &[u64; SUBREGIONS]) -> Result<(), String> {
+    if region.len() as u64 != REGION_SIZE {
+        return Err(format!(
+            "{} bytes given, the region is {REGION_SIZE}",
+            region.len()
+        ));
+    }
+    let word = |offset: u64| {
+        let at = offset as usize;
+        u64::from_le_bytes(region[at..at + 8].try_into().expect("8 bytes"))
+    };
+    for (k, &g) in gens.iter().enumerate() {
+        for page in 0..PAGES_PER_SUBREGION {
+            let start = k as u64 * SUBREGION_SIZE + page * PAGE_SIZE;
+            let (first, last) = page_words(k, g, page);
+            for (offset, expected) in [(0, first), (LAST_WORD_OFFSET, last)] {
+                let found = word(start + offset);
+                if found != expected {
+                    return Err(format!(
+                        "sub-region {k} (generation {g}) page {page} offset {offset}: expected {expected:#x}, found {found:#x}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use resources::snapshot_proto::page_addr;
+
+    #[test]
+    fn counts_that_go_on_across_a_cut_line_pass() {
+        // A pause between "COUN" and "T 2": the restored process prints the rest.
+        let before =
+            "SNAPSHOT ready region=0x4000000..0x5000000\nCOUNT 0\nCOUNT 1\nWROTE 3 1\nCOUN";
+        let after = "T 2\nVERIFY ok 0,0\nCOUNT 3\nCOUNT 4\nCOU";
+        assert_eq!(
+            check_counts(&format!("{before}{after}")),
+            Ok(Counts { first: 0, last: 4 })
+        );
+        assert_eq!(check_counts("COUNT 7\n"), Ok(Counts { first: 7, last: 7 }));
+    }
+
+    #[test]
+    fn gaps_repeats_and_garbled_lines_fail() {
+        let err = |s: &str| check_counts(s).unwrap_err();
+        assert!(err("COUNT 0\nCOUNT 2\n").contains("COUNT 0 followed by COUNT 2: a gap"));
+        assert!(err("COUNT 0\nCOUNT 1\nCOUNT 1\n").contains("a repeat"));
+        // Restored from an older snapshot: the count goes back.
+        assert!(err("COUNT 5\nCOUNT 6\nCOUNT 3\n").contains("a repeat"));
+        // A restore that printed a line's start again.
+        assert!(err("COUNT 0\nCOUNCOUNT 1\n").contains("line 2: garbled"));
+        assert!(err("COUNT 0\nCOUNT 1x\n").contains("garbled"));
+        assert_eq!(err("PASS snapshot\nCOUNT 3"), "no COUNT line");
+    }
+
+    #[test]
+    fn a_region_written_like_the_guest_checks_and_a_changed_word_is_named() {
+        let mut gens = [0u64; SUBREGIONS];
+        gens[3] = 2;
+        let mut region = vec![0u8; REGION_SIZE as usize];
+        let base = page_addr(0, 0);
+        for (k, &g) in gens.iter().enumerate() {
+            for page in 0..PAGES_PER_SUBREGION {
+                let at = (page_addr(k, page) - base) as usize;
+                let (first, last) = page_words(k, g, page);
+                region[at..at + 8].copy_from_slice(&first.to_le_bytes());
+                let end = at + LAST_WORD_OFFSET as usize;
+                region[end..end + 8].copy_from_slice(&last.to_le_bytes());
+            }
+        }
+        assert_eq!(check_region(&region, &gens), Ok(()));
+        let mut older = gens;
+        older[3] = 1;
+        let err = check_region(&region, &older).unwrap_err();
+        assert!(
+            err.starts_with("sub-region 3 (generation 1) page 0 offset 0"),
+            "{err}"
+        );
+        let at = (page_addr(9, 17) - base + LAST_WORD_OFFSET) as usize;
+        region[at] ^= 1;
+        let err = check_region(&region, &gens).unwrap_err();
+        assert!(
+            err.starts_with("sub-region 9 (generation 0) page 17 offset 4088"),
+            "{err}"
+        );
+        assert!(check_region(&region[1..], &gens).is_err());
+    }
+}
