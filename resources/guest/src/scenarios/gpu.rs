@@ -38,11 +38,11 @@ fn pattern(x: u32, y: u32, salt: u8) -> [u8; 4] {
     ]
 }
 
-/// Writes the pattern for `r` into the B8G8R8A8 buffer at `base` (`w` pixels a row).
-fn draw(base: u64, w: u32, r: Rect, salt: u8) {
+/// Writes `pixel(x, y)` (RGBA) for `r` into the B8G8R8A8 buffer at `base` (`w` pixels a row).
+fn draw(base: u64, w: u32, r: Rect, pixel: impl Fn(u32, u32) -> [u8; 4]) {
     for y in r.y..r.y + r.height {
         for x in r.x..r.x + r.width {
-            let [red, green, blue, alpha] = pattern(x, y, salt);
+            let [red, green, blue, alpha] = pixel(x, y);
             let at = base + (u64::from(y) * u64::from(w) + u64::from(x)) * 4;
             let word = u32::from_le_bytes([blue, green, red, alpha]);
             // SAFETY: `base` is the start of `pages` this scenario allocated for a `w`-wide
@@ -90,7 +90,7 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
         width: w / 2,
         height: h / 2,
     };
-    draw(base, w, sub, SALT);
+    draw(base, w, sub, |x, y| pattern(x, y, SALT));
     show(&mut gpu, sub, w)?;
     gpu.cursor_command(
         Request::new(gpu::CMD_MOVE_CURSOR)
@@ -109,6 +109,20 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
         cpu::halt_forever();
     }
     Ok(())
+}
+
+impl Frame {
+    /// Paints the whole frame with `pixel(x, y)` (RGBA), transfers and flushes it.
+    pub fn paint(&mut self, pixel: impl Fn(u32, u32) -> [u8; 4]) -> Result<(), String> {
+        let whole = Rect {
+            x: 0,
+            y: 0,
+            width: self.width,
+            height: self.height,
+        };
+        draw(self.base, self.width, whole, pixel);
+        show(&mut self.gpu, whole, self.width)
+    }
 }
 
 /// The first virtio-gpu on the command line.
@@ -142,7 +156,7 @@ pub fn first_frame(device: Device, check_errors: bool) -> Result<Frame, String> 
         width: w,
         height: h,
     };
-    draw(base, w, whole, 0);
+    draw(base, w, whole, |x, y| pattern(x, y, 0));
     gpu.expect_ok(
         "RESOURCE_CREATE_2D",
         Request::new(gpu::CMD_RESOURCE_CREATE_2D)

@@ -12,13 +12,14 @@ mod console;
 mod count;
 mod crash;
 mod demo;
-mod input;
 mod gpu;
+mod input;
 mod machine;
 mod net;
 mod screen;
 mod smp;
 mod snapshot;
+mod snapshot_devices;
 pub mod snapshot_proto;
 mod vsock;
 

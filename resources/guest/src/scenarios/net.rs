@@ -29,7 +29,7 @@ use crate::rt::fnv::fnv1a64;
 use crate::virtio::{self, poll, DeviceType, PetrelHal};
 
 const QUEUE_SIZE: usize = 16;
-type Net = VirtIONetRaw<PetrelHal, MmioTransport<'static>, QUEUE_SIZE>;
+pub type Net = VirtIONetRaw<PetrelHal, MmioTransport<'static>, QUEUE_SIZE>;
 
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 const GUEST_MAGIC: &[u8] = b"petrel-guest-frame";
@@ -97,7 +97,7 @@ fn guest_frame(mac: &[u8; 6]) -> Vec<u8> {
 /// Sends `frame` (without a virtio-net header: this adds it) and waits until the device has
 /// taken it. `VirtIONetRaw::send` would block forever on a dead device, hence the
 /// non-blocking calls: the header and the frame go in one buffer (one descriptor).
-fn transmit(net: &mut Net, frame: &[u8]) -> Result<(), String> {
+pub fn transmit(net: &mut Net, frame: &[u8]) -> Result<(), String> {
     let mut buf = vec![0u8; 16 + frame.len()];
     let header = net
         .fill_buffer_header(&mut buf)

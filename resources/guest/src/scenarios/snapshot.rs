@@ -26,6 +26,22 @@
 //! | `\r`, `\n`, space | nothing | - |
 //! | other | nothing | `UNKNOWN <byte>` (0x-prefixed hex) |
 //!
+//! With virtio devices on the command line, the scenario sets them up after writing the region
+//! and before `SNAPSHOT ready` (printing `SNAPSHOT devices=<kinds>`), and takes more commands,
+//! each answered in one line (see `snapshot_devices` and `snapshot_proto::Command`):
+//!
+//! | byte | action | answer |
+//! |------|--------|--------|
+//! | `r` | read sectors 0..8 of the block device | `DISK <fnv1a64 as 16 hex digits>` |
+//! | `w` | write sector 8 at the disk counter n, flush | `DISK wrote <n>` |
+//! | `p` | `CONSOLE <n>` on the virtio console | `CONSOLE <n>` |
+//! | `s` | connect to host port 5000, `ping <n>` echoed, close | `VSOCK ok <n>` (or `refused`, `bad`) |
+//! | `g` | paint the screen at screen counter n, flush | `GPU drew <n>` |
+//! | `i` | drain the input devices' events | `KEYS <code>:<value>,...` or `KEYS none` |
+//! | `n` | send one frame on the network device | `NET sent <n>` |
+//!
+//! A command for a device that is absent answers `NODEV <byte>`.
+//!
 //! The guest's own g[] lives in its memory and is restored with it, so `VERIFY ok` alone does
 //! not prove a restore right: the host compares the generations printed with the ones it
 //! commanded. Every line is printed whole by the one CPU; a pause between two bytes of a line
@@ -35,6 +51,7 @@ use alloc::format;
 use alloc::string::String;
 use core::fmt;
 
+use super::snapshot_devices::Devices;
 use super::snapshot_proto::{
     page_addr, page_words, Command, LAST_WORD_OFFSET, PAGES_PER_SUBREGION, REGION_SIZE,
     REGION_START, SUBREGIONS,
@@ -55,6 +72,16 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
     let mut gens = [0u64; SUBREGIONS];
     for (k, &g) in gens.iter().enumerate() {
         region.write(k, g);
+    }
+    let mut devices = Devices::open(boot)?;
+    // The devices' queues and buffers come from the page allocator, which starts right after
+    // the image: they must not have reached the region.
+    let free = pages::free();
+    if free.start > REGION_START && free.start < free.end {
+        return Err(format!(
+            "the devices took memory up to {:#x}, inside the region",
+            free.start
+        ));
     }
     println!(
         "SNAPSHOT ready region={:#x}..{:#x}",
@@ -90,6 +117,13 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
                     ),
                 },
                 Command::Quit => return Ok(()),
+                command @ (Command::DiskRead
+                | Command::DiskWrite
+                | Command::Console
+                | Command::Vsock
+                | Command::Gpu
+                | Command::Keys
+                | Command::Net) => devices.handle(command)?,
                 Command::Ignore => {}
                 Command::Unknown(byte) => println!("UNKNOWN {byte:#04x}"),
             }
@@ -112,7 +146,7 @@ struct Mismatch {
 impl Region {
     /// Checks that the region lies in one e820 RAM entry, clear of the guest image, of what
     /// the zero page points at (command line, initrd) and of pages already allocated. The
-    /// scenario allocates nothing, so nothing else takes it later.
+    /// scenario allocates only the devices' few pages, checked in `run` to stay below it.
     fn claim(boot: &BootParams) -> Result<Region, String> {
         let region = REGION_START..REGION_START + REGION_SIZE;
         if !boot
