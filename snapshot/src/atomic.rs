@@ -51,6 +51,11 @@ impl AtomicFile {
         &self.file
     }
 
+    /// The destination path (for error messages).
+    pub(crate) fn dest(&self) -> &Path {
+        &self.dest
+    }
+
     /// Renames the temporary file over the destination and returns the open file.
     pub(crate) fn commit(mut self) -> Result<File, SnapshotError> {
         std::fs::rename(&self.tmp, &self.dest)
