@@ -50,6 +50,20 @@ impl RamLayout {
         self.size
     }
 
+    /// Checks the RAM is `guest_size` bytes.
+    pub(crate) fn expect_size(&self, path: &Path, guest_size: u64) -> Result<(), SnapshotError> {
+        if self.size != guest_size {
+            return Err(SnapshotError::RamLayout {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the RAM is {} bytes, the memory file is for {guest_size}",
+                    self.size
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Splits the RAM byte range `offset..offset + len` (which must lie inside the RAM) into
     /// `(region, offset in region, length, offset in the range)` pieces, one per region crossed.
     pub(crate) fn pieces(

@@ -14,6 +14,7 @@
 //! page in ascending order its index (u64 LE) and its 4096 bytes. For Full, the present pages
 //! are the non-zero pages held in the file.
 
+pub(crate) mod chain;
 pub(crate) mod header;
 pub(crate) mod verify;
 pub(crate) mod write;
