@@ -112,6 +112,8 @@ pub enum SnapshotError {
         parent: PathBuf,
         parent_size: u64,
     },
+    #[error("layer {} would replace its own parent", path.display())]
+    ParentIsDestination { path: PathBuf },
     #[error("memory chain from {} has a cycle: {} comes back", top.display(), repeated.display())]
     ChainCycle { top: PathBuf, repeated: PathBuf },
     #[error("memory chain from {} is longer than {max} layers", top.display())]

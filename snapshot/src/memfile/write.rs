@@ -1,7 +1,7 @@
 //! Writing full and layer memory files from guest RAM.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::header::{Header, MAX_PARENT_PATH};
@@ -128,6 +128,17 @@ pub fn write_diff(
     let guest_size = layout.size();
     check_set(path, dirty, guest_size)?;
     let parent = MemFile::open(parent_path)?;
+    if let Ok(dest) = std::fs::metadata(path) {
+        let pm = parent
+            .file
+            .metadata()
+            .map_err(|e| SnapshotError::io("stat", parent_path, e))?;
+        if (dest.dev(), dest.ino()) == (pm.dev(), pm.ino()) {
+            return Err(SnapshotError::ParentIsDestination {
+                path: path.to_path_buf(),
+            });
+        }
+    }
     if parent.header.guest_size != guest_size {
         return Err(SnapshotError::GuestSizeMismatch {
             child: path.to_path_buf(),
@@ -311,6 +322,20 @@ mod tests {
         let ram = vec![0u8; 8 * PAGE];
         let e = write_diff(&dir.path().join("l"), &[&ram], &set_of(8, &[0]), &base).unwrap_err();
         assert!(matches!(e, SnapshotError::GuestSizeMismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn diff_over_itself_is_refused_and_the_parent_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mem");
+        let ram = vec![0u8; 4 * PAGE];
+        let before = write_full(&path, &[&ram], &PageSet::full(4)).unwrap();
+        let e = write_diff(&path, &[&ram], &set_of(4, &[0]), &path).unwrap_err();
+        assert!(
+            matches!(e, SnapshotError::ParentIsDestination { .. }),
+            "{e}"
+        );
+        assert_eq!(read_header(&path).unwrap(), before);
     }
 
     #[test]
