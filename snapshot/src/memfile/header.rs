@@ -275,3 +275,92 @@ impl Header {
         Ok(header)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{fill, set_of, write_at, PAGE};
+    use crate::{read_header, resolve_chain, verify, write_diff, write_full};
+
+    /// Recomputes the header hash after a test changed fields, as a forger would.
+    fn rehash(path: &Path) {
+        let b = std::fs::read(path).unwrap();
+        let plen = u64::from(u32_at(&b, 120));
+        let mlen = u64_at(&b, 112);
+        let end = FIXED_LEN
+            .saturating_add(plen)
+            .saturating_add(mlen)
+            .min(b.len() as u64) as usize;
+        let mut h = blake3::Hasher::new();
+        h.update(&b[..HASHED_FIXED]);
+        h.update(&b[FIXED_LEN as usize..end]);
+        write_at(path, HASHED_FIXED as u64, h.finalize().as_bytes());
+    }
+
+    fn layer() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ram = vec![0u8; 130 * PAGE];
+        fill(&mut ram, 1, 1);
+        write_full(&dir.path().join("base"), &[&ram], &PageSet::full(130)).unwrap();
+        let top = dir.path().join("top");
+        write_diff(
+            &top,
+            &[&ram],
+            &set_of(130, &[1, 129]),
+            &dir.path().join("base"),
+        )
+        .unwrap();
+        (dir, top)
+    }
+
+    #[test]
+    fn forged_fields_with_a_valid_header_hash_are_refused_without_panics() {
+        let cases: Vec<(u64, Vec<u8>)> = vec![
+            (12, 9u32.to_le_bytes().to_vec()),              // kind
+            (16, (u64::MAX - 4095).to_le_bytes().to_vec()), // guest size
+            (16, 4097u64.to_le_bytes().to_vec()),           // guest size
+            (16, (1u64 << 40).to_le_bytes().to_vec()),      // guest size
+            (24, 8192u32.to_le_bytes().to_vec()),           // page size
+            (28, 1u32.to_le_bytes().to_vec()),              // flags
+            (32, 0u64.to_le_bytes().to_vec()),              // data offset
+            (32, u64::MAX.to_le_bytes().to_vec()),          // data offset
+            (40, u64::MAX.to_le_bytes().to_vec()),          // pages
+            (40, 3u64.to_le_bytes().to_vec()),              // pages
+            (112, u64::MAX.to_le_bytes().to_vec()),         // page map length
+            (112, 8u64.to_le_bytes().to_vec()),             // page map length
+            (120, u32::MAX.to_le_bytes().to_vec()),         // parent path length
+            (120, 0u32.to_le_bytes().to_vec()),             // parent path length
+            (FIXED_LEN + 4 + 16, vec![0xff]),               // page map: pages past the end
+        ];
+        for (at, bytes) in cases {
+            let (_d, top) = layer();
+            write_at(&top, at, &bytes);
+            rehash(&top);
+            let e = read_header(&top).expect_err(&format!("field at {at} = {bytes:?}"));
+            assert!(
+                matches!(
+                    e,
+                    SnapshotError::MemHeaderInvalid { .. } | SnapshotError::MemWrongSize { .. }
+                ),
+                "field at {at}: {e}"
+            );
+            assert!(resolve_chain(&top).is_err());
+            assert!(verify(&top).is_err());
+        }
+    }
+
+    #[test]
+    fn every_single_byte_flip_of_the_header_is_refused() {
+        let (_d, top) = layer();
+        let data_offset = read_header(&top).unwrap().data_offset;
+        let original = std::fs::read(&top).unwrap();
+        for at in 0..(FIXED_LEN + 4 + 24) {
+            let mut b = original.clone();
+            b[at as usize] ^= 0x10;
+            std::fs::write(&top, &b).unwrap();
+            assert!(read_header(&top).is_err(), "flip at {at} accepted");
+        }
+        std::fs::write(&top, &original).unwrap();
+        assert_eq!(read_header(&top).unwrap().data_offset, data_offset);
+    }
+}
