@@ -52,6 +52,10 @@ fn child_dir(child: &Path) -> &Path {
 /// Opens the memory file at `top` and follows parent paths (relative ones against the child's
 /// directory) down to the full base, checking every parent's content hash and guest size.
 pub fn resolve_chain(top: &Path) -> Result<Chain, SnapshotError> {
+    resolve_chain_limited(top, MAX_CHAIN_LAYERS)
+}
+
+fn resolve_chain_limited(top: &Path, max_layers: usize) -> Result<Chain, SnapshotError> {
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
     let mut layers: Vec<Layer> = Vec::new();
     let mut cur = MemFile::open(top)?;
@@ -77,10 +81,10 @@ pub fn resolve_chain(top: &Path) -> Result<Chain, SnapshotError> {
                 })
             }
         };
-        if layers.len() >= MAX_CHAIN_LAYERS {
+        if layers.len() >= max_layers {
             return Err(SnapshotError::ChainTooLong {
                 top: top.to_path_buf(),
-                max: MAX_CHAIN_LAYERS,
+                max: max_layers,
             });
         }
         let parent_path: PathBuf = if parent_ref.path.is_absolute() {
@@ -360,6 +364,23 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn chain_longer_than_the_limit_is_refused() {
+        let b = chain_of_three();
+        assert_eq!(
+            resolve_chain_limited(&b.path("l3"), 3)
+                .unwrap()
+                .layer_count(),
+            3
+        );
+        let e = resolve_chain_limited(&b.path("l3"), 2).err().unwrap();
+        assert!(
+            matches!(e, SnapshotError::ChainTooLong { max: 2, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("longer than 2 layers"), "{e}");
     }
 
     #[test]

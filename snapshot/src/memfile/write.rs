@@ -251,6 +251,46 @@ mod tests {
         assert_eq!(full_image(&path), ram);
     }
 
+    /// Maps `len` bytes of `file` at `offset` MAP_PRIVATE, as the VMM does per region, and
+    /// returns a copy of them.
+    fn map_private(file: &std::fs::File, offset: u64, len: usize) -> Vec<u8> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh private read-only mapping of an open file, at an offset that is a
+        // multiple of the page size; the kernel picks the address, so nothing is replaced.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        // SAFETY: the mapping above is `len` readable bytes and stays mapped until munmap below.
+        let copy = unsafe { std::slice::from_raw_parts(addr as *const u8, len) }.to_vec();
+        // SAFETY: unmaps exactly the mapping made above; no reference into it is left.
+        unsafe { libc::munmap(addr, len) };
+        copy
+    }
+
+    #[test]
+    fn full_file_mapped_per_region_gives_each_region_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mem.full");
+        let mut ram = vec![0u8; 40 * PAGE];
+        for p in [0, 9, 10, 39] {
+            fill(&mut ram, p, 4);
+        }
+        let (low, high) = ram.split_at(10 * PAGE);
+        let info = write_full(&path, &[low, high], &PageSet::full(40)).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        assert_eq!(map_private(&f, info.data_offset, low.len()), low);
+        let high_at = info.data_offset + low.len() as u64;
+        assert_eq!(map_private(&f, high_at, high.len()), high);
+    }
+
     #[test]
     fn candidate_set_of_another_size_is_refused() {
         let dir = tempfile::tempdir().unwrap();
