@@ -77,6 +77,25 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Flushes the file at `path` and its directory entry to disk. The writers of this crate do
+/// not `fsync` (it costs about 1 ms per file plus the data's write-back, ~9 ms for 16 MiB here):
+/// an error never leaves a half file, but after a host crash soon after a write the rename may
+/// have reached the disk before the data. `resolve_chain` checks headers and sizes, only
+/// `verify` checks data; a caller that needs a snapshot to survive a host crash calls this on
+/// every file it wrote.
+pub fn sync_to_disk(path: &Path) -> Result<(), SnapshotError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| SnapshotError::io("sync", path, e))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SnapshotError::io("sync directory", dir, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +112,16 @@ mod tests {
         }
         assert_eq!(std::fs::read(&dest).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn sync_to_disk_of_a_written_file_succeeds_and_of_a_missing_one_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f");
+        std::fs::write(&dest, b"x").unwrap();
+        sync_to_disk(&dest).unwrap();
+        let e = sync_to_disk(&dir.path().join("gone")).unwrap_err();
+        assert!(e.to_string().contains("gone"), "{e}");
     }
 
     #[test]

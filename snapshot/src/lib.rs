@@ -19,6 +19,7 @@ mod pageset;
 mod ram;
 mod state_file;
 
+pub use atomic::sync_to_disk;
 pub use error::SnapshotError;
 pub use hex::hex;
 pub use info::format_chain;
