@@ -66,4 +66,23 @@ mod tests {
             hex(&base.content_hash)
         )));
     }
+
+    #[test]
+    fn info_serializes_with_hex_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ram = vec![0u8; 8 * PAGE];
+        let base = write_full(&dir.path().join("base"), &[&ram], &PageSet::full(8)).unwrap();
+        let top = write_diff(
+            &dir.path().join("top"),
+            &[&ram],
+            &set_of(8, &[1]),
+            &base.path,
+        )
+        .unwrap();
+        let v = serde_json::to_value(&top).unwrap();
+        assert_eq!(v["kind"], "Diff");
+        assert_eq!(v["content_hash"], hex(&top.content_hash));
+        assert_eq!(v["parent"]["content_hash"], hex(&base.content_hash));
+        assert_eq!(v["parent"]["path"], "base");
+    }
 }

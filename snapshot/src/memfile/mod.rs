@@ -32,7 +32,7 @@ pub const PAGE_SIZE: u64 = 4096;
 /// The smallest data offset (a full file's); a layer's is larger when its page map needs it.
 pub const HEADER_SIZE: u64 = 4096;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum MemFileKind {
     Full,
     Diff,
@@ -55,22 +55,29 @@ impl MemFileKind {
     }
 }
 
+fn hash_as_hex<S: serde::Serializer>(hash: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::hex(hash))
+}
+
 /// A layer's parent as its header records it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ParentRef {
+    #[serde(serialize_with = "hash_as_hex")]
     pub content_hash: [u8; 32],
     /// As written by the creator: relative to the layer's directory, or absolute.
     pub path: PathBuf,
 }
 
-/// What a memory file's header says, plus its sizes on disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a memory file's header says, plus its sizes on disk. Serializes with hashes as hex
+/// (for `petrel snapshot info --json`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MemFileInfo {
     pub path: PathBuf,
     pub kind: MemFileKind,
     pub guest_size: u64,
     /// Pages present: a layer's pages, or a full file's non-zero pages.
     pub pages: u64,
+    #[serde(serialize_with = "hash_as_hex")]
     pub content_hash: [u8; 32],
     pub parent: Option<ParentRef>,
     pub file_len: u64,
