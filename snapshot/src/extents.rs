@@ -51,11 +51,11 @@ pub(crate) fn data_page_runs(
         let hole = seek(file, data, libc::SEEK_HOLE)
             .map_err(|e| SnapshotError::io("find holes in", path, e))?
             .unwrap_or(end)
-            .min(end);
-        let first = (data.max(data_offset) - data_offset) / PAGE_SIZE;
-        let last = (hole - data_offset).div_ceil(PAGE_SIZE);
+            .clamp(data, end);
+        let first = data.saturating_sub(data_offset) / PAGE_SIZE;
+        let last = hole.saturating_sub(data_offset).div_ceil(PAGE_SIZE);
         match runs.last_mut() {
-            Some((s, n)) if *s + *n >= first => *n = (*n).max(last - *s),
+            Some((s, n)) if *s + *n >= first => *n = (*n).max(last.saturating_sub(*s)),
             _ if last > first => runs.push((first, last - first)),
             _ => {}
         }
