@@ -129,3 +129,6 @@ pub fn restore_vm_state(vm: &VmFd, state: &VmState) -> Result<(), VmError> {
     vm.set_clock(&clock).map_err(kvm("KVM_SET_CLOCK"))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
