@@ -267,6 +267,7 @@ impl Vcpu {
         let id = self.id;
         let fd = Arc::clone(&self.fd);
         let caps = self.caps;
+        let pause = Arc::clone(&ctx.pause);
         let thread = std::thread::Builder::new()
             .name(format!("petrel_vcpu{id}"))
             .spawn(move || self.run(ctx))
@@ -276,6 +277,7 @@ impl Vcpu {
             thread,
             fd,
             caps,
+            pause,
         })
     }
 
@@ -392,6 +394,7 @@ pub struct VcpuHandle {
     thread: JoinHandle<()>,
     fd: Arc<Mutex<VcpuFd>>,
     caps: VcpuCaps,
+    pause: Arc<super::pause::PauseGate>,
 }
 
 impl VcpuHandle {
@@ -401,9 +404,13 @@ impl VcpuHandle {
     }
 
     /// Reads the vCPU's state from the calling (VMM) thread. The VM must be paused (every
-    /// vCPU thread parked, see `PauseGate::wait_parked`) or the thread ended; a vCPU inside
-    /// `KVM_RUN` gives [`VcpuError::NotPaused`] at once rather than blocking.
+    /// vCPU thread parked, see `PauseGate::wait_parked`) or the thread ended. Without a pause
+    /// in force, or with this vCPU still inside `KVM_RUN`, it gives
+    /// [`VcpuError::NotPaused`] at once rather than blocking.
     pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        if !self.pause.is_paused() && !self.thread.is_finished() {
+            return Err(VcpuError::NotPaused { id: self.id });
+        }
         let fd = match self.fd.try_lock() {
             Ok(fd) => fd,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -434,3 +441,6 @@ impl VcpuHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
