@@ -17,6 +17,10 @@ use super::vcpu::VcpuError;
 /// The most MSRs a saved vCPU may hold; KVM's list is a few hundred at most.
 pub const MAX_SAVED_MSRS: usize = 1024;
 
+/// The most MSRs one KVM_GET_MSRS / KVM_SET_MSRS takes: KVM refuses `nmsrs >= MAX_IO_MSRS`
+/// (256) with E2BIG, one less than kvm-bindings' FAM maximum.
+const MSRS_PER_IOCTL: usize = KVM_MAX_MSR_ENTRIES - 1;
+
 /// The time-stamp counter.
 pub const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_MCG_CTL: u32 = 0x17b;
@@ -84,7 +88,7 @@ pub fn read(fd: &VcpuFd, id: u32, indices: &[u32]) -> Result<Vec<MsrValue>, Vcpu
     let mut out = Vec::with_capacity(indices.len());
     let mut rest = indices;
     while !rest.is_empty() {
-        let chunk = &rest[..rest.len().min(KVM_MAX_MSR_ENTRIES)];
+        let chunk = &rest[..rest.len().min(MSRS_PER_IOCTL)];
         let mut msrs = Msrs::from_entries(&entries(chunk)).map_err(|e| VcpuError::State {
             id,
             reason: format!("cannot build the MSR list: {e:?}"),
@@ -124,7 +128,7 @@ pub fn write(fd: &VcpuFd, id: u32, saved: &[MsrValue]) -> Result<(), VcpuError> 
             ),
         });
     }
-    for chunk in saved.chunks(KVM_MAX_MSR_ENTRIES) {
+    for chunk in saved.chunks(MSRS_PER_IOCTL) {
         let list: Vec<kvm_msr_entry> = chunk
             .iter()
             .map(|m| kvm_msr_entry {
@@ -163,5 +167,31 @@ mod tests {
         assert!(!should_save(MSR_AMD64_OSVW_STATUS));
         assert!(should_save(MSR_IA32_TSC));
         assert!(should_save(0x4b56_4d01)); // kvmclock system time
+    }
+
+    #[test]
+    fn an_unreadable_msr_is_dropped_and_reading_goes_on() {
+        let Some(t) = crate::vstate::test_vm::test_vm() else {
+            return;
+        };
+        let vcpu = t.boot_vcpu(0);
+        let fd = vcpu.fd_for_test();
+        // 0x2_0000 is no MSR: KVM_GET_MSRS stops there.
+        let got = read(&fd, 0, &[MSR_IA32_TSC, 0x2_0000, 0x2_0001, 0xc000_0102]).unwrap();
+        let indices: Vec<u32> = got.iter().map(|m| m.index).collect();
+        assert_eq!(indices, [MSR_IA32_TSC, 0xc000_0102]);
+    }
+
+    #[test]
+    fn more_msrs_than_one_ioctl_takes_are_read_and_written_in_chunks() {
+        let Some(t) = crate::vstate::test_vm::test_vm() else {
+            return;
+        };
+        let vcpu = t.boot_vcpu(0);
+        let fd = vcpu.fd_for_test();
+        let many = vec![0xc000_0102; 2 * MSRS_PER_IOCTL + 5];
+        let got = read(&fd, 0, &many).unwrap();
+        assert_eq!(got.len(), many.len());
+        write(&fd, 0, &got).unwrap();
     }
 }

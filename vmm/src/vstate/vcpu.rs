@@ -74,6 +74,9 @@ pub enum VcpuError {
     /// The saved state needs a capability this host's KVM lacks.
     #[error("vCPU {id}: the saved state needs KVM_CAP_{cap}, which this host's KVM lacks")]
     MissingCap { id: u32, cap: &'static str },
+    /// The guest uses nested virtualization, whose state petrel does not save.
+    #[error("vCPU {id}: the guest has nested virtualization (VMX/SVM) state, which snapshots do not save")]
+    NestedState { id: u32 },
     /// The vCPU is inside `KVM_RUN`: its state can only be read while the VM is paused.
     #[error("vCPU {id} is running: pause the VM before saving its state")]
     NotPaused { id: u32 },
