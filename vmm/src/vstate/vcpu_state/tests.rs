@@ -191,3 +191,24 @@ fn an_msr_kvm_refuses_is_named() {
         Ok(_) => panic!("accepted"),
     }
 }
+
+#[test]
+fn a_state_file_with_a_truncated_lapic_does_not_load() {
+    let Some(t) = test_vm() else { return };
+    let good = serde_json::to_value(t.boot_vcpu(0).save_state().unwrap()).unwrap();
+    let mut bad = good.clone();
+    bad["lapic"] = serde_json::Value::from(vec![0u8; 1000]);
+    let err = serde_json::from_value::<VcpuState>(bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("kvm_lapic_state is 1024 bytes, the state holds 1000"),
+        "{err}"
+    );
+    let mut bad = good;
+    bad["xcrs"] = serde_json::Value::from(vec![0u8; 10]);
+    let err = serde_json::from_value::<VcpuState>(bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kvm_xcrs is"), "{err}");
+}
