@@ -212,3 +212,40 @@ fn a_state_file_with_a_truncated_lapic_does_not_load() {
         .to_string();
     assert!(err.contains("kvm_xcrs is"), "{err}");
 }
+
+#[test]
+fn an_armed_tsc_deadline_timer_survives_restore() {
+    const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+    let Some(t1) = test_vm() else { return };
+    if !t1.vm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        eprintln!("skipped: no TSC deadline timer");
+        return;
+    }
+    let vcpu = t1.boot_vcpu(0);
+    {
+        let fd = vcpu.fd_for_test();
+        let mut lapic = fd.get_lapic().unwrap();
+        // TSC-deadline mode (bits 18:17 = 10), masked, vector 0x32.
+        set_lapic_reg(&mut lapic, APIC_LVT_TIMER, (2 << 17) | (1 << 16) | 0x32);
+        fd.set_lapic(&lapic).unwrap();
+        let far = 1u64 << 60;
+        let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_IA32_TSC_DEADLINE,
+            data: far,
+            ..Default::default()
+        }])
+        .unwrap();
+        assert_eq!(fd.set_msrs(&msrs).unwrap(), 1);
+    }
+    let saved = vcpu.save_state().unwrap();
+    assert_eq!(msr(&saved, MSR_IA32_TSC_DEADLINE), Some(1 << 60));
+
+    // KVM only takes the deadline once the LAPIC timer is in deadline mode: restore sets the
+    // LAPIC before the MSRs.
+    let Some(t2) = test_vm() else { return };
+    let again = Vcpu::restore(&t2.vm, 0, &saved)
+        .unwrap()
+        .save_state()
+        .unwrap();
+    assert_eq!(msr(&again, MSR_IA32_TSC_DEADLINE), Some(1 << 60));
+}
