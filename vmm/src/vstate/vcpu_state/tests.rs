@@ -57,6 +57,11 @@ fn make_recognisable(fd: &VcpuFd) {
     fd.set_lapic(&lapic).unwrap();
     let mut events = fd.get_vcpu_events().unwrap();
     events.nmi.masked = 1;
+    // A #GP(0x18) about to be delivered.
+    events.exception.injected = 1;
+    events.exception.nr = 13;
+    events.exception.has_error_code = 1;
+    events.exception.error_code = 0x18;
     fd.set_vcpu_events(&events).unwrap();
     let mut dregs = fd.get_debug_regs().unwrap();
     dregs.db[0] = 0x40_1000;
@@ -96,6 +101,13 @@ fn vcpu_state_restored_into_a_new_vm_saves_back_equal() {
     assert!(msr(&saved, MSR_IA32_TSC).unwrap() >= 0x10_0000_0000);
     assert_eq!(lapic_reg(&saved.lapic, APIC_TPR), 0x20);
     assert_eq!(saved.vcpu_events.nmi.masked, 1);
+    assert_eq!(
+        (
+            saved.vcpu_events.exception.injected,
+            saved.vcpu_events.exception.nr
+        ),
+        (1, 13)
+    );
     assert_eq!(saved.debugregs.db[0], 0x40_1000);
     assert!(!saved.cpuid.is_empty());
 
