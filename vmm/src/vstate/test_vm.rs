@@ -48,7 +48,7 @@ impl TestVm {
         let supported = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
         let setup = VcpuSetup {
             supported_cpuid: &supported,
-            vcpus: 1,
+            vcpus: 2,
             template: CpuTemplate::Host,
             tsc_deadline: self.vm.check_extension(Cap::TscDeadlineTimer),
             entry: (id == 0).then_some(ENTRY),

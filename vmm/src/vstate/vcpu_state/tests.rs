@@ -261,3 +261,26 @@ fn an_armed_tsc_deadline_timer_survives_restore() {
         .unwrap();
     assert_eq!(msr(&again, MSR_IA32_TSC_DEADLINE), Some(1 << 60));
 }
+
+#[test]
+fn an_application_processor_waiting_for_sipi_restores_waiting() {
+    let Some(t1) = test_vm() else { return };
+    let bsp = t1.boot_vcpu(0);
+    let saved = t1.boot_vcpu(1).save_state().unwrap();
+    assert_eq!(
+        saved.mp_state.mp_state,
+        kvm_bindings::KVM_MP_STATE_UNINITIALIZED
+    );
+    assert_eq!(
+        saved.lapic.regs[0x23], 1,
+        "APIC id 1 in bits 31:24 of the ID register"
+    );
+
+    let Some(t2) = test_vm() else { return };
+    Vcpu::restore(&t2.vm, 0, &bsp.save_state().unwrap()).unwrap();
+    let again = Vcpu::restore(&t2.vm, 1, &saved)
+        .unwrap()
+        .save_state()
+        .unwrap();
+    assert_eq!(without_tsc_drift(&saved, again, 10), saved);
+}
