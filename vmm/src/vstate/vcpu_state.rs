@@ -308,7 +308,7 @@ pub fn validate(state: &VcpuState, id: u32, caps: &VcpuCaps) -> Result<(), VcpuE
 
 /// Writes a saved state into a fresh vCPU, in the order KVM needs (QEMU's and Firecracker's):
 /// the TSC frequency and CPUID first (other ioctls depend on the features it shows); regs
-/// before vCPU events (SET_REGS clears pending exceptions that the events restore); sregs
+/// before vCPU events (SET_REGS may clear a pending exception the events restore); sregs
 /// before the LAPIC (sregs restore the APIC base); the LAPIC before the MSRs (the TSC deadline
 /// MSR only takes when the LAPIC timer is in deadline mode).
 pub fn restore(fd: &VcpuFd, id: u32, caps: &VcpuCaps, state: &VcpuState) -> Result<(), VcpuError> {
