@@ -29,6 +29,9 @@ pub fn format_chain(files: &[MemFileInfo]) -> String {
                 hex(&p.content_hash)
             );
         }
+        if let Some(h) = &f.flattened_from {
+            let _ = writeln!(s, "    merged from:   {}", hex(h));
+        }
     }
     s
 }

@@ -78,6 +78,7 @@ pub fn merge(top: &Path, out: &Path) -> Result<MemFileInfo, SnapshotError> {
         pages,
         content_hash: hasher.finish(),
         parent: None,
+        flattened_from: Some(chain.identity()),
         page_map: None,
     };
     finish(dest, &header)
@@ -119,6 +120,27 @@ mod tests {
         assert_eq!(
             read_header(&p("direct")).unwrap().content_hash,
             info.content_hash
+        );
+        // It stands for the layer it flattened (a state file taken with l2 accepts it);
+        // the directly written file stands for itself.
+        let l2 = read_header(&p("l2")).unwrap();
+        assert_eq!(info.identity(), l2.content_hash);
+        assert_eq!(
+            read_header(&p("merged")).unwrap().identity(),
+            l2.content_hash
+        );
+        assert_eq!(
+            resolve_chain(&p("merged")).unwrap().identity(),
+            l2.content_hash
+        );
+        assert_eq!(
+            read_header(&p("direct")).unwrap().identity(),
+            info.content_hash
+        );
+        // Merging the merged file again keeps that identity.
+        assert_eq!(
+            merge(&p("merged"), &p("again")).unwrap().identity(),
+            l2.content_hash
         );
     }
 

@@ -89,6 +89,7 @@ pub(crate) fn craft(
         pages: 0,
         content_hash,
         parent,
+        flattened_from: None,
         page_map,
     };
     std::fs::write(path, header.encode()).unwrap();

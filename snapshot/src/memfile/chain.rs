@@ -148,6 +148,16 @@ impl Chain {
             .content_hash
     }
 
+    /// Which guest memory the chain holds: its top file's identity (a state file names
+    /// this; see [`MemFileInfo::identity`]).
+    pub fn identity(&self) -> [u8; 32] {
+        self.layers
+            .last()
+            .map_or(&self.base, |l| &l.mem)
+            .info
+            .identity()
+    }
+
     /// The full base and its data offset: RAM offset `o` is at file offset `data_offset + o`.
     pub fn base(&self) -> (&File, u64) {
         (&self.base.file, self.base.header.data_offset)

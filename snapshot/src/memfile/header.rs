@@ -14,7 +14,7 @@
 //! | 32 | 8 | data offset |
 //! | 40 | 8 | present pages |
 //! | 48 | 32 | content hash |
-//! | 80 | 32 | parent's content hash (Diff; zero for Full) |
+//! | 80 | 32 | Diff: the parent's content hash; Full: the identity of the memory a merge flattened (zero when not a merge) |
 //! | 112 | 8 | page map length in bytes (Diff: one bit per guest page, in u64 LE words) |
 //! | 120 | 4 | parent path length in bytes (Diff) |
 //! | 124 | 4 | reserved (0) |
@@ -41,6 +41,8 @@ pub(crate) struct Header {
     pub pages: u64,
     pub content_hash: [u8; 32],
     pub parent: Option<ParentRef>,
+    /// For a Full written by `merge`: the identity of the chain's top it flattened.
+    pub flattened_from: Option<[u8; 32]>,
     /// The pages a Diff holds (None for Full).
     pub page_map: Option<PageSet>,
 }
@@ -104,7 +106,11 @@ impl Header {
         b.extend_from_slice(&self.data_offset.to_le_bytes());
         b.extend_from_slice(&self.pages.to_le_bytes());
         b.extend_from_slice(&self.content_hash);
-        b.extend_from_slice(&self.parent.as_ref().map_or([0; 32], |p| p.content_hash));
+        let linked = match &self.parent {
+            Some(p) => p.content_hash,
+            None => self.flattened_from.unwrap_or([0; 32]),
+        };
+        b.extend_from_slice(&linked);
         b.extend_from_slice(&(map.len() as u64 * 8).to_le_bytes());
         b.extend_from_slice(&(path.len() as u32).to_le_bytes());
         b.extend_from_slice(&0u32.to_le_bytes());
@@ -216,13 +222,15 @@ impl Header {
             )));
         }
         let (rest_path, rest_map) = rest.split_at(path_len as usize);
+        let mut flattened_from = None;
         let (parent, page_map) = match kind {
             MemFileKind::Full => {
-                if path_len != 0 || map_len != 0 || parent_hash != [0; 32] {
+                if path_len != 0 || map_len != 0 {
                     return Err(invalid(
                         "a full memory file with a parent or page map".into(),
                     ));
                 }
+                flattened_from = (parent_hash != [0; 32]).then_some(parent_hash);
                 (None, None)
             }
             MemFileKind::Diff => {
@@ -260,6 +268,7 @@ impl Header {
             pages,
             content_hash,
             parent,
+            flattened_from,
             page_map,
         };
         let expected = header

@@ -85,6 +85,26 @@ pub struct MemFileInfo {
     pub bytes_on_disk: u64,
     /// Where the data starts (a multiple of 4096).
     pub data_offset: u64,
+    /// For a full file written by `merge`: the identity of the memory it flattened (see
+    /// [`MemFileInfo::identity`]).
+    #[serde(serialize_with = "opt_hash_as_hex")]
+    pub flattened_from: Option<[u8; 32]>,
+}
+
+impl MemFileInfo {
+    /// Which guest memory this file holds, as a state file names it: its content hash, or
+    /// for a merged file the identity of the chain it flattened — so a state file taken
+    /// with a chain's top layer also accepts the chain's merged form.
+    pub fn identity(&self) -> [u8; 32] {
+        self.flattened_from.unwrap_or(self.content_hash)
+    }
+}
+
+fn opt_hash_as_hex<S: serde::Serializer>(hash: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+    match hash {
+        Some(h) => s.serialize_str(&crate::hex(h)),
+        None => s.serialize_none(),
+    }
 }
 
 /// Adds pages to a content hash, in ascending order.
@@ -141,6 +161,7 @@ impl MemFile {
             file_len: meta.len(),
             bytes_on_disk: meta.blocks().saturating_mul(512),
             data_offset: header.data_offset,
+            flattened_from: header.flattened_from,
         };
         Ok(MemFile { file, header, info })
     }

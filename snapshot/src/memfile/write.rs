@@ -94,6 +94,7 @@ pub fn write_full(
         pages,
         content_hash: hasher.finish(),
         parent: None,
+        flattened_from: None,
         page_map: None,
     };
     finish(out, &header)
@@ -187,6 +188,7 @@ pub fn write_diff(
         pages: slot,
         content_hash: hasher.finish(),
         parent: Some(parent_ref),
+        flattened_from: None,
         page_map: Some(dirty.clone()),
     };
     finish(out, &header)

@@ -38,7 +38,7 @@ pub fn test_vm() -> Option<TestVm> {
     regs::write_boot_tables(&mem).unwrap();
     mem.write_slice(&[0xf4, 0xeb, 0xfd], GuestAddress(ENTRY))
         .unwrap();
-    let vm = vm::create_vm(&kvm, &mem).unwrap();
+    let vm = vm::create_vm(&kvm, &mem, false).unwrap();
     Some(TestVm { kvm, vm, _mem: mem })
 }
 
