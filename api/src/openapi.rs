@@ -326,6 +326,7 @@ mod tests {
                 snapshot_type: Some(s("Full")),
                 snapshot_path: s("/s"),
                 mem_file_path: s("/m"),
+                parent_mem_file_path: Some(s("/p")),
             },
         );
         check(

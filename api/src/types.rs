@@ -263,6 +263,10 @@ pub struct SnapshotCreateParams {
     pub snapshot_path: String,
     /// Path of the memory file to write.
     pub mem_file_path: String,
+    /// petrel: for `Diff`, the memory file the layer is relative to; it must be the last
+    /// one this VM wrote or was loaded from (the default).
+    #[serde(default)]
+    pub parent_mem_file_path: Option<String>,
 }
 
 /// Where the memory of a snapshot being loaded comes from.

@@ -26,6 +26,7 @@ use crate::device_manager::virtio::{self, PlannedDevice};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::loader::{self, LoadError};
 use crate::machine::{Machine, Subscriber};
+use crate::persist::SnapshotBook;
 use crate::signals::SignalWatcher;
 use crate::stdin::{RawTerminal, SerialInput};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError, VcpuSetup};
@@ -58,6 +59,12 @@ pub enum BuildError {
     },
     #[error("event loop: {0:?}")]
     EventLoop(event_manager::Error),
+    /// A snapshot's file could not be read or is not valid.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    /// A snapshot's files do not belong together.
+    #[error("{0}")]
+    SnapshotMismatch(String),
 }
 
 impl BuildError {
@@ -65,7 +72,11 @@ impl BuildError {
     /// petrel: those exit with status 2.
     pub fn is_user_error(&self) -> bool {
         match self {
-            BuildError::Config(_) | BuildError::Load(_) | BuildError::Memory(_) => true,
+            BuildError::Config(_)
+            | BuildError::Load(_)
+            | BuildError::Memory(_)
+            | BuildError::Snapshot(_)
+            | BuildError::SnapshotMismatch(_) => true,
             BuildError::Devices(e) => e.is_user_error(),
             BuildError::Vm(e) => matches!(
                 e,
@@ -80,7 +91,7 @@ impl BuildError {
     }
 }
 
-fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
+pub(crate) fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
     move |source| BuildError::Io { what, source }
 }
 
@@ -98,12 +109,51 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     tracing::debug!(%cmdline, "guest command line");
     let entry = load_guest(&mem, &layout, config, &cmdline)?;
     let kvm = vm::open_kvm(machine.vcpus)?;
-    let vm = vm::create_vm(&kvm, &mem, false)?;
+    let vm = vm::create_vm(&kvm, &mem, machine.track_dirty_pages)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit event"))?);
     let devices = DeviceManager::new(&vm, &exit, config, &mem, planned)?;
     let vcpus = create_vcpus(&kvm, &vm, config, entry)?;
+    assemble(Parts {
+        config: config.clone(),
+        exit,
+        devices,
+        vcpus,
+        vm,
+        layout,
+        memory: mem,
+        book: SnapshotBook::default(),
+        start_paused: false,
+    })
+}
 
+/// What a machine is made of, built or restored.
+pub(crate) struct Parts {
+    pub config: VmConfig,
+    pub exit: Arc<ExitSignal>,
+    pub devices: DeviceManager,
+    pub vcpus: Vec<Vcpu>,
+    pub vm: VmFd,
+    pub layout: MemoryLayout,
+    pub memory: GuestMemoryMmap,
+    pub book: SnapshotBook,
+    pub start_paused: bool,
+}
+
+/// The machine of `parts`, with its event loop: signals, the virtio devices and, with the
+/// serial console on a terminal, the keyboard.
+pub(crate) fn assemble(parts: Parts) -> Result<Machine, BuildError> {
+    let Parts {
+        config,
+        exit,
+        devices,
+        vcpus,
+        vm,
+        layout,
+        memory,
+        book,
+        start_paused,
+    } = parts;
     let mut event_manager: EventManager<Subscriber> =
         EventManager::new().map_err(BuildError::EventLoop)?;
     let signals = SignalWatcher::install(exit.clone()).map_err(io_err("cannot watch signals"))?;
@@ -138,12 +188,16 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
         terminal,
         virtio: devices.virtio,
         i8042: devices.i8042,
+        rtc: devices.rtc,
         serial: devices.serial,
         serial_log: devices.serial_log,
-        config: config.clone(),
+        config,
         control: Some(ControlQueue::new().map_err(io_err("cannot create the control queue"))?),
-        vm,
-        memory: mem,
+        book,
+        start_paused,
+        vm: Arc::new(vm),
+        layout,
+        memory,
     })
 }
 

@@ -29,6 +29,9 @@ pub enum Command {
     Run(RunArgs),
     /// Control a running petrel through its API socket (`petrel run --api-sock PATH`).
     Ctl(CtlArgs),
+    /// Inspect and flatten snapshot files (no VM needed).
+    #[command(subcommand)]
+    Snapshot(crate::snapshot_cli::SnapshotCommand),
 }
 
 /// Options of `petrel run`.
@@ -97,7 +100,37 @@ pub struct RunArgs {
     /// picks one), protected by a random token: petrel prints the URL to open at start.
     #[arg(long, value_name = "ADDR", value_parser = parse_web_console)]
     pub web_console: Option<std::net::SocketAddr>,
+    /// Log the pages the guest and petrel write, so that incremental (Diff) snapshots can be
+    /// taken.
+    #[arg(long)]
+    pub track_dirty_pages: bool,
+    /// Restore the VM of this snapshot state file and run it, instead of booting. The
+    /// machine and its devices come from the snapshot; --serial, --api-sock, --id and
+    /// --web-console still apply.
+    #[arg(long, value_name = "STATE_FILE", conflicts_with_all = RESTORE_CONFLICTS)]
+    pub restore: Option<PathBuf>,
+    /// The memory file (or top incremental layer) to restore with --restore [default: the
+    /// memory file the snapshot was written with].
+    #[arg(long, value_name = "MEM_FILE", requires = "restore")]
+    pub restore_mem: Option<PathBuf>,
 }
+
+/// Flags that describe a new machine, which a restored one already is.
+const RESTORE_CONFLICTS: [&str; 13] = [
+    "config",
+    "kernel",
+    "initrd",
+    "cmdline",
+    "vcpus",
+    "memory",
+    "cpu_template",
+    "disks",
+    "nets",
+    "consoles",
+    "vsock",
+    "inputs",
+    "gpu",
+];
 
 fn parse_web_console(s: &str) -> Result<std::net::SocketAddr, String> {
     let addr: std::net::SocketAddr = s
@@ -138,7 +171,10 @@ impl RunArgs {
     /// Whether the guest boots at once: always, except with an API socket and neither
     /// --kernel nor --config, when the API configures it first.
     pub fn boots_at_once(&self) -> bool {
-        self.api_sock.is_none() || self.kernel.is_some() || self.config.is_some()
+        self.api_sock.is_none()
+            || self.kernel.is_some()
+            || self.config.is_some()
+            || self.restore.is_some()
     }
 
     /// The configuration these flags describe.
@@ -164,6 +200,9 @@ impl RunArgs {
         }
         if let Some(t) = self.cpu_template {
             config.machine.cpu_template = t;
+        }
+        if self.track_dirty_pages {
+            config.machine.track_dirty_pages = true;
         }
         if let Some(s) = &self.serial {
             config.serial = s.clone();

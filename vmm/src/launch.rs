@@ -15,9 +15,10 @@ use event_manager::{EventManager, SubscriberOps};
 
 use crate::builder::BuildError;
 use crate::config::VmConfig;
-use crate::control::{ControlQueue, Instance};
+use crate::control::{ControlQueue, Instance, Start};
 use crate::logging::LogHandle;
 use crate::machine::{ExitWatcher, Machine, RunError, SharedHandler, Subscriber};
+use crate::persist::restore::RestoreRequest;
 use crate::signals::SignalWatcher;
 
 /// What `petrel run` was asked for.
@@ -34,6 +35,8 @@ pub struct LaunchOptions {
     pub log: Option<LogHandle>,
     /// Where the web console listens (loopback), if anywhere.
     pub web_console: Option<SocketAddr>,
+    /// Restore this snapshot instead of booting (`--restore`).
+    pub restore: Option<RestoreRequest>,
 }
 
 /// Why a launch failed.
@@ -106,11 +109,15 @@ pub fn launch(options: LaunchOptions) -> Result<VmExit, LaunchError> {
         config: options.config,
         log: options.log,
     };
+    let restore = options.restore;
     let handler = queue
         .into_handler(instance, exit.clone())
         .map_err(setup("cannot create the API handler"))?;
     let handler: SharedHandler = Arc::new(Mutex::new(handler));
-    let (machine, start) = if options.boot_now {
+    let (machine, start) = if let Some(request) = &restore {
+        let config = lock(&handler).config().clone();
+        (crate::persist::restore::restore(request, &config)?, None)
+    } else if options.boot_now {
         let config = lock(&handler).config().clone();
         (crate::build(&config)?, None)
     } else {
@@ -158,18 +165,22 @@ fn wait_for_start(
             return Ok(PreStart::Exit(reason));
         }
         let pending = lock(handler).take_start();
-        let Some((config, reply)) = pending else {
+        let Some((start, reply)) = pending else {
             continue;
         };
-        match crate::build(&config) {
+        let (built, what) = match start {
+            Start::Boot(config) => (crate::build(&config), "InstanceStart"),
+            Start::Restore(request, config) => (
+                crate::persist::restore::restore(&request, &config),
+                "PUT /snapshot/load",
+            ),
+        };
+        match built {
             Ok(machine) => return Ok(PreStart::Start(Box::new(machine), reply)),
             Err(e) => {
                 let status = if e.is_user_error() { 400 } else { 500 };
-                tracing::warn!(%e, "InstanceStart failed");
-                let _ = reply.send(ApiResponse::error(
-                    status,
-                    format!("InstanceStart failed: {e}"),
-                ));
+                tracing::warn!(%e, "{what} failed");
+                let _ = reply.send(ApiResponse::error(status, format!("{what} failed: {e}")));
             }
         }
     }

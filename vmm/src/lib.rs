@@ -12,7 +12,9 @@ pub mod launch;
 pub mod loader;
 pub mod logging;
 pub mod machine;
+pub mod persist;
 pub mod signals;
+pub mod snapshot_cli;
 pub mod stdin;
 pub mod vstate;
 

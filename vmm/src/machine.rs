@@ -7,17 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use api::ApiResponse;
-use devices::legacy::{Serial, SharedSerialLog, I8042};
+use devices::legacy::{Rtc, Serial, SharedSerialLog, I8042};
 use devices::{ExitSignal, VmExit};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::VmFd;
-use memory::GuestMemoryMmap;
+use memory::{GuestMemoryMmap, MemoryLayout};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::config::VmConfig;
 use crate::control::runtime::Runtime;
 use crate::control::{ControlHandle, ControlHandler, ControlQueue, Instance};
 use crate::device_manager::virtio::VirtioHandle;
+use crate::persist::SnapshotBook;
 use crate::stdin::RawTerminal;
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuHandle};
 
@@ -72,11 +73,19 @@ pub struct Machine {
     pub(crate) terminal: Option<RawTerminal>,
     pub(crate) virtio: Vec<VirtioHandle>,
     pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) rtc: Arc<Mutex<Rtc>>,
     pub(crate) serial: Arc<Mutex<Serial>>,
     pub(crate) serial_log: SharedSerialLog,
     pub(crate) config: VmConfig,
     pub(crate) control: Option<ControlQueue>,
-    pub(crate) vm: VmFd,
+    /// What the machine remembers between snapshots (for a restored one, where it came
+    /// from).
+    pub(crate) book: SnapshotBook,
+    /// Whether the vCPUs wait, paused, from the start (a snapshot loaded without
+    /// `resume_vm`).
+    pub(crate) start_paused: bool,
+    pub(crate) vm: Arc<VmFd>,
+    pub(crate) layout: MemoryLayout,
     pub(crate) memory: GuestMemoryMmap,
 }
 
@@ -113,6 +122,10 @@ impl Machine {
             .add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
 
         let handles: Arc<Mutex<Vec<VcpuHandle>>> = Arc::default();
+        if self.start_paused {
+            // The vCPU threads park before their first KVM_RUN.
+            self.ctx.pause.request();
+        }
         let mut result = Ok(());
         for vcpu in self.vcpus.drain(..) {
             match vcpu.start(self.ctx.clone()) {
@@ -125,7 +138,8 @@ impl Machine {
         }
         match (&result, handler) {
             (Ok(()), Some(handler)) => {
-                lock(&handler).started(self.runtime(handles.clone()), start);
+                let runtime = self.runtime(handles.clone());
+                lock(&handler).started(runtime, self.config.clone(), start);
                 self.event_manager.add_subscriber(handler);
             }
             (Err(e), _) => {
@@ -150,21 +164,23 @@ impl Machine {
     }
 
     /// What the API handler keeps of the running machine.
-    fn runtime(&self, vcpus: Arc<Mutex<Vec<VcpuHandle>>>) -> Runtime {
+    fn runtime(&mut self, vcpus: Arc<Mutex<Vec<VcpuHandle>>>) -> Runtime {
         Runtime {
             pause: self.ctx.pause.clone(),
             vcpus,
             exits: self.ctx.exits.clone(),
-            virtio: self
-                .virtio
-                .iter()
-                .map(|h| (h.id.clone(), h.transport.clone()))
-                .collect(),
+            virtio: self.virtio.clone(),
             i8042: self.i8042.clone(),
+            rtc: self.rtc.clone(),
             serial: self.serial.clone(),
             serial_log: self.serial_log.clone(),
             exit: self.ctx.exit.clone(),
             started: Instant::now(),
+            vm: self.vm.clone(),
+            memory: self.memory.clone(),
+            layout: self.layout.clone(),
+            track_dirty: self.config.machine.track_dirty_pages,
+            book: Mutex::new(std::mem::take(&mut self.book)),
         }
     }
 

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(&args, log),
         Command::Ctl(args) => vmm::ctl::run(&args),
+        Command::Snapshot(command) => vmm::snapshot_cli::run(&command),
     }
 }
 
@@ -53,6 +54,15 @@ fn run(args: &vmm::cli::RunArgs, log: vmm::logging::LogHandle) -> ExitCode {
             .unwrap_or_else(|| vmm::machine::DEFAULT_INSTANCE_ID.to_string()),
         log: Some(log),
         web_console: args.web_console,
+        restore: args
+            .restore
+            .as_ref()
+            .map(|state| vmm::persist::restore::RestoreRequest {
+                state: state.clone(),
+                mem: args.restore_mem.clone(),
+                resume: true,
+                track_dirty: args.track_dirty_pages,
+            }),
     };
     match vmm::launch(options) {
         Ok(exit) => exit_status(&exit),

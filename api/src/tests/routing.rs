@@ -181,6 +181,7 @@ fn every_route_reaches_the_vmm() {
                 snapshot_type: Some("Full".into()),
                 snapshot_path: "/s".into(),
                 mem_file_path: "/m".into(),
+                parent_mem_file_path: None,
             }),
         ),
         (

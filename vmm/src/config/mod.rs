@@ -181,6 +181,9 @@ pub struct MachineConfig {
     /// The CPUID template.
     #[serde(default)]
     pub cpu_template: CpuTemplate,
+    /// Log the pages the guest and the VMM write, for incremental (Diff) snapshots.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track_dirty_pages: bool,
 }
 
 fn default_vcpus() -> u32 {
@@ -197,6 +200,7 @@ impl Default for MachineConfig {
             vcpus: default_vcpus(),
             memory: default_memory(),
             cpu_template: CpuTemplate::default(),
+            track_dirty_pages: false,
         }
     }
 }

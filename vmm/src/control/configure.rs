@@ -90,7 +90,7 @@ pub fn machine_config(config: &VmConfig) -> MachineConfig {
             }
             .to_string(),
         ),
-        track_dirty_pages: Some(false),
+        track_dirty_pages: Some(config.machine.track_dirty_pages),
     }
 }
 
@@ -115,11 +115,6 @@ pub fn patch_machine_config(
             "smt: petrel gives every vCPU its own core; simultaneous multithreading cannot be enabled",
         ));
     }
-    if patch.track_dirty_pages == Some(true) {
-        return Err(bad(
-            "track_dirty_pages: dirty page tracking comes with snapshots, which this petrel does not have yet",
-        ));
-    }
     let template = patch
         .cpu_template
         .as_deref()
@@ -142,6 +137,9 @@ pub fn patch_machine_config(
         }
         if let Some(t) = template {
             c.machine.cpu_template = t;
+        }
+        if let Some(track) = patch.track_dirty_pages {
+            c.machine.track_dirty_pages = track;
         }
         Ok(())
     })

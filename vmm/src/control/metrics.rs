@@ -69,10 +69,10 @@ impl Sample {
         let devices = rt
             .virtio
             .iter()
-            .map(|(id, transport)| {
-                let t = transport.lock().unwrap_or_else(|p| p.into_inner());
+            .map(|handle| {
+                let t = handle.transport.lock().unwrap_or_else(|p| p.into_inner());
                 DeviceMetrics {
-                    id: id.clone(),
+                    id: handle.id.clone(),
                     kind: kind_name(t.device().device_type()),
                     values: t.device().metrics(),
                 }

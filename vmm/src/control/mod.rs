@@ -28,6 +28,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::VmConfig;
 use crate::logging::LogHandle;
+use crate::persist::restore::RestoreRequest;
 use metrics::{MetricsFile, Sample};
 use runtime::Runtime;
 use state::Lifecycle;
@@ -108,6 +109,7 @@ impl ControlQueue {
             runtime: None,
             exit,
             start: None,
+            pending: None,
             metrics: MetricsFile::new()?,
         })
     }
@@ -123,6 +125,21 @@ pub struct Instance {
     pub log: Option<LogHandle>,
 }
 
+/// What a pending start builds.
+enum Pending {
+    Boot,
+    Restore(RestoreRequest),
+}
+
+/// What the VMM thread builds when the API starts the VM.
+pub enum Start {
+    /// A fresh machine from this configuration.
+    Boot(VmConfig),
+    /// The machine of a snapshot; the configuration gives the host-side settings (the
+    /// serial console's output).
+    Restore(RestoreRequest, VmConfig),
+}
+
 /// Event-loop tokens.
 const WAKE: u32 = 0;
 const METRICS_TIMER: u32 = 1;
@@ -135,8 +152,10 @@ pub struct ControlHandler {
     runtime: Option<Runtime>,
     /// Before start: the process's exit; after: the machine's.
     exit: Arc<ExitSignal>,
-    /// `InstanceStart`'s reply, until the machine runs or fails to build.
+    /// `InstanceStart`'s (or a load's) reply, until the machine runs or fails to build.
     start: Option<Sender<ApiResponse>>,
+    /// What the pending start builds.
+    pending: Option<Pending>,
     metrics: MetricsFile,
 }
 
@@ -155,16 +174,29 @@ impl ControlHandler {
         &self.instance.config
     }
 
-    /// A pending `InstanceStart`: the configuration to build and where the answer goes.
-    pub fn take_start(&mut self) -> Option<(VmConfig, Sender<ApiResponse>)> {
+    /// A pending `InstanceStart` or `PUT /snapshot/load`: what to build and where the
+    /// answer goes.
+    pub fn take_start(&mut self) -> Option<(Start, Sender<ApiResponse>)> {
         let reply = self.start.take()?;
-        Some((self.instance.config.clone(), reply))
+        let config = self.instance.config.clone();
+        let start = match self.pending.take() {
+            Some(Pending::Restore(request)) => Start::Restore(request, config),
+            Some(Pending::Boot) | None => Start::Boot(config),
+        };
+        Some((start, reply))
     }
 
-    /// The machine runs: requests from now on act on it, and a pending `InstanceStart` is
-    /// answered with `result`.
-    pub fn started(&mut self, runtime: Runtime, reply: Option<Sender<ApiResponse>>) {
+    /// The machine runs (or waits, paused, for a restored one): requests from now on act on
+    /// it and its configuration (a restored machine's comes from its snapshot), and a pending
+    /// `InstanceStart` or `PUT /snapshot/load` is answered.
+    pub fn started(
+        &mut self,
+        runtime: Runtime,
+        config: VmConfig,
+        reply: Option<Sender<ApiResponse>>,
+    ) {
         self.exit = runtime.exit.clone();
+        self.instance.config = config;
         self.runtime = Some(runtime);
         if let Some(reply) = reply {
             let _ = reply.send(ApiResponse::NoContent);
@@ -216,10 +248,19 @@ impl ControlHandler {
                 None => configure::patch_net(config, p),
             }),
             R::PutVsock(v) => done(configure::put_vsock(config, v)),
-            R::CreateSnapshot(_) | R::LoadSnapshot(_) => ApiResponse::bad_request(format!(
-                "{}: this petrel cannot take or load snapshots yet",
-                request.name()
-            )),
+            R::CreateSnapshot(params) => done(match &self.runtime {
+                Some(rt) => crate::persist::create::create(rt, config, &params),
+                None => Err(ApiResponse::error(500, "the VM has no machine")),
+            }),
+            R::LoadSnapshot(params) => {
+                let request = match crate::persist::restore::RestoreRequest::from_api(&params) {
+                    Ok(r) => r,
+                    Err(e) => return Some(e),
+                };
+                self.start = Some(reply.clone());
+                self.pending = Some(Pending::Restore(request));
+                return None;
+            }
             R::PatchVm(VmState::Paused) => done(self.runtime().and_then(Runtime::pause)),
             R::PatchVm(VmState::Resumed) => done(self.runtime().map(Runtime::resume)),
             R::Action(ActionType::InstanceStart) => {
@@ -227,6 +268,7 @@ impl ControlHandler {
                     return Some(e);
                 }
                 self.start = Some(reply.clone());
+                self.pending = Some(Pending::Boot);
                 return None;
             }
             R::Action(ActionType::SendCtrlAltDel | ActionType::Shutdown) => {

@@ -7,18 +7,22 @@ use std::time::{Duration, Instant};
 use api::image::RawImage;
 use api::types::{DrivePatch, NetworkInterfacePatch, SerialLog};
 use api::ApiResponse;
-use devices::legacy::{Serial, SharedSerialLog, I8042};
+use devices::legacy::{Rtc, Serial, SharedSerialLog, I8042};
 use devices::virtio::block::Block;
 use devices::virtio::gpu::Gpu;
-use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::Net;
 use devices::ExitSignal;
+use kvm_ioctls::VmFd;
+use memory::{GuestMemoryMmap, MemoryLayout};
 
 use super::configure::{self, no_such};
 use super::state::Lifecycle;
 use crate::config::VmConfig;
+use crate::device_manager::virtio::VirtioHandle;
+use crate::persist::SnapshotBook;
 use crate::vstate::pause::PauseGate;
 use crate::vstate::vcpu::{ExitCounters, VcpuHandle};
+use crate::vstate::vcpu_state::VcpuState;
 
 /// How long a pause waits for the vCPUs to leave `KVM_RUN`.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -33,14 +37,23 @@ pub struct Runtime {
     pub pause: Arc<PauseGate>,
     pub vcpus: Arc<Mutex<Vec<VcpuHandle>>>,
     pub exits: Arc<[ExitCounters]>,
-    /// The virtio devices by id.
-    pub virtio: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    /// The virtio devices, in the order the guest sees them.
+    pub virtio: Vec<VirtioHandle>,
     pub i8042: Arc<Mutex<I8042>>,
+    pub rtc: Arc<Mutex<Rtc>>,
     /// COM1 and what the guest wrote to it.
     pub serial: Arc<Mutex<Serial>>,
     pub serial_log: SharedSerialLog,
     pub exit: Arc<ExitSignal>,
     pub started: Instant,
+    /// The KVM VM and the guest's memory, for snapshots.
+    pub vm: Arc<VmFd>,
+    pub memory: GuestMemoryMmap,
+    pub layout: MemoryLayout,
+    /// Whether KVM logs the guest's writes (Diff snapshots).
+    pub track_dirty: bool,
+    /// What the machine remembers between snapshots.
+    pub book: Mutex<SnapshotBook>,
 }
 
 impl Runtime {
@@ -80,6 +93,29 @@ impl Runtime {
         }
     }
 
+    /// What the machine remembers between snapshots.
+    pub fn book(&self) -> MutexGuard<'_, SnapshotBook> {
+        lock(&self.book)
+    }
+
+    /// Every vCPU's state, by id. The VM must be paused.
+    pub fn save_vcpus(&self) -> Result<Vec<VcpuState>, ApiResponse> {
+        let vcpus = lock(&self.vcpus);
+        if vcpus.iter().any(VcpuHandle::is_finished) {
+            return Err(ApiResponse::error(
+                500,
+                "a vCPU thread has ended: the VM cannot be saved",
+            ));
+        }
+        vcpus
+            .iter()
+            .map(|v| {
+                v.save_state()
+                    .map_err(|e| ApiResponse::error(500, format!("cannot save a vCPU: {e}")))
+            })
+            .collect()
+    }
+
     /// Lets the vCPUs run again.
     pub fn resume(&self) {
         self.pause.release();
@@ -102,8 +138,8 @@ impl Runtime {
         let transport = self
             .virtio
             .iter()
-            .find(|(name, _)| name == id)
-            .map(|(_, t)| t)
+            .find(|h| h.id == id)
+            .map(|h| &h.transport)
             .ok_or_else(|| no_such(kind, id))?;
         let mut transport = lock(transport);
         let device = transport
@@ -117,11 +153,14 @@ impl Runtime {
     /// `GET /display/screenshot`: a copy of the GPU's front buffer, for the API thread to
     /// encode. A 400 when the VM has no GPU or the guest has set no scanout yet.
     pub fn screenshot(&self) -> ApiResponse {
-        let gpu = self
-            .virtio
-            .iter()
-            .find(|(_, t)| lock(t).device().as_any().downcast_ref::<Gpu>().is_some());
-        let Some((_, transport)) = gpu else {
+        let gpu = self.virtio.iter().find(|h| {
+            lock(&h.transport)
+                .device()
+                .as_any()
+                .downcast_ref::<Gpu>()
+                .is_some()
+        });
+        let Some(VirtioHandle { transport, .. }) = gpu else {
             return ApiResponse::bad_request(
                 "GET /display/screenshot: the VM has no GPU (start petrel with --gpu)",
             );

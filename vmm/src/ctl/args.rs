@@ -54,6 +54,9 @@ pub enum CtlCommand {
         /// Where to write the PNG (replaced if it exists).
         file: PathBuf,
     },
+    /// Write or load a snapshot (PUT /snapshot/create, PUT /snapshot/load).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Send events to a virtio-input device (PUT /input/ID).
     Input {
         /// The input device's id.
@@ -85,6 +88,39 @@ pub enum InputCommand {
     Wheel {
         #[arg(allow_negative_numbers = true)]
         delta: i32,
+    },
+}
+
+/// `petrel ctl snapshot ...`. Relative paths are made absolute against the current
+/// directory.
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum SnapshotCommand {
+    /// Write a snapshot of the paused VM: a state file and a memory file.
+    Create {
+        /// The state file to write.
+        state: PathBuf,
+        /// The memory file to write: a sparse image of the guest's memory, or with --diff a
+        /// layer of the pages written since the previous snapshot.
+        mem: PathBuf,
+        /// Write an incremental (Diff) snapshot; needs dirty page tracking.
+        #[arg(long)]
+        diff: bool,
+        /// With --diff: the memory file the layer goes over [default: the VM's last].
+        #[arg(long, value_name = "MEM_FILE", requires = "diff")]
+        parent: Option<PathBuf>,
+    },
+    /// Load a snapshot into a petrel waiting to be configured.
+    Load {
+        /// The state file.
+        state: PathBuf,
+        /// The memory file or top layer [default: the one the state file names].
+        mem: Option<PathBuf>,
+        /// Run the VM once loaded (otherwise it waits, paused).
+        #[arg(long)]
+        resume: bool,
+        /// Track dirty pages from now on, for Diff snapshots of the loaded VM.
+        #[arg(long)]
+        track_dirty_pages: bool,
     },
 }
 

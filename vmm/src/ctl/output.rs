@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::args::{CtlCommand, DriveCommand, NetCommand};
+use super::args::{CtlCommand, DriveCommand, NetCommand, SnapshotCommand};
 use super::EXIT_FAILURE;
 
 /// What to print and how to exit.
@@ -143,6 +143,17 @@ fn confirmation(cmd: &CtlCommand) -> String {
             format!("net {id}: rate limit {}", parts.join(", "))
         }
         CtlCommand::Input { id, .. } => format!("input {id}: sent"),
+        CtlCommand::Snapshot(SnapshotCommand::Create { state, mem, .. }) => format!(
+            "snapshot written: state {}, memory {}",
+            state.display(),
+            mem.display()
+        ),
+        CtlCommand::Snapshot(SnapshotCommand::Load { resume, .. }) => if *resume {
+            "snapshot loaded; running"
+        } else {
+            "snapshot loaded; paused"
+        }
+        .into(),
         CtlCommand::Screenshot { file } => format!("screenshot saved to {}", file.display()),
         CtlCommand::Status | CtlCommand::Config | CtlCommand::Metrics => "ok".into(),
     }

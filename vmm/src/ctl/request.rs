@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use devices::rate_limiter::{RateLimitConfig, TokenBucketConfig};
 use serde_json::{json, Value};
 
-use super::args::{CtlCommand, DriveCommand, InputCommand, NetCommand, RateSpec};
+use super::args::{CtlCommand, DriveCommand, InputCommand, NetCommand, RateSpec, SnapshotCommand};
 use super::CtlError;
 
 /// One API request.
@@ -62,14 +62,10 @@ pub fn request(cmd: &CtlCommand, cwd: Option<&Path>) -> Result<ApiCall, CtlError
         CtlCommand::Screenshot { .. } => ApiCall::get("/display/screenshot"),
         CtlCommand::Drive(DriveCommand::SetPath { id, file }) => {
             check_id("drive", id)?;
-            let file = absolute(file, cwd)?;
-            let file = file
-                .to_str()
-                .ok_or_else(|| CtlError::NonUtf8Path(file.clone()))?;
             ApiCall::with_body(
                 "PATCH",
                 format!("/drives/{id}"),
-                json!({ "drive_id": id, "path_on_host": file }),
+                json!({ "drive_id": id, "path_on_host": path_text(file, cwd)? }),
             )
         }
         CtlCommand::Drive(DriveCommand::SetRate { id, spec }) => {
@@ -93,6 +89,39 @@ pub fn request(cmd: &CtlCommand, cwd: Option<&Path>) -> Result<ApiCall, CtlError
                 body["tx_rate_limiter"] = rate_limiter(tx);
             }
             ApiCall::with_body("PATCH", format!("/network-interfaces/{id}"), body)
+        }
+        CtlCommand::Snapshot(SnapshotCommand::Create {
+            state,
+            mem,
+            diff,
+            parent,
+        }) => {
+            let mut body = json!({
+                "snapshot_type": if *diff { "Diff" } else { "Full" },
+                "snapshot_path": path_text(state, cwd)?,
+                "mem_file_path": path_text(mem, cwd)?,
+            });
+            if let Some(parent) = parent {
+                body["parent_mem_file_path"] = json!(path_text(parent, cwd)?);
+            }
+            ApiCall::with_body("PUT", "/snapshot/create".into(), body)
+        }
+        CtlCommand::Snapshot(SnapshotCommand::Load {
+            state,
+            mem,
+            resume,
+            track_dirty_pages,
+        }) => {
+            let mut body = json!({
+                "snapshot_path": path_text(state, cwd)?,
+                "resume_vm": resume,
+                "enable_diff_snapshots": track_dirty_pages,
+            });
+            if let Some(mem) = mem {
+                body["mem_backend"] =
+                    json!({"backend_type": "File", "backend_path": path_text(mem, cwd)?});
+            }
+            ApiCall::with_body("PUT", "/snapshot/load".into(), body)
         }
         CtlCommand::Input { id, event } => {
             check_id("input device", id)?;
@@ -120,6 +149,14 @@ fn check_id(kind: &'static str, id: &str) -> Result<(), CtlError> {
             id: id.to_owned(),
         })
     }
+}
+
+/// `file` made absolute, as the JSON string the API takes.
+fn path_text(file: &Path, cwd: Option<&Path>) -> Result<String, CtlError> {
+    let file = absolute(file, cwd)?;
+    file.to_str()
+        .map(str::to_owned)
+        .ok_or(CtlError::NonUtf8Path(file))
 }
 
 fn absolute(file: &Path, cwd: Option<&Path>) -> Result<PathBuf, CtlError> {
@@ -150,7 +187,10 @@ fn rate_limiter(spec: &RateSpec) -> Value {
 mod tests {
     use super::*;
     use api::router::{route, Routed};
-    use api::types::{ActionType, DrivePatch, NetworkInterfacePatch, RateLimiter, TokenBucket};
+    use api::types::{
+        ActionType, DrivePatch, MemBackend, NetworkInterfacePatch, RateLimiter,
+        SnapshotCreateParams, SnapshotLoadParams, TokenBucket,
+    };
     use api::ApiRequest;
 
     fn call(cmd: CtlCommand) -> ApiCall {
@@ -265,6 +305,51 @@ mod tests {
             request(&set_path("rel"), None),
             Err(CtlError::NoCurrentDir(_))
         ));
+    }
+
+    #[test]
+    fn snapshot_commands_route_to_the_snapshot_requests() {
+        let create = |diff, parent: Option<&str>| {
+            routed(CtlCommand::Snapshot(SnapshotCommand::Create {
+                state: "s.state".into(),
+                mem: "/m/mem".into(),
+                diff,
+                parent: parent.map(Into::into),
+            }))
+        };
+        assert_eq!(
+            create(false, None),
+            ApiRequest::CreateSnapshot(SnapshotCreateParams {
+                snapshot_type: Some("Full".into()),
+                snapshot_path: "/home/u/s.state".into(),
+                mem_file_path: "/m/mem".into(),
+                parent_mem_file_path: None,
+            })
+        );
+        let ApiRequest::CreateSnapshot(p) = create(true, Some("base")) else {
+            panic!()
+        };
+        assert_eq!(p.snapshot_type.as_deref(), Some("Diff"));
+        assert_eq!(p.parent_mem_file_path.as_deref(), Some("/home/u/base"));
+        let load = routed(CtlCommand::Snapshot(SnapshotCommand::Load {
+            state: "/s".into(),
+            mem: Some("layer".into()),
+            resume: true,
+            track_dirty_pages: false,
+        }));
+        assert_eq!(
+            load,
+            ApiRequest::LoadSnapshot(SnapshotLoadParams {
+                snapshot_path: "/s".into(),
+                mem_backend: Some(MemBackend {
+                    backend_type: "File".into(),
+                    backend_path: "/home/u/layer".into(),
+                }),
+                mem_file_path: None,
+                enable_diff_snapshots: Some(false),
+                resume_vm: Some(true),
+            })
+        );
     }
 
     #[test]

@@ -5,13 +5,14 @@ use std::sync::{Arc, Mutex};
 
 pub mod allocator;
 mod backends;
+pub mod persist;
 pub mod virtio;
 
-use devices::legacy::{LoggedOutput, SharedSerialLog};
 use devices::legacy::{
-    PowerManagement, Rtc, Serial, I8042, I8042_IRQ, I8042_PORT, I8042_PORT_LEN, PM_PORT,
-    PM_PORT_LEN, RTC_PORT, RTC_PORT_LEN, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORT_LEN,
+    host_clock, PowerManagement, Rtc, Serial, I8042, I8042_IRQ, I8042_PORT, I8042_PORT_LEN,
+    PM_PORT, PM_PORT_LEN, RTC_PORT, RTC_PORT_LEN, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORT_LEN,
 };
+use devices::legacy::{LoggedOutput, SharedSerialLog};
 use devices::{Bus, BusDevice, BusError, ExitSignal};
 use kvm_ioctls::VmFd;
 use memory::GuestMemoryMmap;
@@ -44,6 +45,9 @@ pub enum DeviceError {
         /// Whether the user can fix it (a path, a name, a permission), or the host failed.
         user: bool,
     },
+    /// A saved device could not be rebuilt.
+    #[error("cannot restore {what}: {reason}")]
+    Restore { what: &'static str, reason: String },
     /// A virtio device could not be put on the machine.
     #[error("virtio device {id}: {reason}")]
     Virtio { id: String, reason: String },
@@ -61,6 +65,8 @@ pub struct DeviceManager {
     pub serial_log: SharedSerialLog,
     /// The i8042, for Ctrl+Alt+Del.
     pub i8042: Arc<Mutex<I8042>>,
+    /// The RTC/CMOS, for snapshots.
+    pub rtc: Arc<Mutex<Rtc>>,
     /// The virtio devices, in the order the guest sees them.
     pub virtio: Vec<virtio::VirtioHandle>,
 }
@@ -77,6 +83,14 @@ fn irq_line(vm: &VmFd, irq: u32) -> Result<EventFd, DeviceError> {
     Ok(evt)
 }
 
+/// The legacy devices, before they are put on the port bus.
+struct Legacy {
+    serial: Arc<Mutex<Serial>>,
+    serial_log: SharedSerialLog,
+    i8042: Arc<Mutex<I8042>>,
+    rtc: Arc<Mutex<Rtc>>,
+}
+
 impl DeviceManager {
     /// Creates the legacy devices (COM1, the i8042, the RTC/CMOS and the power-management
     /// register) and attaches the virtio devices opened before.
@@ -89,39 +103,108 @@ impl DeviceManager {
     ) -> Result<Self, DeviceError> {
         let serial_log = SharedSerialLog::default();
         let output = LoggedOutput::new(config.serial.open()?, serial_log.clone());
-        let serial = Arc::new(Mutex::new(Serial::new(
-            irq_line(vm, SERIAL_IRQ)?,
-            Box::new(output),
-        )));
-        let i8042 = Arc::new(Mutex::new(I8042::new(
-            exit.clone(),
-            irq_line(vm, I8042_IRQ)?,
-        )));
-        let rtc = Arc::new(Mutex::new(Rtc::new(config.machine.memory.0)));
-        let pm = Arc::new(Mutex::new(PowerManagement::new(exit.clone())));
-
-        let mut pio = Bus::new();
-        let devices: [PortDevice; 4] = [
-            (serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN),
-            (i8042.clone(), I8042_PORT, I8042_PORT_LEN),
-            (rtc, RTC_PORT, RTC_PORT_LEN),
-            (pm, PM_PORT, PM_PORT_LEN),
-        ];
-        for (dev, base, len) in devices {
-            pio.insert(dev, base, len)?;
-        }
+        let legacy = Legacy {
+            serial: Arc::new(Mutex::new(Serial::new(
+                irq_line(vm, SERIAL_IRQ)?,
+                Box::new(output),
+            ))),
+            serial_log,
+            i8042: Arc::new(Mutex::new(I8042::new(
+                exit.clone(),
+                irq_line(vm, I8042_IRQ)?,
+            ))),
+            rtc: Arc::new(Mutex::new(Rtc::new(config.machine.memory.0))),
+        };
         let mut mmio = Bus::new();
         let virtio = planned
             .into_iter()
             .map(|p| virtio::attach(vm, mem, &mut mmio, p))
             .collect::<Result<_, _>>()?;
+        Self::assemble(exit, legacy, mmio, virtio)
+    }
+
+    /// Rebuilds every device of `state` as it was saved; the serial console writes where
+    /// `config` says now.
+    pub fn restore(
+        vm: &VmFd,
+        exit: &Arc<ExitSignal>,
+        config: &VmConfig,
+        mem: &GuestMemoryMmap,
+        state: &persist::DevicesState,
+    ) -> Result<Self, DeviceError> {
+        let serial_log = SharedSerialLog::default();
+        let output = LoggedOutput::new(config.serial.open()?, serial_log.clone());
+        let serial = Serial::restore(&state.serial, irq_line(vm, SERIAL_IRQ)?, Box::new(output))?;
+        let i8042 =
+            I8042::restore(&state.i8042, exit.clone(), irq_line(vm, I8042_IRQ)?).map_err(|e| {
+                DeviceError::Restore {
+                    what: "the i8042",
+                    reason: e.to_string(),
+                }
+            })?;
+        let rtc = Rtc::restore(&state.rtc, host_clock).map_err(|e| DeviceError::Restore {
+            what: "the RTC",
+            reason: e.to_string(),
+        })?;
+        let legacy = Legacy {
+            serial: Arc::new(Mutex::new(serial)),
+            serial_log,
+            i8042: Arc::new(Mutex::new(i8042)),
+            rtc: Arc::new(Mutex::new(rtc)),
+        };
+        let mut mmio = Bus::new();
+        let virtio = state
+            .virtio
+            .iter()
+            .map(|s| virtio::restore(vm, mem, &mut mmio, s))
+            .collect::<Result<_, _>>()?;
+        Self::assemble(exit, legacy, mmio, virtio)
+    }
+
+    /// Puts the legacy devices on the port bus beside the virtio devices on `mmio`.
+    fn assemble(
+        exit: &Arc<ExitSignal>,
+        legacy: Legacy,
+        mmio: Bus,
+        virtio: Vec<virtio::VirtioHandle>,
+    ) -> Result<Self, DeviceError> {
+        let pm = Arc::new(Mutex::new(PowerManagement::new(exit.clone())));
+        let mut pio = Bus::new();
+        let devices: [PortDevice; 4] = [
+            (legacy.serial.clone(), SERIAL_PORT, SERIAL_PORT_LEN),
+            (legacy.i8042.clone(), I8042_PORT, I8042_PORT_LEN),
+            (legacy.rtc.clone(), RTC_PORT, RTC_PORT_LEN),
+            (pm, PM_PORT, PM_PORT_LEN),
+        ];
+        for (dev, base, len) in devices {
+            pio.insert(dev, base, len)?;
+        }
         Ok(Self {
             pio,
             mmio,
             virtio,
-            serial,
-            serial_log,
-            i8042,
+            serial: legacy.serial,
+            serial_log: legacy.serial_log,
+            i8042: legacy.i8042,
+            rtc: legacy.rtc,
+        })
+    }
+
+    /// Every device's state. The vCPUs must be paused.
+    pub fn save(
+        serial: &Mutex<Serial>,
+        i8042: &Mutex<I8042>,
+        rtc: &Mutex<Rtc>,
+        virtio: &[virtio::VirtioHandle],
+    ) -> Result<persist::DevicesState, DeviceError> {
+        Ok(persist::DevicesState {
+            serial: serial.lock().unwrap_or_else(|p| p.into_inner()).save(),
+            i8042: i8042.lock().unwrap_or_else(|p| p.into_inner()).save(),
+            rtc: rtc.lock().unwrap_or_else(|p| p.into_inner()).save(),
+            virtio: virtio
+                .iter()
+                .map(persist::save_virtio)
+                .collect::<Result<_, _>>()?,
         })
     }
 }

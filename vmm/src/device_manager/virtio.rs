@@ -11,6 +11,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use memory::GuestMemoryMmap;
 
 use super::allocator::{DeviceSlot, ResourceAllocator};
+use super::persist::{self, VirtioState};
 use super::{irq_line, DeviceError};
 use crate::config::VmConfig;
 
@@ -25,6 +26,7 @@ pub struct PlannedDevice {
 }
 
 /// A virtio device on the MMIO bus.
+#[derive(Clone)]
 pub struct VirtioHandle {
     /// The device's id from the configuration.
     pub id: String,
@@ -64,6 +66,32 @@ pub fn attach(
             id: id.clone(),
             reason: e.to_string(),
         })?;
+    place(vm, bus, id, slot, transport)
+}
+
+/// Rebuilds a saved device where it was, with its transport as it was.
+pub fn restore(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    bus: &mut Bus,
+    state: &VirtioState,
+) -> Result<VirtioHandle, DeviceError> {
+    let device = persist::restore_device(&state.id, &state.device)?;
+    let slot = state.slot();
+    let irqfd = irq_line(vm, slot.irq)?;
+    let transport =
+        persist::restore_transport(&state.id, device, mem.clone(), irqfd, &state.transport)?;
+    place(vm, bus, state.id.clone(), slot, transport)
+}
+
+/// Registers a transport's queue notifications with KVM and puts it on `bus`.
+fn place(
+    vm: &VmFd,
+    bus: &mut Bus,
+    id: String,
+    slot: DeviceSlot,
+    transport: MmioTransport,
+) -> Result<VirtioHandle, DeviceError> {
     let notify = IoEventAddress::Mmio(slot.base + NOTIFY_OFFSET);
     for (index, evt) in transport.queue_evts().iter().enumerate() {
         vm.register_ioevent(evt, &notify, index as u32)

@@ -4,10 +4,22 @@
 //! Stopping: the VMM sets `stop` and sends the kick signal to each vCPU thread. The signal
 //! handler sets `immediate_exit` in that thread's `kvm_run`, so a thread that was about to
 //! enter `KVM_RUN` returns at once with `EINTR` instead of missing the kick.
+//!
+//! Saving while paused: the vCPU's `VcpuFd` sits in an `Arc<Mutex<_>>` shared by the vCPU
+//! thread and its [`VcpuHandle`]. The thread holds the lock only around one `KVM_RUN` and the
+//! handling of its exit, never while parked in the pause gate, so once the VM is paused the
+//! VMM thread can take the lock and read the state with the vCPU ioctls itself (as Cloud
+//! Hypervisor does). This is simpler than a request/reply handshake through the pause gate
+//! and needs no cooperation from the parked thread. [`VcpuHandle::save_state`] only
+//! `try_lock`s: a vCPU that is inside `KVM_RUN` (not paused) makes it fail at once instead
+//! of blocking the VMM thread. The kick path is unchanged: the signal handler writes
+//! `immediate_exit` through the thread's `kvm_run` pointer, taken once under the lock; the
+//! mapping lives as long as the `VcpuFd`, which the thread keeps alive through its `Arc`
+//! until after it cleared the pointer.
 
 use std::cell::Cell;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 
 use devices::{Bus, ExitSignal, VmExit};
@@ -15,6 +27,7 @@ use kvm_bindings::{kvm_run, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use super::vcpu_state::{self, VcpuCaps, VcpuState};
 use crate::arch::x86_64::{cpuid, msr, regs};
 use crate::config::CpuTemplate;
 
@@ -52,6 +65,21 @@ pub enum VcpuError {
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    /// A saved vCPU state is malformed (a size or a count out of range).
+    #[error("vCPU {id}: invalid saved state: {reason}")]
+    State { id: u32, reason: String },
+    /// KVM refused one of the saved MSRs.
+    #[error("vCPU {id}: KVM_SET_MSRS refused MSR {index:#x} (value {value:#x})")]
+    MsrRefused { id: u32, index: u32, value: u64 },
+    /// The saved state needs a capability this host's KVM lacks.
+    #[error("vCPU {id}: the saved state needs KVM_CAP_{cap}, which this host's KVM lacks")]
+    MissingCap { id: u32, cap: &'static str },
+    /// The guest uses nested virtualization, whose state petrel does not save.
+    #[error("vCPU {id}: the guest has nested virtualization (VMX/SVM) state, which snapshots do not save")]
+    NestedState { id: u32 },
+    /// The vCPU is inside `KVM_RUN`: its state can only be read while the VM is paused.
+    #[error("vCPU {id} is running: pause the VM before saving its state")]
+    NotPaused { id: u32 },
 }
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.
@@ -138,7 +166,13 @@ pub struct VcpuContext {
 /// A configured vCPU, ready to run.
 pub struct Vcpu {
     id: u32,
-    fd: VcpuFd,
+    fd: Arc<Mutex<VcpuFd>>,
+    caps: VcpuCaps,
+}
+
+/// Locks a vCPU fd; a panic on the vCPU thread leaves the fd itself intact.
+fn lock(fd: &Mutex<VcpuFd>) -> MutexGuard<'_, VcpuFd> {
+    fd.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How one vCPU is set up.
@@ -188,21 +222,70 @@ impl Vcpu {
             regs::setup_fpu(&fd).map_err(|source| VcpuError::Regs { id, source })?;
             regs::setup_boot_vcpu(&fd, entry).map_err(|source| VcpuError::Regs { id, source })?;
         }
-        Ok(Self { id, fd })
+        Ok(Self {
+            id,
+            fd: Arc::new(Mutex::new(fd)),
+            caps: VcpuCaps::probe(vm),
+        })
+    }
+
+    /// Creates vCPU `id` from a saved state (no boot setup: CPUID, MSRs, registers and LAPIC
+    /// all come from `state`).
+    pub fn restore(vm: &VmFd, id: u32, state: &VcpuState) -> Result<Self, VcpuError> {
+        let caps = VcpuCaps::probe(vm);
+        // Before KVM_CREATE_VCPU: a vCPU cannot be destroyed, a refused state keeps its id free.
+        vcpu_state::validate(state, id, &caps)?;
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Kvm {
+                id,
+                what: "KVM_CREATE_VCPU",
+                source,
+            })?;
+        vcpu_state::restore(&fd, id, &caps, state)?;
+        Ok(Self {
+            id,
+            fd: Arc::new(Mutex::new(fd)),
+            caps,
+        })
+    }
+
+    /// This vCPU's id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fd_for_test(&self) -> MutexGuard<'_, VcpuFd> {
+        lock(&self.fd)
+    }
+
+    /// Reads the state of a vCPU that has not started.
+    pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        vcpu_state::save(&lock(&self.fd), self.id, &self.caps)
     }
 
     /// Starts the vCPU's thread.
     pub fn start(self, ctx: VcpuContext) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
+        let fd = Arc::clone(&self.fd);
+        let caps = self.caps;
+        let pause = Arc::clone(&ctx.pause);
         let thread = std::thread::Builder::new()
             .name(format!("petrel_vcpu{id}"))
             .spawn(move || self.run(ctx))
             .map_err(|source| VcpuError::Spawn { id, source })?;
-        Ok(VcpuHandle { id, thread })
+        Ok(VcpuHandle {
+            id,
+            thread,
+            fd,
+            caps,
+            pause,
+        })
     }
 
-    fn run(mut self, ctx: VcpuContext) {
-        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+    fn run(self, ctx: VcpuContext) {
+        let run_ptr: *mut kvm_run = lock(&self.fd).get_kvm_run();
         KVM_RUN.with(|r| r.set(run_ptr));
         let reason = self.run_loop(&ctx);
         KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
@@ -212,7 +295,7 @@ impl Vcpu {
     }
 
     /// Runs until the VM stops. Returns why, when this vCPU is the reason.
-    fn run_loop(&mut self, ctx: &VcpuContext) -> Option<VmExit> {
+    fn run_loop(&self, ctx: &VcpuContext) -> Option<VmExit> {
         let default = ExitCounters::default();
         let counters = ctx.exits.get(self.id as usize).unwrap_or(&default);
         loop {
@@ -220,7 +303,9 @@ impl Vcpu {
             if ctx.stop.load(Ordering::Acquire) {
                 return None;
             }
-            match self.fd.run() {
+            // Held for one KVM_RUN and its exit, released before parking.
+            let mut fd = lock(&self.fd);
+            match fd.run() {
                 Ok(exit) => {
                     counters.count(&exit);
                     if let Some(reason) = handle_exit(self.id, exit, ctx) {
@@ -229,7 +314,7 @@ impl Vcpu {
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     counters.interrupted.fetch_add(1, Ordering::Relaxed);
-                    self.fd.set_kvm_immediate_exit(0);
+                    fd.set_kvm_immediate_exit(0);
                 }
                 Err(e) => {
                     return Some(VmExit::Fault(format!(
@@ -238,27 +323,26 @@ impl Vcpu {
                     )))
                 }
             }
-            if let Some(reason) = self.internal_error() {
+            if let Some(reason) = internal_error(self.id, &mut fd) {
                 return Some(reason);
             }
         }
     }
+}
 
-    /// After `KVM_EXIT_INTERNAL_ERROR`, the reason with KVM's sub-error and the guest's rip.
-    fn internal_error(&mut self) -> Option<VmExit> {
-        let run = self.fd.get_kvm_run();
-        if run.exit_reason != kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
-            return None;
-        }
-        // SAFETY: exit_reason says the `internal` member of the union is the live one.
-        let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
-        run.exit_reason = kvm_bindings::KVM_EXIT_UNKNOWN;
-        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
-        Some(VmExit::Fault(format!(
-            "vCPU {}: KVM internal error (suberror {suberror}) at rip {rip:#x}: KVM could not emulate the guest's instruction",
-            self.id
-        )))
+/// After `KVM_EXIT_INTERNAL_ERROR`, the reason with KVM's sub-error and the guest's rip.
+fn internal_error(id: u32, fd: &mut VcpuFd) -> Option<VmExit> {
+    let run = fd.get_kvm_run();
+    if run.exit_reason != kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
+        return None;
     }
+    // SAFETY: exit_reason says the `internal` member of the union is the live one.
+    let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+    run.exit_reason = kvm_bindings::KVM_EXIT_UNKNOWN;
+    let rip = fd.get_regs().map(|r| r.rip).unwrap_or(0);
+    Some(VmExit::Fault(format!(
+        "vCPU {id}: KVM internal error (suberror {suberror}) at rip {rip:#x}: KVM could not emulate the guest's instruction"
+    )))
 }
 
 /// Handles one exit. Returns a reason when the VM must stop.
@@ -311,9 +395,33 @@ fn handle_exit(id: u32, exit: VcpuExit, ctx: &VcpuContext) -> Option<VmExit> {
 pub struct VcpuHandle {
     id: u32,
     thread: JoinHandle<()>,
+    fd: Arc<Mutex<VcpuFd>>,
+    caps: VcpuCaps,
+    pause: Arc<super::pause::PauseGate>,
 }
 
 impl VcpuHandle {
+    /// This vCPU's id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Reads the vCPU's state from the calling (VMM) thread. The VM must be paused (every
+    /// vCPU thread parked, see `PauseGate::wait_parked`) or the thread ended. Without a pause
+    /// in force, or with this vCPU still inside `KVM_RUN`, it gives
+    /// [`VcpuError::NotPaused`] at once rather than blocking.
+    pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        if !self.pause.is_paused() && !self.thread.is_finished() {
+            return Err(VcpuError::NotPaused { id: self.id });
+        }
+        let fd = match self.fd.try_lock() {
+            Ok(fd) => fd,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(VcpuError::NotPaused { id: self.id }),
+        };
+        vcpu_state::save(&fd, self.id, &self.caps)
+    }
+
     /// Kicks the thread out of `KVM_RUN` (the caller has set `stop`).
     pub fn kick(&self) {
         if self.thread.is_finished() {
@@ -336,3 +444,6 @@ impl VcpuHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -136,11 +136,6 @@ fn machine_config_put_patch_get_and_bad_values() {
         ..Default::default()
     })
     .starts_with("smt:"));
-    assert!(bad(MachineConfigPatch {
-        track_dirty_pages: Some(true),
-        ..Default::default()
-    })
-    .starts_with("track_dirty_pages:"));
     assert_eq!(c, before);
 }
 

@@ -1,0 +1,163 @@
+//! Saving every device of a machine and building them again from what was saved: the
+//! legacy devices' registers and, per virtio device, its place on the bus, the transport's
+//! registers and queues, and the device's own state.
+
+use devices::legacy::{I8042State, RtcState, SerialState};
+use devices::virtio::block::{Block, BlockState};
+use devices::virtio::console::{Console, ConsoleState};
+use devices::virtio::gpu::{Gpu, GpuState};
+use devices::virtio::input::{Input, InputState};
+use devices::virtio::mmio::{MmioState, MmioTransport};
+use devices::virtio::net::{Net, NetState};
+use devices::virtio::vsock::{Vsock, VsockState};
+use devices::virtio::VirtioDevice;
+use serde::{Deserialize, Serialize};
+
+use super::allocator::DeviceSlot;
+use super::virtio::VirtioHandle;
+use super::DeviceError;
+
+/// A virtio device's own state, by kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    Block(BlockState),
+    Net(NetState),
+    Console(ConsoleState),
+    Vsock(VsockState),
+    Input(InputState),
+    Gpu(GpuState),
+}
+
+impl DeviceState {
+    /// The device's kind, as errors name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeviceState::Block(_) => "disk",
+            DeviceState::Net(_) => "net",
+            DeviceState::Console(_) => "console",
+            DeviceState::Vsock(_) => "vsock",
+            DeviceState::Input(_) => "input",
+            DeviceState::Gpu(_) => "gpu",
+        }
+    }
+}
+
+/// One virtio device as saved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtioState {
+    /// The device's id from the configuration.
+    pub id: String,
+    /// Its MMIO window and interrupt.
+    pub base: u64,
+    pub len: u64,
+    pub irq: u32,
+    /// The transport's registers and queues.
+    pub transport: MmioState,
+    /// The device's own state.
+    pub device: DeviceState,
+}
+
+impl VirtioState {
+    /// Where the device sat.
+    pub fn slot(&self) -> DeviceSlot {
+        DeviceSlot {
+            base: self.base,
+            len: self.len,
+            irq: self.irq,
+        }
+    }
+}
+
+/// Every device of a machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesState {
+    pub serial: SerialState,
+    pub i8042: I8042State,
+    pub rtc: RtcState,
+    /// In the order the guest sees them.
+    pub virtio: Vec<VirtioState>,
+}
+
+/// Saves one virtio device: the device first (a disk finishes its requests in flight and
+/// puts them on the used ring), then the transport, so the saved queues hold everything.
+/// The vCPUs must be paused.
+pub fn save_virtio(handle: &VirtioHandle) -> Result<VirtioState, DeviceError> {
+    let mut transport = handle
+        .transport
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let device = save_device(transport.device_mut()).ok_or_else(|| DeviceError::Virtio {
+        id: handle.id.clone(),
+        reason: "this kind of device cannot be saved".into(),
+    })?;
+    Ok(VirtioState {
+        id: handle.id.clone(),
+        base: handle.slot.base,
+        len: handle.slot.len,
+        irq: handle.slot.irq,
+        transport: transport.save(),
+        device,
+    })
+}
+
+fn save_device(device: &mut dyn VirtioDevice) -> Option<DeviceState> {
+    let any = device.as_any_mut();
+    if let Some(d) = any.downcast_mut::<Block>() {
+        return Some(DeviceState::Block(d.save()));
+    }
+    if let Some(d) = any.downcast_ref::<Net>() {
+        return Some(DeviceState::Net(d.save()));
+    }
+    if let Some(d) = any.downcast_ref::<Console>() {
+        return Some(DeviceState::Console(d.save()));
+    }
+    if let Some(d) = any.downcast_ref::<Vsock>() {
+        return Some(DeviceState::Vsock(d.save()));
+    }
+    if let Some(d) = any.downcast_ref::<Input>() {
+        return Some(DeviceState::Input(d.save()));
+    }
+    any.downcast_ref::<Gpu>()
+        .map(|d| DeviceState::Gpu(d.save()))
+}
+
+/// Opens the host side of a saved device again (its disk, TAP, sockets) and rebuilds it.
+pub fn restore_device(id: &str, state: &DeviceState) -> Result<Box<dyn VirtioDevice>, DeviceError> {
+    let err = |reason: String, user: bool| DeviceError::Open {
+        kind: state.kind(),
+        id: id.to_string(),
+        reason,
+        user,
+    };
+    Ok(match state {
+        DeviceState::Block(s) => Box::new(Block::restore(s).map_err(|e| err(e.to_string(), true))?),
+        DeviceState::Net(s) => {
+            Box::new(Net::restore(s).map_err(|e| err(e.to_string(), e.is_user_error()))?)
+        }
+        DeviceState::Console(s) => {
+            Box::new(Console::restore(s).map_err(|e| err(e.to_string(), true))?)
+        }
+        DeviceState::Vsock(s) => {
+            Box::new(Vsock::restore(s).map_err(|e| err(e.to_string(), e.is_user_error()))?)
+        }
+        DeviceState::Input(s) => Box::new(Input::restore(s).map_err(|e| err(e.to_string(), true))?),
+        DeviceState::Gpu(s) => Box::new(Gpu::restore(s).map_err(|e| err(e.to_string(), true))?),
+    })
+}
+
+/// The transport of a restored device, as it was saved.
+pub fn restore_transport(
+    id: &str,
+    device: Box<dyn VirtioDevice>,
+    mem: memory::GuestMemoryMmap,
+    irqfd: vmm_sys_util::eventfd::EventFd,
+    state: &MmioState,
+) -> Result<MmioTransport, DeviceError> {
+    MmioTransport::restore(device, mem, irqfd, state).map_err(|e| DeviceError::Virtio {
+        id: id.to_string(),
+        reason: format!("cannot restore the transport: {e}"),
+    })
+}

@@ -1,0 +1,168 @@
+//! `PUT /snapshot/load` and `petrel run --restore`: a machine from a state file and its
+//! memory file (or chain of layers).
+//!
+//! Everything is checked before anything is built: the state file's format, version and
+//! checksum, the memory chain's headers and sizes, and that the memory is the one the state
+//! was taken with. The base memory file is mapped `MAP_PRIVATE` (no copy: pages load on
+//! first touch, and the guest's writes never reach the file); the pages of incremental
+//! layers are then copied over it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use api::types::SnapshotLoadParams;
+use api::ApiResponse;
+use snapshot::hex;
+
+use super::{MachineState, SnapshotBook};
+use crate::builder::{assemble, BuildError, Parts};
+use crate::config::VmConfig;
+use crate::device_manager::DeviceManager;
+use crate::machine::Machine;
+use crate::vstate::vcpu::{self, Vcpu};
+use crate::vstate::vm;
+use crate::vstate::vm_state::restore_vm_state;
+
+/// What to restore, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreRequest {
+    /// The state file.
+    pub state: PathBuf,
+    /// The memory file or top layer; the one the state names when `None`.
+    pub mem: Option<PathBuf>,
+    /// Run the vCPUs at once; otherwise the machine starts Paused.
+    pub resume: bool,
+    /// Log dirty pages from now on (for Diff snapshots of the restored machine).
+    pub track_dirty: bool,
+}
+
+fn bad(message: impl Into<String>) -> ApiResponse {
+    ApiResponse::bad_request(message)
+}
+
+impl RestoreRequest {
+    /// The request `PUT /snapshot/load` describes.
+    pub fn from_api(params: &SnapshotLoadParams) -> Result<Self, ApiResponse> {
+        if params.snapshot_path.is_empty() {
+            return Err(bad("snapshot_path: empty path"));
+        }
+        let mem = match (&params.mem_backend, &params.mem_file_path) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "mem_backend and mem_file_path both given: use mem_backend only",
+                ))
+            }
+            (Some(backend), None) if backend.backend_type == "File" => {
+                Some(&backend.backend_path)
+            }
+            (Some(backend), None) => {
+                return Err(bad(format!(
+                    "mem_backend.backend_type: {:?} is not supported: petrel loads guest memory from a File",
+                    backend.backend_type
+                )))
+            }
+            (None, path) => path.as_ref(),
+        };
+        if mem.is_some_and(|p| p.is_empty()) {
+            return Err(bad("mem_backend.backend_path: empty path"));
+        }
+        Ok(Self {
+            state: PathBuf::from(&params.snapshot_path),
+            mem: mem.map(PathBuf::from),
+            resume: params.resume_vm.unwrap_or(false),
+            track_dirty: params.enable_diff_snapshots.unwrap_or(false),
+        })
+    }
+}
+
+/// The machine of the snapshot `request` names, ready to run. `host` gives the host-side
+/// settings of this process: where the serial console writes, and dirty page tracking.
+pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, BuildError> {
+    let started = Instant::now();
+    let mismatch = BuildError::SnapshotMismatch;
+    let state: MachineState = snapshot::read_state(&request.state)?;
+    let mut config = state.config.clone();
+    config.serial = host.serial.clone();
+    config.machine.track_dirty_pages |= request.track_dirty || host.machine.track_dirty_pages;
+    config.validate()?;
+    let layout = memory::MemoryLayout::new(config.machine.memory.0)?;
+    if layout != state.layout {
+        return Err(mismatch(format!(
+            "{}: the memory layout does not match the machine's memory size",
+            request.state.display()
+        )));
+    }
+    if state.vcpus.len() != config.machine.vcpus as usize {
+        return Err(mismatch(format!(
+            "{}: {} vCPU states for a machine of {} vCPUs",
+            request.state.display(),
+            state.vcpus.len(),
+            config.machine.vcpus
+        )));
+    }
+
+    let mem_path = request
+        .mem
+        .clone()
+        .unwrap_or_else(|| state.memory.resolve(&request.state));
+    let chain = snapshot::resolve_chain(&mem_path)?;
+    if chain.guest_size() != layout.size() {
+        return Err(mismatch(format!(
+            "memory file {} holds {} bytes of guest RAM, but the snapshot's machine has {}",
+            mem_path.display(),
+            chain.guest_size(),
+            layout.size()
+        )));
+    }
+    let top = hex(&chain.identity());
+    if top != state.memory.content_hash {
+        return Err(mismatch(format!(
+            "memory file {} (content hash {top}) is not the one {} was taken with (content hash {})",
+            mem_path.display(),
+            request.state.display(),
+            state.memory.content_hash
+        )));
+    }
+    let (base, data_offset) = chain.base();
+    let mem = layout.map_file(base, data_offset)?;
+    // SAFETY: the memory was just mapped and nothing else (no vCPU, no device) exists yet
+    // to touch it; the slices are dropped at the end of this statement.
+    chain.apply_layers(&mut unsafe { memory::ram_slices_mut(&mem) })?;
+
+    let kvm = vm::open_kvm(config.machine.vcpus)?;
+    let vm = vm::create_vm(&kvm, &mem, config.machine.track_dirty_pages)?;
+    restore_vm_state(&vm, &state.vm)?;
+    let exit = std::sync::Arc::new(
+        devices::ExitSignal::new()
+            .map_err(crate::builder::io_err("cannot create the exit event"))?,
+    );
+    let devices = DeviceManager::restore(&vm, &exit, &config, &mem, &state.devices)?;
+    vcpu::install_kick_handler()?;
+    let vcpus = state
+        .vcpus
+        .iter()
+        .enumerate()
+        .map(|(id, s)| Vcpu::restore(&vm, id as u32, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    tracing::info!(
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        layers = chain.files().len(),
+        "restored {} with {}",
+        request.state.display(),
+        mem_path.display()
+    );
+    assemble(Parts {
+        config,
+        exit,
+        devices,
+        vcpus,
+        vm,
+        layout,
+        memory: mem,
+        book: SnapshotBook {
+            last: Some((mem_path, chain.top_hash())),
+            pending_dirty: Vec::new(),
+        },
+        start_paused: !request.resume,
+    })
+}
