@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::netns::NetNs;
 use crate::{petrel, wait, Output};
 
 /// How long a petrel process gets to open its API socket.
@@ -24,10 +25,25 @@ pub struct ApiVm {
 impl ApiVm {
     /// Starts petrel with `extra` arguments and waits until its API answers.
     pub fn spawn(extra: &[&str]) -> ApiVm {
+        ApiVm::spawn_in(None, extra)
+    }
+
+    /// [`ApiVm::spawn`], inside network namespace `netns` if given (through
+    /// `ip netns exec`, which execs petrel: the child is petrel itself). The API socket and
+    /// files are paths, reachable from any namespace.
+    pub fn spawn_in(netns: Option<&NetNs>, extra: &[&str]) -> ApiVm {
         let dir = tempfile::tempdir().expect("temp dir");
         let sock = dir.path().join("api.sock");
         let serial = dir.path().join("serial.log");
-        let child = std::process::Command::new(petrel())
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut cmd = std::process::Command::new("ip");
+                cmd.args(["netns", "exec", ns.name()]).arg(petrel());
+                cmd
+            }
+            None => std::process::Command::new(petrel()),
+        };
+        let child = cmd
             .arg("run")
             .arg("--api-sock")
             .arg(&sock)

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 pub mod api_vm;
 pub mod browser;
+pub mod display;
+pub mod every_device;
 pub mod http;
 pub mod netns;
 pub mod snapshot_guest;

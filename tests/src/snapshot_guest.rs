@@ -37,6 +37,8 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct SnapshotGuest {
     gens: [u64; SUBREGIONS],
+    /// The device commands' counters, as the guest keeps them.
+    counters: DeviceCounters,
     /// Serial output of the processes before the current one, up to the checkpoint the
     /// current one was restored from.
     earlier: String,
@@ -49,6 +51,7 @@ pub struct SnapshotGuest {
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
     gens: [u64; SUBREGIONS],
+    counters: DeviceCounters,
     output: String,
     answered: usize,
 }
@@ -76,6 +79,7 @@ impl SnapshotGuest {
     pub fn new() -> SnapshotGuest {
         SnapshotGuest {
             gens: [0; SUBREGIONS],
+            counters: DeviceCounters::default(),
             earlier: String::new(),
             answered: 0,
         }
@@ -136,7 +140,7 @@ impl SnapshotGuest {
     pub fn send(&mut self, vm: &ApiVm, command: Command) -> Option<String> {
         self.put(vm, command);
         let prefix = answer_prefix(command)?;
-        Some(self.answer(vm, prefix))
+        Some(self.answer_any(vm, &[prefix, "NODEV "]))
     }
 
     /// Sends `command`'s byte without waiting for its answer (to pause or snapshot while the
@@ -166,6 +170,11 @@ impl SnapshotGuest {
     /// to it and returns it. Fails on a `FAIL` or `panicked` line, or after
     /// [`ANSWER_TIMEOUT`].
     pub fn answer(&mut self, vm: &ApiVm, prefix: &str) -> String {
+        self.answer_any(vm, &[prefix])
+    }
+
+    /// [`SnapshotGuest::answer`] for a line starting with any of `prefixes`.
+    pub fn answer_any(&mut self, vm: &ApiVm, prefixes: &[&str]) -> String {
         let start = Instant::now();
         loop {
             let log = self.output(vm);
@@ -176,18 +185,18 @@ impl SnapshotGuest {
                 let Some(line) = line.strip_suffix('\n') else {
                     break;
                 };
-                if line.starts_with(prefix) {
+                if prefixes.iter().any(|p| line.starts_with(p)) {
                     self.answered = offset;
                     return line.to_string();
                 }
                 assert!(
                     !line.starts_with("FAIL ") && !line.starts_with("panicked"),
-                    "the guest failed while the host waited for {prefix:?}:\n{log}"
+                    "the guest failed while the host waited for {prefixes:?}:\n{log}"
                 );
             }
             assert!(
                 start.elapsed() < ANSWER_TIMEOUT,
-                "no {prefix:?} line within {ANSWER_TIMEOUT:?}:\n{log}"
+                "no {prefixes:?} line within {ANSWER_TIMEOUT:?}:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -215,6 +224,87 @@ impl SnapshotGuest {
             Some(self.expected_verify()),
             "the guest's memory is not what the host wrote"
         );
+    }
+
+    /// `r`: the FNV-1a 64 of sectors 0..8 the guest read from its disk.
+    pub fn disk_read(&mut self, vm: &ApiVm) -> u64 {
+        let answer = self.device_answer(vm, Command::DiskRead);
+        let hash = answer
+            .strip_prefix("DISK ")
+            .filter(|h| h.len() == 16)
+            .and_then(|h| u64::from_str_radix(h, 16).ok());
+        hash.unwrap_or_else(|| panic!("bad answer to r: {answer:?}"))
+    }
+
+    /// `w`: the guest writes `disk_sector(n)` to sector 8 for the next disk counter n;
+    /// asserts `DISK wrote <n>` and returns n.
+    pub fn disk_write(&mut self, vm: &ApiVm) -> u64 {
+        let answer = self.device_answer(vm, Command::DiskWrite);
+        self.counters.disk_writes += 1;
+        let n = self.counters.disk_writes;
+        assert_eq!(answer, format!("DISK wrote {n}"));
+        n
+    }
+
+    /// `p`: the guest prints `CONSOLE <n>` on its virtio console for the next console
+    /// counter n; asserts the same answer on the serial port and returns n.
+    pub fn console(&mut self, vm: &ApiVm) -> u64 {
+        let answer = self.device_answer(vm, Command::Console);
+        self.counters.console_lines += 1;
+        let n = self.counters.console_lines;
+        assert_eq!(answer, format!("CONSOLE {n}"));
+        n
+    }
+
+    /// `s`: the guest connects to host port 5000, has `ping <n>` echoed and closes; asserts
+    /// `VSOCK ok <n>` for the next vsock counter n and returns n.
+    pub fn vsock(&mut self, vm: &ApiVm) -> u64 {
+        let answer = self.device_answer(vm, Command::Vsock);
+        self.counters.vsock_pings += 1;
+        let n = self.counters.vsock_pings;
+        assert_eq!(answer, format!("VSOCK ok {n}"));
+        n
+    }
+
+    /// `g`: the guest paints `screen_pixel(x, y, n)` for the next screen counter n; asserts
+    /// `GPU drew <n>` and returns n.
+    pub fn draw(&mut self, vm: &ApiVm) -> u64 {
+        let answer = self.device_answer(vm, Command::Gpu);
+        self.counters.frames += 1;
+        let n = self.counters.frames;
+        assert_eq!(answer, format!("GPU drew {n}"));
+        n
+    }
+
+    /// The screen counter: what the screen shows (0 until the first `g`).
+    pub fn frames(&self) -> u64 {
+        self.counters.frames
+    }
+
+    /// `i`: the input events the guest had pending, but EV_SYN, as (code, value).
+    pub fn keys(&mut self, vm: &ApiVm) -> Vec<(u16, u32)> {
+        let answer = self.device_answer(vm, Command::Keys);
+        parse_keys(&answer).unwrap_or_else(|| panic!("bad answer to i: {answer:?}"))
+    }
+
+    /// `n`: the guest sends `net_frame(mac, n)` for the next net counter n; asserts
+    /// `NET sent <n>` and returns n.
+    pub fn net(&mut self, vm: &ApiVm) -> u64 {
+        let answer = self.device_answer(vm, Command::Net);
+        self.counters.net_frames += 1;
+        let n = self.counters.net_frames;
+        assert_eq!(answer, format!("NET sent {n}"));
+        n
+    }
+
+    /// Sends a device command and returns its answer, which must not be `NODEV`.
+    fn device_answer(&mut self, vm: &ApiVm, command: Command) -> String {
+        let answer = self.send(vm, command).expect("device commands answer");
+        assert!(
+            !answer.starts_with("NODEV "),
+            "{command:?}: the guest has no such device ({answer})"
+        );
+        answer
     }
 
     /// `q`: the guest prints `PASS snapshot` and powers off; asserts that and petrel's exit
@@ -276,6 +366,7 @@ impl SnapshotGuest {
     pub fn checkpoint(&self, vm: &ApiVm) -> Checkpoint {
         Checkpoint {
             gens: self.gens,
+            counters: self.counters,
             output: self.output(vm),
             answered: self.answered,
         }
@@ -286,9 +377,34 @@ impl SnapshotGuest {
     /// (what the guest printed after it, in the process the snapshot came from, is dropped).
     pub fn restored(&mut self, at: &Checkpoint) {
         self.gens = at.gens;
+        self.counters = at.counters;
         self.earlier = at.output.clone();
         self.answered = at.answered;
     }
+}
+
+/// The counters behind the device commands' answers (each command's first answer is 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    pub disk_writes: u64,
+    pub console_lines: u64,
+    pub vsock_pings: u64,
+    pub frames: u64,
+    pub net_frames: u64,
+}
+
+/// Parses `KEYS none` or `KEYS <code>:<value>,...`.
+pub fn parse_keys(answer: &str) -> Option<Vec<(u16, u32)>> {
+    let list = answer.strip_prefix("KEYS ")?;
+    if list == "none" {
+        return Some(Vec::new());
+    }
+    list.split(',')
+        .map(|event| {
+            let (code, value) = event.split_once(':')?;
+            Some((code.parse().ok()?, value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The answer line `command` gets: what it starts with (`None`: no answer).
@@ -297,6 +413,12 @@ pub fn answer_prefix(command: Command) -> Option<&'static str> {
         Command::Write(_) | Command::WriteAll => Some("WROTE "),
         Command::Verify => Some("VERIFY "),
         Command::Unknown(_) => Some("UNKNOWN "),
+        Command::DiskRead | Command::DiskWrite => Some("DISK "),
+        Command::Console => Some("CONSOLE "),
+        Command::Vsock => Some("VSOCK "),
+        Command::Gpu => Some("GPU drew "),
+        Command::Keys => Some("KEYS "),
+        Command::Net => Some("NET sent "),
         Command::Quit | Command::Ignore => None,
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tests::api_vm::ApiVm;
+use tests::display::{self, decode_png as decode};
 use tests::{kvm_available, petrel, test_guest};
 
 const W: u32 = 64;
@@ -28,32 +29,11 @@ fn in_sub_rectangle(x: u32, y: u32) -> bool {
     (W / 4..W / 4 + W / 2).contains(&x) && (H / 4..H / 4 + H / 2).contains(&y)
 }
 
-/// Decodes a PNG: (width, height, RGBA8 pixels).
-fn decode(png_bytes: &[u8]) -> (u32, u32, Vec<u8>) {
-    let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
-    let mut reader = decoder.read_info().expect("a PNG");
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).expect("PNG pixels");
-    assert_eq!(info.color_type, png::ColorType::Rgba);
-    assert_eq!(info.bit_depth, png::BitDepth::Eight);
-    buf.truncate(info.buffer_size());
-    (info.width, info.height, buf)
-}
-
 /// `GET /display/screenshot`: the decoded picture and its generation.
 fn screenshot(vm: &ApiVm) -> (Vec<u8>, u64) {
-    let r = api::Client::new(vm.socket())
-        .get_bytes("/display/screenshot")
-        .expect("screenshot request");
-    assert_eq!(r.status, 200, "screenshot: {}", r.text());
-    assert_eq!(r.header("content-type"), Some("image/png"));
-    let generation = r
-        .header("x-petrel-generation")
-        .and_then(|g| g.parse().ok())
-        .expect("x-petrel-generation header");
-    let (w, h, rgba) = decode(&r.body);
-    assert_eq!((w, h), (W, H));
-    (rgba, generation)
+    let shot = display::screenshot(vm);
+    assert_eq!((shot.width, shot.height), (W, H));
+    (shot.rgba, shot.generation)
 }
 
 /// Every pixel equals `want(x, y)`.
