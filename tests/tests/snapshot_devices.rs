@@ -4,17 +4,18 @@
 //! the same picture and redraws, vsock connects again, keys arrive, frames go out, and memory
 //! and counts are what they were.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use resources::snapshot_proto::{
-    disk_sector, fnv1a64, net_frame, screen_pixel, DISK_READ_SECTORS, DISK_WRITE_SECTOR,
+    disk_sector, fnv1a64, net_frame, screen_pixel, Command, DISK_READ_SECTORS, DISK_WRITE_SECTOR,
     NET_ETHERTYPE, NET_MAGIC, SECTOR_SIZE,
 };
 use serde_json::json;
 use tests::api_vm::ApiVm;
 use tests::display::{screenshot, Screenshot};
 use tests::every_device::{EveryDevice, HEIGHT, KEYBOARD, MAC, WIDTH};
-use tests::snapshot_guest::{SnapshotGuest, EXIT_TIMEOUT};
+use tests::snapshot_guest::{Checkpoint, SnapshotGuest, EXIT_TIMEOUT};
 use tests::{kvm_available, netns_available};
 
 /// How long the host waits for keys it sent to reach the guest's driver.
@@ -58,27 +59,12 @@ fn every_device_works_after_a_restore_in_a_new_process() {
     vm.set_state("Paused");
     let at = guest.checkpoint(&vm);
     let before = screenshot(&vm);
-    let state = devs.path("state");
-    let mem = devs.path("mem");
-    vm.ok(
-        "PUT",
-        "/snapshot/create",
-        json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
-    );
+    let (state, mem) = (devs.path("state"), devs.path("mem"));
+    create(&vm, &state, &mem);
     kill(vm);
     let console_before = devs.console_lines();
 
-    let mut vm = devs.spawn(&[]);
-    vm.ok(
-        "PUT",
-        "/snapshot/load",
-        json!({
-            "snapshot_path": state,
-            "mem_backend": {"backend_type": "File", "backend_path": mem},
-            "resume_vm": true,
-        }),
-    );
-    guest.restored(&at);
+    let mut vm = restore(&devs, &mut guest, &at, &state, &mem);
 
     // The same picture, without the guest drawing anything.
     let after = screenshot(&vm);
@@ -186,6 +172,38 @@ fn assert_screen(shot: &Screenshot, n: u64, what: &str) {
     );
 }
 
+/// `PUT /snapshot/create` of a Full snapshot (the VM is paused).
+fn create(vm: &ApiVm, state: &Path, mem: &Path) {
+    vm.ok(
+        "PUT",
+        "/snapshot/create",
+        json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
+    );
+}
+
+/// A new petrel (in the devices' namespace, if any) that loads the snapshot and runs it; the
+/// guest goes on from `at`.
+fn restore(
+    devs: &EveryDevice,
+    guest: &mut SnapshotGuest,
+    at: &Checkpoint,
+    state: &Path,
+    mem: &Path,
+) -> ApiVm {
+    let vm = devs.spawn(&[]);
+    vm.ok(
+        "PUT",
+        "/snapshot/load",
+        json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": mem},
+            "resume_vm": true,
+        }),
+    );
+    guest.restored(at);
+    vm
+}
+
 /// Kills petrel with `PUT /actions Kill` and waits for it to exit.
 fn kill(mut vm: ApiVm) {
     vm.ok("PUT", "/actions", json!({"action_type": "Kill"}));
@@ -200,13 +218,105 @@ fn device_commands_without_the_devices_answer_nodev() {
     let (mut vm, mut guest) = SnapshotGuest::boot("128M", &[]);
     assert!(vm.serial().lines().any(|l| l == "SNAPSHOT devices=none"));
     for byte in *b"rwpsgin" {
-        let command = resources::snapshot_proto::Command::parse(byte);
+        let command = Command::parse(byte);
         assert_eq!(
             guest.send(&vm, command),
             Some(format!("NODEV {}", char::from(byte))),
             "{command:?}"
         );
     }
+    guest.verify(&vm);
+    guest.quit(&mut vm);
+}
+
+#[test]
+fn keys_typed_while_paused_and_a_disk_write_in_flight_survive_a_snapshot() {
+    if !kvm_available() {
+        return;
+    }
+    let devs = EveryDevice::new(false);
+    let mut args = SnapshotGuest::args("128M");
+    args.extend(devs.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let vm = devs.spawn(&args);
+    let mut guest = SnapshotGuest::new();
+    guest.wait_ready(&vm);
+
+    // A write sent just before the pause: the guest may have read the byte, submitted the
+    // request, or neither; keys typed while paused wait in the device or its queue.
+    guest.put(&vm, Command::DiskWrite);
+    vm.set_state("Paused");
+    vm.ok(
+        "PUT",
+        &format!("/input/{KEYBOARD}"),
+        json!({"events": [{"kind": "key", "code": KEY_A, "action": "tap"}]}),
+    );
+    let at = guest.checkpoint(&vm);
+    let (state, mem) = (devs.path("state"), devs.path("mem"));
+    create(&vm, &state, &mem);
+    kill(vm);
+    let tail: Vec<&str> = at.output().lines().rev().take(3).collect();
+    eprintln!("the guest's last lines before the snapshot: {tail:?}");
+
+    let mut vm = restore(&devs, &mut guest, &at, &state, &mem);
+    assert_eq!(guest.answer(&vm, "DISK "), "DISK wrote 1");
+    assert_eq!(devs.sector(DISK_WRITE_SECTOR), disk_sector(1));
+    assert_eq!(keys_within(&vm, &mut guest, 2), [(KEY_A, 1), (KEY_A, 0)]);
+    guest.verify(&vm);
+    guest.quit(&mut vm);
+}
+
+#[test]
+fn disk_writes_caught_at_any_point_by_a_snapshot_complete_after_restore() {
+    if !kvm_available() {
+        return;
+    }
+    let devs = EveryDevice::new(false);
+    let mut args = SnapshotGuest::args("128M");
+    args.extend(devs.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut vm = devs.spawn(&args);
+    let mut guest = SnapshotGuest::new();
+    guest.wait_ready(&vm);
+    guest.wait_counts(&vm, 1);
+    let mut cases = Vec::new();
+    for (i, delay_us) in [0u64, 500, 1000, 2000, 3000, 4000, 6000, 8000, 12000]
+        .into_iter()
+        .enumerate()
+    {
+        // The guest reads the byte at its next poll, right after it prints its next COUNT:
+        // pause `delay_us` after that line shows, while the write or flush may be in flight.
+        let last = guest.last_count(&vm);
+        guest.put(&vm, Command::DiskWrite);
+        let start = Instant::now();
+        while guest.last_count(&vm) == last {
+            assert!(start.elapsed() < Duration::from_secs(30), "no COUNT");
+        }
+        std::thread::sleep(Duration::from_micros(delay_us));
+        vm.set_state("Paused");
+        let at = guest.checkpoint(&vm);
+        let answered = at.output().contains(&format!("DISK wrote {}\n", i + 1));
+        let (state, mem) = (
+            devs.path(&format!("state{i}")),
+            devs.path(&format!("mem{i}")),
+        );
+        create(&vm, &state, &mem);
+        // Written but not answered: the request (or its flush) was in the device's hands.
+        let written = devs.sector(DISK_WRITE_SECTOR) == disk_sector(i as u64 + 1);
+        kill(vm);
+        vm = restore(&devs, &mut guest, &at, &state, &mem);
+        if !answered {
+            assert_eq!(guest.answer(&vm, "DISK "), format!("DISK wrote {}", i + 1));
+        }
+        cases.push((delay_us, written, answered));
+        assert_eq!(
+            devs.sector(DISK_WRITE_SECTOR),
+            disk_sector(i as u64 + 1),
+            "write {} (paused {delay_us} µs after the poll; answered before: {answered})",
+            i + 1
+        );
+    }
+    eprintln!("(delay µs, written, answered before the snapshot): {cases:?}");
     guest.verify(&vm);
     guest.quit(&mut vm);
 }
