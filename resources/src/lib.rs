@@ -53,6 +53,32 @@ mod snapshot_proto_tests {
     }
 
     #[test]
+    fn device_command_data_is_what_the_docs_say() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let sectors: std::collections::HashSet<_> = (0..64).map(disk_sector).collect();
+        assert_eq!(sectors.len(), 64);
+        assert_eq!(disk_sector(0x0102)[..3], [0x02, 0x01, 0]);
+        assert!(disk_sector(0).iter().any(|&b| b != 0));
+        let mut buf = [0u8; 32];
+        for (n, text) in [
+            (0, "ping 0\n"),
+            (7, "ping 7\n"),
+            (u64::MAX, "ping 18446744073709551615\n"),
+        ] {
+            let len = vsock_ping(n, &mut buf);
+            assert_eq!(&buf[..len], text.as_bytes());
+        }
+        assert_ne!(screen_pixel(5, 9, 0), screen_pixel(5, 9, 1));
+        assert_eq!(screen_pixel(5, 9, 0)[3], 0xff);
+        let frame = net_frame([2, 0, 0, 0, 0, 1], 3);
+        assert_eq!(frame[..6], [0xff; 6]);
+        assert_eq!(frame[14..31], NET_MAGIC[..]);
+        assert_eq!(frame[31..39], 3u64.to_le_bytes());
+        assert_eq!(Command::parse(b's'), Command::Vsock);
+    }
+
+    #[test]
     fn command_bytes_round_trip() {
         for byte in 0..=u8::MAX {
             let command = Command::parse(byte);

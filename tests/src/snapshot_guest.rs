@@ -498,6 +498,14 @@ mod tests {
     use resources::snapshot_proto::page_addr;
 
     #[test]
+    fn keys_answers_parse() {
+        assert_eq!(parse_keys("KEYS none"), Some(vec![]));
+        assert_eq!(parse_keys("KEYS 30:1,30:0"), Some(vec![(30, 1), (30, 0)]));
+        assert_eq!(parse_keys("KEYS 30"), None);
+        assert_eq!(parse_keys("DISK 0"), None);
+    }
+
+    #[test]
     fn counts_that_go_on_across_a_cut_line_pass() {
         // A pause between "COUN" and "T 2": the restored process prints the rest.
         let before =
