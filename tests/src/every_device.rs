@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -138,6 +138,8 @@ pub fn disk_image() -> Vec<u8> {
 /// connection it reads one line, records it, writes it back, and waits for the guest to close.
 pub struct VsockEcho {
     lines: Arc<Mutex<Vec<String>>>,
+    /// How long the server waits before echoing, in milliseconds.
+    delay_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -150,15 +152,17 @@ impl VsockEcho {
             .set_nonblocking(true)
             .expect("non-blocking listener");
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (lines, stop) = (lines.clone(), stop.clone());
+            let (lines, delay_ms, stop) = (lines.clone(), delay_ms.clone(), stop.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
                             let lines = lines.clone();
-                            std::thread::spawn(move || echo_one(stream, &lines));
+                            let delay = Duration::from_millis(delay_ms.load(Ordering::Relaxed));
+                            std::thread::spawn(move || echo_one(stream, &lines, delay));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
@@ -167,9 +171,17 @@ impl VsockEcho {
         };
         VsockEcho {
             lines,
+            delay_ms,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Makes connections accepted from now on wait `delay` between reading the line and
+    /// echoing it.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// The lines received so far, one per connection, in order.
@@ -178,7 +190,7 @@ impl VsockEcho {
     }
 }
 
-fn echo_one(stream: std::os::unix::net::UnixStream, lines: &Mutex<Vec<String>>) {
+fn echo_one(stream: std::os::unix::net::UnixStream, lines: &Mutex<Vec<String>>, delay: Duration) {
     stream.set_nonblocking(false).expect("blocking stream");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -192,6 +204,7 @@ fn echo_one(stream: std::os::unix::net::UnixStream, lines: &Mutex<Vec<String>>) 
         .lock()
         .expect("echo lines")
         .push(line.trim_end().to_string());
+    std::thread::sleep(delay);
     let _ = (&stream).write_all(line.as_bytes());
     // Until the guest closes the connection.
     let _ = reader.read_line(&mut String::new());

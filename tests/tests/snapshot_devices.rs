@@ -320,3 +320,44 @@ fn disk_writes_caught_at_any_point_by_a_snapshot_complete_after_restore() {
     guest.verify(&vm);
     guest.quit(&mut vm);
 }
+
+#[test]
+fn a_vsock_connection_cut_by_a_restore_fails_and_the_next_one_works() {
+    if !kvm_available() {
+        return;
+    }
+    let devs = EveryDevice::new(false);
+    let mut args = SnapshotGuest::args("128M");
+    args.extend(devs.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let vm = devs.spawn(&args);
+    let mut guest = SnapshotGuest::new();
+    guest.wait_ready(&vm);
+
+    // The host holds its echo back: snapshot while the guest waits for it.
+    devs.echo.set_delay(Duration::from_secs(60));
+    guest.put(&vm, Command::Vsock);
+    let start = Instant::now();
+    while devs.echo.lines().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no ping");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    vm.set_state("Paused");
+    let at = guest.checkpoint(&vm);
+    let (state, mem) = (devs.path("state"), devs.path("mem"));
+    create(&vm, &state, &mem);
+    kill(vm);
+    devs.echo.set_delay(Duration::ZERO);
+
+    let mut vm = restore(&devs, &mut guest, &at, &state, &mem);
+    let restored = Instant::now();
+    let cut = guest.answer(&vm, "VSOCK ");
+    eprintln!("{cut:?} {:?} after the restore", restored.elapsed());
+    assert!(cut.starts_with("VSOCK bad 1 "), "{cut}");
+    // The next connection is a new one, to the same host port, and works.
+    guest.put(&vm, Command::Vsock);
+    assert_eq!(guest.answer(&vm, "VSOCK "), "VSOCK ok 2");
+    assert_eq!(devs.echo.lines(), ["ping 1", "ping 2"]);
+    guest.verify(&vm);
+    guest.quit(&mut vm);
+}
