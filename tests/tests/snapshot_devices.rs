@@ -20,9 +20,10 @@ use tests::{kvm_available, netns_available};
 
 /// How long the host waits for keys it sent to reach the guest's driver.
 const KEYS_TIMEOUT: Duration = Duration::from_secs(30);
-/// `KEY_A`, `KEY_B`: what the host types before and after the restore.
+/// `KEY_A`, `KEY_B`, `KEY_C`: what the host types before the first restore and after each.
 const KEY_A: u16 = 30;
 const KEY_B: u16 = 48;
+const KEY_C: u16 = 46;
 
 #[test]
 fn every_device_works_after_a_restore_in_a_new_process() {
@@ -55,41 +56,51 @@ fn every_device_works_after_a_restore_in_a_new_process() {
     exercise(&vm, &mut guest, &devs, KEY_A);
     guest.verify(&vm);
 
-    // Snapshot, kill, restore in a new process.
-    vm.set_state("Paused");
-    let at = guest.checkpoint(&vm);
-    let before = screenshot(&vm);
-    let (state, mem) = (devs.path("state"), devs.path("mem"));
-    create(&vm, &state, &mem);
-    kill(vm);
-    let console_before = devs.console_lines();
+    // Twice: snapshot, kill, restore in a new process (the second time, the devices saved
+    // are restored ones).
+    let mut vm = vm;
+    for (cycle, key) in [(1, KEY_B), (2, KEY_C)] {
+        vm.set_state("Paused");
+        let at = guest.checkpoint(&vm);
+        let before = screenshot(&vm);
+        let (state, mem) = (
+            devs.path(&format!("state{cycle}")),
+            devs.path(&format!("mem{cycle}")),
+        );
+        create(&vm, &state, &mem);
+        kill(vm);
+        let console_before = devs.console_lines();
 
-    let mut vm = restore(&devs, &mut guest, &at, &state, &mem);
+        vm = restore(&devs, &mut guest, &at, &state, &mem);
 
-    // The same picture, without the guest drawing anything.
-    let after = screenshot(&vm);
+        // The same picture, without the guest drawing anything.
+        let after = screenshot(&vm);
+        assert_eq!(
+            (after.width, after.height),
+            (before.width, before.height),
+            "restore {cycle}: the screen's size changed"
+        );
+        assert!(
+            after.rgba == before.rgba,
+            "restore {cycle}: the screen differs from the one snapshotted: first difference {:?}",
+            after.first_difference(|x, y| before.pixel(x, y))
+        );
+        eprintln!(
+            "restore {cycle}: screen generation before {} after {}",
+            before.generation, after.generation
+        );
+        // The restored process appends to the console file: it was not truncated.
+        assert_eq!(devs.console_lines(), console_before, "restore {cycle}");
+
+        // Every device again, the counters going on.
+        exercise(&vm, &mut guest, &devs, key);
+        guest.verify(&vm);
+    }
     assert_eq!(
-        (after.width, after.height),
-        (before.width, before.height),
-        "the screen's size changed across the restore"
+        devs.console_lines(),
+        ["CONSOLE 1", "CONSOLE 2", "CONSOLE 3"]
     );
-    assert!(
-        after.rgba == before.rgba,
-        "the restored screen differs from the one snapshotted: first difference {:?}",
-        after.first_difference(|x, y| before.pixel(x, y))
-    );
-    eprintln!(
-        "screen generation before {} after {}",
-        before.generation, after.generation
-    );
-    // The console file was not truncated by the restored process.
-    assert_eq!(devs.console_lines(), console_before);
-
-    // After: every device again, counters going on.
-    exercise(&vm, &mut guest, &devs, KEY_B);
-    assert_eq!(devs.console_lines(), ["CONSOLE 1", "CONSOLE 2"]);
-    assert_eq!(devs.echo.lines(), ["ping 1", "ping 2"]);
-    guest.verify(&vm);
+    assert_eq!(devs.echo.lines(), ["ping 1", "ping 2", "ping 3"]);
     guest.assert_counts_continue(&vm);
     eprintln!("--- guest output ---\n{}", guest.output(&vm));
     guest.quit(&mut vm);
