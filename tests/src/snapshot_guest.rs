@@ -297,6 +297,21 @@ impl SnapshotGuest {
         n
     }
 
+    /// `m`: the first frame of ours the guest's network device received since the last `m`,
+    /// as (length, FNV-1a 64); `None` if none came.
+    pub fn net_recv(&mut self, vm: &ApiVm) -> Option<(usize, u64)> {
+        let answer = self.device_answer(vm, Command::NetRecv);
+        let got = answer.strip_prefix("NET got ");
+        if got == Some("none") {
+            return None;
+        }
+        let parsed = got.and_then(|got| {
+            let (len, hash) = got.split_once(' ')?;
+            Some((len.parse().ok()?, u64::from_str_radix(hash, 16).ok()?))
+        });
+        Some(parsed.unwrap_or_else(|| panic!("bad answer to m: {answer:?}")))
+    }
+
     /// Sends a device command and returns its answer, which must not be `NODEV`.
     fn device_answer(&mut self, vm: &ApiVm, command: Command) -> String {
         let answer = self.send(vm, command).expect("device commands answer");
@@ -419,6 +434,7 @@ pub fn answer_prefix(command: Command) -> Option<&'static str> {
         Command::Gpu => Some("GPU drew "),
         Command::Keys => Some("KEYS "),
         Command::Net => Some("NET sent "),
+        Command::NetRecv => Some("NET got "),
         Command::Quit | Command::Ignore => None,
     }
 }

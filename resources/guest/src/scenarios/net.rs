@@ -28,7 +28,7 @@ use crate::rt::deadline::Deadline;
 use crate::rt::fnv::fnv1a64;
 use crate::virtio::{self, poll, DeviceType, PetrelHal};
 
-const QUEUE_SIZE: usize = 16;
+pub const QUEUE_SIZE: usize = 16;
 pub type Net = VirtIONetRaw<PetrelHal, MmioTransport<'static>, QUEUE_SIZE>;
 
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
@@ -36,8 +36,8 @@ const GUEST_MAGIC: &[u8] = b"petrel-guest-frame";
 const HOST_MAGIC: &[u8] = b"petrel-host-frame";
 const FILLER_LEN: u8 = 46;
 /// Receive buffers kept posted, each big enough for the header and a 1514-byte frame.
-const RX_BUFFERS: usize = 8;
-const RX_BUFFER_LEN: usize = 2048;
+pub const RX_BUFFERS: usize = 8;
+pub const RX_BUFFER_LEN: usize = 2048;
 const TX_TIMEOUT_MS: u64 = 10_000;
 /// How long to wait for the host's frame: the host sends it once it has seen ours.
 const RX_TIMEOUT_MS: u64 = 30_000;
@@ -62,7 +62,9 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
     // Post every receive buffer before sending, so the host's answer finds room at once.
     let mut tokens = [None; QUEUE_SIZE];
     for (slot, buf) in rx.iter_mut().enumerate() {
-        post(&mut net, &mut tokens, slot, buf)?;
+        // SAFETY: the buffers are heap allocations nothing touches until `receive_complete`
+        // returns them, declared before the driver so that they outlive it.
+        unsafe { post(&mut net, &mut tokens, slot, buf)? };
     }
 
     let frame = guest_frame(&mac);
@@ -123,14 +125,18 @@ pub fn transmit(net: &mut Net, frame: &[u8]) -> Result<(), String> {
 }
 
 /// Posts receive buffer `slot`, noting which descriptor chain (token) holds it.
-fn post(
+///
+/// # Safety
+///
+/// Nothing may touch `buf` until `receive_complete` returns it, and it must outlive the
+/// driver (whose drop resets the device), unless the device returned it.
+pub unsafe fn post(
     net: &mut Net,
     tokens: &mut [Option<usize>; QUEUE_SIZE],
     slot: usize,
     buf: &mut [u8],
 ) -> Result<(), String> {
-    // SAFETY: the buffer is a heap allocation nothing touches until `receive_complete` returns
-    // it, and it outlives the driver (see `run`).
+    // SAFETY: the caller's promise.
     let token =
         unsafe { net.receive_begin(buf) }.map_err(|e| format!("posting a receive buffer: {e}"))?;
     tokens[usize::from(token)] = Some(slot);
@@ -174,7 +180,8 @@ fn receive_host_frame(
             return Ok(frame.to_vec());
         }
         ignored += 1;
-        post(net, tokens, slot, buf)?;
+        // SAFETY: the device returned `buf`, which `run` keeps alive past the driver.
+        unsafe { post(net, tokens, slot, buf)? };
     }
 }
 

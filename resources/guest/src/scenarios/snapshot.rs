@@ -39,6 +39,7 @@
 //! | `g` | paint the screen at screen counter n, flush | `GPU drew <n>` |
 //! | `i` | drain the input devices' events | `KEYS <code>:<value>,...` or `KEYS none` |
 //! | `n` | send one frame on the network device | `NET sent <n>` |
+//! | `m` | take received frames up to one of ours | `NET got <len> <fnv1a64>` or `NET got none` |
 //!
 //! A command for a device that is absent answers `NODEV <byte>`.
 //!
@@ -123,7 +124,8 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
                 | Command::Vsock
                 | Command::Gpu
                 | Command::Keys
-                | Command::Net) => devices.handle(command)?,
+                | Command::Net
+                | Command::NetRecv) => devices.handle(command)?,
                 Command::Ignore => {}
                 Command::Unknown(byte) => println!("UNKNOWN {byte:#04x}"),
             }

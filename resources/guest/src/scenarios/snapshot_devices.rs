@@ -1,14 +1,16 @@
 //! The `snapshot` scenario's devices: the first virtio block, console, vsock, gpu and network
 //! device and every input device on the command line, each set up once at start, and the
-//! commands that use them (`r`, `w`, `p`, `s`, `g`, `i`, `n`; see `snapshot_proto`). A command
+//! commands that use them (`r`, `w`, `p`, `s`, `g`, `i`, `n`, `m`; see `snapshot_proto`). A command
 //! for a device that is absent answers `NODEV <byte>`.
 //!
 //! Every command does a little work and answers with one line; the counters behind the
 //! answers (one per command kind, the first use answers 1) live in guest memory, so a
 //! restored guest goes on counting where the snapshot left it.
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 
 use virtio_drivers::device::console::VirtIOConsole;
@@ -23,7 +25,7 @@ use super::input::{self, Input};
 use super::net::{self, Net};
 use super::snapshot_proto::{
     disk_sector, fnv1a64, net_frame, screen_pixel, vsock_ping, Command, DISK_READ_SECTORS,
-    DISK_WRITE_SECTOR, SECTOR_SIZE, VSOCK_HOST_PORT, VSOCK_LOCAL_PORT_BASE,
+    DISK_WRITE_SECTOR, NET_ETHERTYPE, SECTOR_SIZE, VSOCK_HOST_PORT, VSOCK_LOCAL_PORT_BASE,
 };
 use crate::rt::bootparams::BootParams;
 use crate::rt::deadline::Deadline;
@@ -61,7 +63,7 @@ pub struct Devices {
     vsock: Option<Vsock>,
     gpu: Option<Frame>,
     inputs: Vec<Input>,
-    net: Option<(Net, [u8; 6])>,
+    net: Option<NetDev>,
     disk_writes: u64,
     console_lines: u64,
     vsock_pings: u64,
@@ -117,8 +119,7 @@ impl Devices {
                 DeviceType::Input => inputs.push(device),
                 DeviceType::Network if devices.net.is_none() => {
                     let net = Net::new(device.transport).map_err(|e| failed("network", &e))?;
-                    let mac = net.mac_address();
-                    devices.net = Some((net, mac));
+                    devices.net = Some(NetDev::new(net)?);
                 }
                 // A second device of a kind: left alone (dropping its transport would reset it).
                 _ => core::mem::forget(device),
@@ -178,11 +179,13 @@ impl Devices {
             }),
             Command::Keys if !self.inputs.is_empty() => Some(Ok(keys(&mut self.inputs))),
             Command::Keys => None,
-            Command::Net => self.net.as_mut().map(|(net, mac)| {
+            Command::Net => self.net.as_mut().map(|dev| {
                 self.net_frames += 1;
                 let n = self.net_frames;
-                net::transmit(net, &net_frame(*mac, n)).map(|()| format!("NET sent {n}"))
+                net::transmit(&mut dev.net, &net_frame(dev.mac, n))
+                    .map(|()| format!("NET sent {n}"))
             }),
+            Command::NetRecv => self.net.as_mut().map(NetDev::receive),
             other => return Err(format!("{other:?} is not a device command")),
         };
         match answer {
@@ -190,6 +193,70 @@ impl Devices {
             None => println!("NODEV {}", char::from(command.byte().unwrap_or(b'?'))),
         }
         Ok(())
+    }
+}
+
+/// The network device and its receive buffers, always posted but while one is looked at.
+struct NetDev {
+    /// Declared first so that it is dropped first: dropping the driver resets the device,
+    /// which then no longer writes into the buffers still posted.
+    net: Net,
+    mac: [u8; 6],
+    rx: Vec<Box<[u8]>>,
+    /// The buffer (index into `rx`) each descriptor chain holds.
+    tokens: [Option<usize>; net::QUEUE_SIZE],
+}
+
+impl NetDev {
+    fn new(net: Net) -> Result<NetDev, String> {
+        let mac = net.mac_address();
+        let mut dev = NetDev {
+            net,
+            mac,
+            rx: (0..net::RX_BUFFERS)
+                .map(|_| vec![0u8; net::RX_BUFFER_LEN].into_boxed_slice())
+                .collect(),
+            tokens: [None; net::QUEUE_SIZE],
+        };
+        for slot in 0..dev.rx.len() {
+            // SAFETY: the buffers are heap allocations only `receive` touches, after the device
+            // returned them, and they outlive the driver (field order).
+            unsafe { net::post(&mut dev.net, &mut dev.tokens, slot, &mut dev.rx[slot])? };
+        }
+        Ok(dev)
+    }
+
+    /// `m`: takes received frames until one has our ethertype; posts every buffer again.
+    fn receive(&mut self) -> Result<String, String> {
+        while let Some(token) = self.net.poll_receive() {
+            let Some(slot) = self
+                .tokens
+                .get_mut(usize::from(token))
+                .and_then(Option::take)
+            else {
+                crate::scenarios::fail_now(format_args!(
+                    "the network device returned receive chain {token}, which holds no buffer"
+                ));
+            };
+            let buf = &mut self.rx[slot];
+            // SAFETY: `buf` is the buffer `receive_begin` was given for `token`.
+            let (header, len) = unsafe { self.net.receive_complete(token, buf) }
+                .map_err(|e| format!("receive: {e}"))?;
+            let frame = buf.get(header..header + len).ok_or_else(|| {
+                format!(
+                    "the device reports a {len}-byte frame in a {}-byte buffer",
+                    buf.len()
+                )
+            })?;
+            let ours = (frame.get(12..14) == Some(&NET_ETHERTYPE[..]))
+                .then(|| format!("NET got {len} {:016x}", fnv1a64(frame)));
+            // SAFETY: as in `new`: the device returned `buf`, which outlives the driver.
+            unsafe { net::post(&mut self.net, &mut self.tokens, slot, buf)? };
+            if let Some(answer) = ours {
+                return Ok(answer);
+            }
+        }
+        Ok(String::from("NET got none"))
     }
 }
 

@@ -182,6 +182,10 @@ pub enum Command {
     /// `n`: bump the net counter n and send [`net_frame`]`(mac, n)` on the first network device;
     /// answer `NET sent <n>`.
     Net,
+    /// `m`: take the frames the network device received, up to the first with
+    /// [`NET_ETHERTYPE`]; answer `NET got <len> <fnv1a64 of the frame, 16 hex digits>` or
+    /// `NET got none`. (Receive buffers are posted at start and again once taken.)
+    NetRecv,
     /// `\r`, `\n`, space: nothing.
     Ignore,
     /// Anything else: answer `UNKNOWN <byte>` (the byte as 0x-prefixed hex).
@@ -203,6 +207,7 @@ impl Command {
             b'g' => Command::Gpu,
             b'i' => Command::Keys,
             b'n' => Command::Net,
+            b'm' => Command::NetRecv,
             b'\r' | b'\n' | b' ' => Command::Ignore,
             other => Command::Unknown(other),
         }
@@ -229,6 +234,7 @@ impl Command {
             Command::Gpu => Some(b'g'),
             Command::Keys => Some(b'i'),
             Command::Net => Some(b'n'),
+            Command::NetRecv => Some(b'm'),
             Command::Unknown(byte) => Some(byte),
         }
     }
