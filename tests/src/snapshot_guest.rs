@@ -146,7 +146,8 @@ impl SnapshotGuest {
     /// Sends `command`'s byte without waiting for its answer (to pause or snapshot while the
     /// guest works on it); [`SnapshotGuest::answer`] waits for it later, in this process or
     /// in one restored from a snapshot taken meanwhile. A write command bumps the host's
-    /// generations now: the guest has it, and a snapshot taken from here on holds it.
+    /// generations now, and a device command with a counter the host's counter: the guest has
+    /// it, and a snapshot taken from here on holds it.
     pub fn put(&mut self, vm: &ApiVm, command: Command) {
         let byte = command
             .byte()
@@ -158,9 +159,15 @@ impl SnapshotGuest {
             "/serial",
             serde_json::json!({ "data": char::from(byte).to_string() }),
         );
+        let counters = &mut self.counters;
         match command {
             Command::Write(k) => self.gens[k] += 1,
             Command::WriteAll => self.gens.iter_mut().for_each(|g| *g += 1),
+            Command::DiskWrite => counters.disk_writes += 1,
+            Command::Console => counters.console_lines += 1,
+            Command::Vsock => counters.vsock_pings += 1,
+            Command::Gpu => counters.frames += 1,
+            Command::Net => counters.net_frames += 1,
             _ => {}
         }
     }
@@ -240,7 +247,6 @@ impl SnapshotGuest {
     /// asserts `DISK wrote <n>` and returns n.
     pub fn disk_write(&mut self, vm: &ApiVm) -> u64 {
         let answer = self.device_answer(vm, Command::DiskWrite);
-        self.counters.disk_writes += 1;
         let n = self.counters.disk_writes;
         assert_eq!(answer, format!("DISK wrote {n}"));
         n
@@ -250,7 +256,6 @@ impl SnapshotGuest {
     /// counter n; asserts the same answer on the serial port and returns n.
     pub fn console(&mut self, vm: &ApiVm) -> u64 {
         let answer = self.device_answer(vm, Command::Console);
-        self.counters.console_lines += 1;
         let n = self.counters.console_lines;
         assert_eq!(answer, format!("CONSOLE {n}"));
         n
@@ -260,7 +265,6 @@ impl SnapshotGuest {
     /// `VSOCK ok <n>` for the next vsock counter n and returns n.
     pub fn vsock(&mut self, vm: &ApiVm) -> u64 {
         let answer = self.device_answer(vm, Command::Vsock);
-        self.counters.vsock_pings += 1;
         let n = self.counters.vsock_pings;
         assert_eq!(answer, format!("VSOCK ok {n}"));
         n
@@ -270,15 +274,15 @@ impl SnapshotGuest {
     /// `GPU drew <n>` and returns n.
     pub fn draw(&mut self, vm: &ApiVm) -> u64 {
         let answer = self.device_answer(vm, Command::Gpu);
-        self.counters.frames += 1;
         let n = self.counters.frames;
         assert_eq!(answer, format!("GPU drew {n}"));
         n
     }
 
-    /// The screen counter: what the screen shows (0 until the first `g`).
-    pub fn frames(&self) -> u64 {
-        self.counters.frames
+    /// The device commands' counters as the host expects them (a command sent with
+    /// [`SnapshotGuest::put`] counts from then on).
+    pub fn counters(&self) -> DeviceCounters {
+        self.counters
     }
 
     /// `i`: the input events the guest had pending, but EV_SYN, as (code, value).
@@ -291,7 +295,6 @@ impl SnapshotGuest {
     /// `NET sent <n>` and returns n.
     pub fn net(&mut self, vm: &ApiVm) -> u64 {
         let answer = self.device_answer(vm, Command::Net);
-        self.counters.net_frames += 1;
         let n = self.counters.net_frames;
         assert_eq!(answer, format!("NET sent {n}"));
         n

@@ -399,3 +399,91 @@ fn a_vsock_connection_cut_by_a_restore_fails_and_the_next_one_works() {
     guest.verify(&vm);
     guest.quit(&mut vm);
 }
+
+/// Sends `command`, waits until the guest has printed its next `COUNT` (it reads the byte at
+/// the poll right after), sleeps `delay`, pauses and snapshots (files `<tag>`), kills, and
+/// restores: a snapshot taken somewhere in the command's work, whose answer may have come out
+/// before the snapshot or come after the restore. Returns the restored VM and what the guest
+/// printed between the command and the snapshot.
+fn snapshot_during(
+    devs: &EveryDevice,
+    vm: ApiVm,
+    guest: &mut SnapshotGuest,
+    command: Command,
+    delay: Duration,
+    tag: &str,
+) -> (ApiVm, String) {
+    let last = guest.last_count(&vm);
+    let mark = guest.output(&vm).len();
+    guest.put(&vm, command);
+    let start = Instant::now();
+    while guest.last_count(&vm) == last {
+        assert!(start.elapsed() < Duration::from_secs(30), "no COUNT");
+    }
+    std::thread::sleep(delay);
+    vm.set_state("Paused");
+    let at = guest.checkpoint(&vm);
+    let (state, mem) = (
+        devs.path(&format!("state-{tag}")),
+        devs.path(&format!("mem-{tag}")),
+    );
+    create(&vm, &state, &mem);
+    kill(vm);
+    let printed = at.output()[mark..].to_string();
+    (restore(devs, guest, &at, &state, &mem), printed)
+}
+
+#[test]
+fn console_lines_and_frames_caught_mid_command_by_a_snapshot_come_out_once() {
+    if !kvm_available() {
+        return;
+    }
+    let devs = EveryDevice::new(false);
+    let mut args = SnapshotGuest::args("128M");
+    args.extend(devs.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut vm = devs.spawn(&args);
+    let mut guest = SnapshotGuest::new();
+    guest.wait_ready(&vm);
+    guest.wait_counts(&vm, 1);
+
+    // (delay µs, answered before the snapshot)
+    let mut cases = Vec::new();
+    for (i, us) in [0u64, 100, 200, 400, 700, 1000, 1500, 2000, 3000]
+        .into_iter()
+        .enumerate()
+    {
+        let printed;
+        (vm, printed) = snapshot_during(
+            &devs,
+            vm,
+            &mut guest,
+            Command::Console,
+            Duration::from_micros(us),
+            &format!("p{i}"),
+        );
+        let n = guest.counters().console_lines;
+        cases.push((us, printed.contains("CONSOLE ")));
+        assert_eq!(guest.answer(&vm, "CONSOLE "), format!("CONSOLE {n}"));
+        let want: Vec<String> = (1..=n).map(|k| format!("CONSOLE {k}")).collect();
+        assert_eq!(devs.console_lines(), want, "paused {us} µs after the poll");
+    }
+    for (i, ms) in [0u64, 10, 20, 40, 60, 80, 100, 150].into_iter().enumerate() {
+        let printed;
+        (vm, printed) = snapshot_during(
+            &devs,
+            vm,
+            &mut guest,
+            Command::Gpu,
+            Duration::from_millis(ms),
+            &format!("g{i}"),
+        );
+        let n = guest.counters().frames;
+        cases.push((ms * 1000, printed.contains("GPU drew ")));
+        assert_eq!(guest.answer(&vm, "GPU drew "), format!("GPU drew {n}"));
+        assert_screen(&screenshot(&vm), n, &format!("paused {ms} ms into g"));
+    }
+    eprintln!("(delay µs, answered before the snapshot): {cases:?}");
+    guest.verify(&vm);
+    guest.quit(&mut vm);
+}
