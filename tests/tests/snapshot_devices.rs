@@ -1,8 +1,15 @@
 //! Snapshots of a guest with every device attached (block, console, vsock, gpu, keyboard, net):
 //! each device works before the snapshot, and after a restore in a new petrel process the
 //! disk reads and writes, the console prints (on in the same output file), the screen shows
-//! the same picture and redraws, vsock connects again, keys arrive, frames go out, and memory
-//! and counts are what they were.
+//! the same picture and redraws, vsock connects again, keys arrive, frames go out and come in,
+//! and memory and counts are what they were; twice in a row. Then snapshots taken in the
+//! middle of a command (a disk write, a console line, a frame being drawn, a vsock echo) and
+//! with keys typed while paused: the command completes once after the restore (the vsock
+//! connection, whose host end does not follow the snapshot, fails and the next one works).
+//!
+//! The guest side is the `snapshot` scenario's device commands (`snapshot_proto::Command`);
+//! the host side of each device is `tests::every_device`. The network device needs root (a
+//! TAP in a namespace): without it the first test leaves net out, outside CI.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
