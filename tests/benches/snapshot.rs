@@ -7,7 +7,8 @@
 //! - incremental (Diff) create of the same idle guest, with nothing dirtied;
 //! - incremental create after the guest dirtied 16 MiB (the `snapshot` scenario's `A`);
 //! - load-to-running: `PUT /snapshot/load` with `resume_vm` into a waiting petrel, until the
-//!   reply (sent once the vCPUs run).
+//!   reply (sent once the vCPUs run), of the idle guest's full snapshot, and of a chain (a
+//!   full base and a 16 MiB layer) against its merged form.
 //!
 //! `cargo bench -p tests --bench snapshot`. `PETREL_BENCH_RUNS` (default 20) runs per case;
 //! `PETREL_BENCH_JSON` as for the other benches. Without `--bench` (as `cargo test
@@ -79,7 +80,9 @@ fn idle_cases(report: &mut Report, memory: &str, runs: usize, dir: &Path) {
     let vm = idle_guest(memory);
     vm.set_state("Paused");
     let (state, mem) = (dir.join("full.state"), dir.join("full.mem"));
-    let full: Vec<Duration> = (0..runs).map(|_| create(&vm, "Full", &state, &mem)).collect();
+    let full: Vec<Duration> = (0..runs)
+        .map(|_| create(&vm, "Full", &state, &mem))
+        .collect();
     let bytes = on_disk(&mem) + on_disk(&state);
     report.add("full create (idle)", memory, full, Some(bytes));
     let mut diff = Vec::new();
@@ -88,24 +91,18 @@ fn idle_cases(report: &mut Report, memory: &str, runs: usize, dir: &Path) {
         vm.set_state("Resumed");
         std::thread::sleep(Duration::from_millis(5));
         vm.set_state("Paused");
-        let (s, m) = (dir.join(format!("d{i}.state")), dir.join(format!("d{i}.mem")));
+        let (s, m) = (
+            dir.join(format!("d{i}.state")),
+            dir.join(format!("d{i}.mem")),
+        );
         diff.push(create(&vm, "Diff", &s, &m));
         bytes = on_disk(&m) + on_disk(&s);
     }
     report.add("diff create (idle)", memory, diff, Some(bytes));
     drop(vm);
 
-    let mut load = Vec::new();
-    for _ in 0..runs {
-        let target = ApiVm::spawn(&[]);
-        let body = json!({"snapshot_path": state, "resume_vm": true,
-                          "mem_backend": {"backend_type": "File", "backend_path": mem}});
-        let start = Instant::now();
-        target.ok("PUT", "/snapshot/load", body);
-        load.push(start.elapsed());
-        assert_eq!(target.state(), "Running");
-    }
-    report.add("load to running", memory, load, None);
+    let times = (0..runs).map(|_| load(&state, &mem)).collect();
+    report.add("load to running", memory, times, None);
 }
 
 /// Diff creates after the guest dirtied its 16 MiB region.
@@ -119,11 +116,47 @@ fn dirty_case(report: &mut Report, memory: &str, runs: usize, dir: &Path) {
         vm.set_state("Resumed");
         guest.write_all(&vm);
         vm.set_state("Paused");
-        let (s, m) = (dir.join(format!("w{i}.state")), dir.join(format!("w{i}.mem")));
+        let (s, m) = (
+            dir.join(format!("w{i}.state")),
+            dir.join(format!("w{i}.mem")),
+        );
         times.push(create(&vm, "Diff", &s, &m));
         bytes = on_disk(&m) + on_disk(&s);
     }
     report.add("diff create (16 MiB dirtied)", memory, times, Some(bytes));
+    drop(vm);
+
+    // Restoring a chain copies its layers' pages into memory; its merged form is mapped
+    // with no copy. The chain is the full base and the first 16 MiB layer.
+    let state = dir.join("w0.state");
+    let merged = dir.join("w0.flat");
+    let status = std::process::Command::new(tests::petrel())
+        .args(["snapshot", "merge"])
+        .arg(dir.join("w0.mem"))
+        .arg(&merged)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run petrel snapshot merge");
+    assert!(status.success());
+    for (case, mem) in [
+        ("load to running, base + 16 MiB layer", dir.join("w0.mem")),
+        ("load to running, the same merged", merged),
+    ] {
+        let times = (0..runs).map(|_| load(&state, &mem)).collect();
+        report.add(case, memory, times, None);
+    }
+}
+
+/// Loads a snapshot into a new, waiting petrel and runs it; the time of the request.
+fn load(state: &Path, mem: &Path) -> Duration {
+    let target = ApiVm::spawn(&[]);
+    let body = json!({"snapshot_path": state, "resume_vm": true,
+                      "mem_backend": {"backend_type": "File", "backend_path": mem}});
+    let start = Instant::now();
+    target.ok("PUT", "/snapshot/load", body);
+    let took = start.elapsed();
+    assert_eq!(target.state(), "Running");
+    took
 }
 
 fn main() {
