@@ -108,23 +108,47 @@ fn opt_hash_as_hex<S: serde::Serializer>(hash: &Option<[u8; 32]>, s: S) -> Resul
 }
 
 /// Adds pages to a content hash, in ascending order.
-pub(crate) struct ContentHasher(blake3::Hasher);
+///
+/// The hash is BLAKE3 of (kind u32 ‖ guest size u64 ‖ BLAKE3 of the present pages' bytes,
+/// concatenated ‖ BLAKE3 of their indices as u64s): the page bytes go to a hasher of their
+/// own, so a run of contiguous pages is hashed in one call with BLAKE3's SIMD parallelism
+/// (interleaving each page with its index costs four times as much).
+pub(crate) struct ContentHasher {
+    kind: MemFileKind,
+    guest_size: u64,
+    data: blake3::Hasher,
+    indices: blake3::Hasher,
+}
 
 impl ContentHasher {
     pub(crate) fn new(kind: MemFileKind, guest_size: u64) -> Self {
-        let mut h = blake3::Hasher::new();
-        h.update(&kind.code().to_le_bytes());
-        h.update(&guest_size.to_le_bytes());
-        ContentHasher(h)
+        ContentHasher {
+            kind,
+            guest_size,
+            data: blake3::Hasher::new(),
+            indices: blake3::Hasher::new(),
+        }
     }
 
     pub(crate) fn page(&mut self, index: u64, data: &[u8]) {
-        self.0.update(&index.to_le_bytes());
-        self.0.update(data);
+        self.pages(index, data);
+    }
+
+    /// Pages `first`, `first + 1`, ... whose bytes are `data` (a multiple of the page size).
+    pub(crate) fn pages(&mut self, first: u64, data: &[u8]) {
+        self.data.update(data);
+        for i in 0..(data.len() as u64 / PAGE_SIZE) {
+            self.indices.update(&(first + i).to_le_bytes());
+        }
     }
 
     pub(crate) fn finish(&self) -> [u8; 32] {
-        *self.0.finalize().as_bytes()
+        let mut h = blake3::Hasher::new();
+        h.update(&self.kind.code().to_le_bytes());
+        h.update(&self.guest_size.to_le_bytes());
+        h.update(self.data.finalize().as_bytes());
+        h.update(self.indices.finalize().as_bytes());
+        *h.finalize().as_bytes()
     }
 }
 

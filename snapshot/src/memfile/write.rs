@@ -29,11 +29,11 @@ pub(crate) fn write_nonzero(
     for i in 0..=n {
         let nonzero = i < n && !is_zero(&bytes[i * page..(i + 1) * page]);
         if nonzero {
-            hasher.page(first_page + i as u64, &bytes[i * page..(i + 1) * page]);
             written += 1;
             run_start.get_or_insert(i);
         } else if let Some(rs) = run_start.take() {
             let at = data_offset + (first_page + rs as u64) * PAGE_SIZE;
+            hasher.pages(first_page + rs as u64, &bytes[rs * page..i * page]);
             file.write_all_at(&bytes[rs * page..i * page], at)
                 .map_err(|e| SnapshotError::io("write", path, e))?;
         }
@@ -167,10 +167,7 @@ pub fn write_diff(
         let offset = start * PAGE_SIZE;
         for (region, in_region, len, rel) in layout.pieces(offset, count * PAGE_SIZE) {
             let bytes = &ram[region][in_region..in_region + len];
-            let first = (offset + rel) / PAGE_SIZE;
-            for (i, page) in bytes.chunks_exact(PAGE_SIZE as usize).enumerate() {
-                hasher.page(first + i as u64, page);
-            }
+            hasher.pages((offset + rel) / PAGE_SIZE, bytes);
             out.file()
                 .write_all_at(bytes, data_offset + slot * PAGE_SIZE)
                 .map_err(|e| SnapshotError::io("write", path, e))?;
