@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::netns::NetNs;
 use crate::{petrel, wait, Output};
@@ -193,6 +193,39 @@ impl ApiVm {
     pub fn socket(&self) -> &Path {
         &self.sock
     }
+
+    /// `PUT /snapshot/create` of `kind` (`Full` or `Diff`) to `state` and `mem`; asserts a
+    /// 204 (the VM must be paused).
+    pub fn create_snapshot(&self, kind: &str, state: &Path, mem: &Path) {
+        self.ok(
+            "PUT",
+            "/snapshot/create",
+            json!({"snapshot_type": kind, "snapshot_path": state, "mem_file_path": mem}),
+        );
+    }
+
+    /// `PUT /snapshot/load` of `state` with `resume_vm`, its memory from `mem` (or the file
+    /// the state names); asserts a 204.
+    pub fn load_snapshot(&self, state: &Path, mem: Option<&Path>) {
+        self.ok("PUT", "/snapshot/load", load_body(state, mem));
+    }
+
+    /// Kills petrel with SIGKILL and waits for it to exit: from then on only a snapshot has
+    /// the guest. (`PUT /actions Kill` may end the process before its reply is sent.)
+    pub fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+        self.finish(Duration::from_secs(30));
+    }
+}
+
+/// The body of a `PUT /snapshot/load` of `state` that runs the VM; its memory from `mem`, or
+/// the memory file the state names when `None`.
+pub fn load_body(state: &Path, mem: Option<&Path>) -> Value {
+    let mut body = json!({"snapshot_path": state, "resume_vm": true});
+    if let Some(mem) = mem {
+        body["mem_backend"] = json!({"backend_type": "File", "backend_path": mem});
+    }
+    body
 }
 
 impl Drop for ApiVm {

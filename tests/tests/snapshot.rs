@@ -7,39 +7,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use tests::api_vm::ApiVm;
+use serde_json::json;
+use tests::api_vm::{load_body, ApiVm};
 use tests::kvm_available;
 use tests::snapshot_guest::{Checkpoint, SnapshotGuest};
 
 const EXIT: Duration = Duration::from_secs(30);
 
-fn create(vm: &ApiVm, kind: &str, state: &Path, mem: &Path) {
-    vm.ok(
-        "PUT",
-        "/snapshot/create",
-        json!({"snapshot_type": kind, "snapshot_path": state, "mem_file_path": mem}),
-    );
-}
-
-fn load_body(state: &Path, mem: Option<&Path>) -> Value {
-    let mut body = json!({"snapshot_path": state, "resume_vm": true});
-    if let Some(mem) = mem {
-        body["mem_backend"] = json!({"backend_type": "File", "backend_path": mem});
-    }
-    body
-}
-
-/// Kills the old process: from here on only the snapshot has the guest.
-fn kill(mut vm: ApiVm) {
-    vm.signal(libc::SIGKILL);
-    vm.finish(EXIT);
-}
-
 /// A new petrel that loads the snapshot and runs it; the guest goes on from `at`.
 fn restore(guest: &mut SnapshotGuest, at: &Checkpoint, state: &Path, mem: Option<&Path>) -> ApiVm {
     let vm = ApiVm::spawn(&[]);
-    vm.ok("PUT", "/snapshot/load", load_body(state, mem));
+    vm.load_snapshot(state, mem);
     assert_eq!(vm.state(), "Running");
     guest.restored(at);
     vm
@@ -49,7 +27,7 @@ fn restore(guest: &mut SnapshotGuest, at: &Checkpoint, state: &Path, mem: Option
 fn snapshot(vm: &ApiVm, guest: &SnapshotGuest, kind: &str, state: &Path, mem: &Path) -> Checkpoint {
     vm.set_state("Paused");
     let at = guest.checkpoint(vm);
-    create(vm, kind, state, mem);
+    vm.create_snapshot(kind, state, mem);
     at
 }
 
@@ -85,7 +63,7 @@ fn a_full_snapshot_goes_on_in_a_new_process() {
     // The paused VM is unchanged by the snapshot and can go on.
     vm.set_state("Resumed");
     guest.write(&vm, 1);
-    kill(vm);
+    vm.kill();
 
     // Sparse: the guest touched its 16 MiB region and its image, not 256 MiB.
     let meta = std::fs::metadata(&mem).unwrap();
@@ -128,7 +106,7 @@ fn a_chain_of_three_diffs_restores_and_merges() {
     guest.write(&vm, 15);
     guest.write(&vm, 1);
     let at = snapshot(&vm, &guest, "Diff", &d.join("s3"), &d.join("m3"));
-    kill(vm);
+    vm.kill();
     assert_eq!(
         at.generations(),
         [0, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
@@ -181,7 +159,7 @@ fn bad_snapshots_are_refused_and_nothing_is_loaded() {
     let (vm, mut guest) = SnapshotGuest::boot("128M", &["--track-dirty-pages"]);
     guest.wait_counts(&vm, 1);
     vm.set_state("Paused");
-    create(&vm, "Full", &d.join("s0"), &d.join("m0"));
+    vm.create_snapshot("Full", &d.join("s0"), &d.join("m0"));
     vm.set_state("Resumed");
     guest.write(&vm, 4);
     let at = snapshot(&vm, &guest, "Diff", &d.join("s1"), &d.join("m1"));
@@ -208,7 +186,7 @@ fn bad_snapshots_are_refused_and_nothing_is_loaded() {
         400,
     );
     assert!(msg.contains("while the VM is Running"), "{msg}");
-    kill(vm);
+    vm.kill();
 
     let copy = |from: &str, to: &str| std::fs::copy(d.join(from), d.join(to)).unwrap();
     let edit = |name: &str, f: &dyn Fn(&mut Vec<u8>)| {
@@ -260,7 +238,7 @@ fn bad_snapshots_are_refused_and_nothing_is_loaded() {
     std::fs::rename(d.join("m0.away"), d.join("m0")).unwrap();
 
     // After all that the same petrel loads the good snapshot.
-    vm.ok("PUT", "/snapshot/load", load_body(&d.join("s1"), None));
+    vm.load_snapshot(&d.join("s1"), None);
     let mut vm = vm;
     guest.restored(&at);
     guest.verify(&vm);
@@ -277,7 +255,7 @@ fn load_without_resume_waits_paused_and_run_restore_runs() {
     let (vm, mut guest) = SnapshotGuest::boot("128M", &[]);
     guest.write(&vm, 9);
     let at = snapshot(&vm, &guest, "Full", &d.join("s"), &d.join("m"));
-    kill(vm);
+    vm.kill();
 
     let mut vm = ApiVm::spawn(&[]);
     let mut body = load_body(&d.join("s"), Some(&d.join("m")));

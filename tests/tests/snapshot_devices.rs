@@ -22,7 +22,7 @@ use serde_json::json;
 use tests::api_vm::ApiVm;
 use tests::display::{screenshot, Screenshot};
 use tests::every_device::{EveryDevice, HEIGHT, KEYBOARD, MAC, WIDTH};
-use tests::snapshot_guest::{Checkpoint, SnapshotGuest, EXIT_TIMEOUT};
+use tests::snapshot_guest::{Checkpoint, SnapshotGuest};
 use tests::{kvm_available, netns_available};
 
 /// How long the host waits for keys it sent to reach the guest's driver.
@@ -74,8 +74,8 @@ fn every_device_works_after_a_restore_in_a_new_process() {
             devs.path(&format!("state{cycle}")),
             devs.path(&format!("mem{cycle}")),
         );
-        create(&vm, &state, &mem);
-        kill(vm);
+        vm.create_snapshot("Full", &state, &mem);
+        vm.kill();
         let console_before = devs.console_lines();
 
         vm = restore(&devs, &mut guest, &at, &state, &mem);
@@ -217,15 +217,6 @@ fn assert_screen(shot: &Screenshot, n: u64, what: &str) {
     );
 }
 
-/// `PUT /snapshot/create` of a Full snapshot (the VM is paused).
-fn create(vm: &ApiVm, state: &Path, mem: &Path) {
-    vm.ok(
-        "PUT",
-        "/snapshot/create",
-        json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem}),
-    );
-}
-
 /// A new petrel (in the devices' namespace, if any) that loads the snapshot and runs it; the
 /// guest goes on from `at`.
 fn restore(
@@ -236,23 +227,9 @@ fn restore(
     mem: &Path,
 ) -> ApiVm {
     let vm = devs.spawn(&[]);
-    vm.ok(
-        "PUT",
-        "/snapshot/load",
-        json!({
-            "snapshot_path": state,
-            "mem_backend": {"backend_type": "File", "backend_path": mem},
-            "resume_vm": true,
-        }),
-    );
+    vm.load_snapshot(state, Some(mem));
     guest.restored(at);
     vm
-}
-
-/// Kills petrel with `PUT /actions Kill` and waits for it to exit.
-fn kill(mut vm: ApiVm) {
-    vm.ok("PUT", "/actions", json!({"action_type": "Kill"}));
-    vm.finish(EXIT_TIMEOUT);
 }
 
 #[test]
@@ -298,8 +275,8 @@ fn keys_typed_while_paused_and_a_disk_write_in_flight_survive_a_snapshot() {
     );
     let at = guest.checkpoint(&vm);
     let (state, mem) = (devs.path("state"), devs.path("mem"));
-    create(&vm, &state, &mem);
-    kill(vm);
+    vm.create_snapshot("Full", &state, &mem);
+    vm.kill();
     let tail: Vec<&str> = at.output().lines().rev().take(3).collect();
     eprintln!("the guest's last lines before the snapshot: {tail:?}");
 
@@ -345,10 +322,10 @@ fn disk_writes_caught_at_any_point_by_a_snapshot_complete_after_restore() {
             devs.path(&format!("state{i}")),
             devs.path(&format!("mem{i}")),
         );
-        create(&vm, &state, &mem);
+        vm.create_snapshot("Full", &state, &mem);
         // Written but not answered: the request (or its flush) was in the device's hands.
         let written = devs.sector(DISK_WRITE_SECTOR) == disk_sector(i as u64 + 1);
-        kill(vm);
+        vm.kill();
         vm = restore(&devs, &mut guest, &at, &state, &mem);
         if !answered {
             assert_eq!(guest.answer(&vm, "DISK "), format!("DISK wrote {}", i + 1));
@@ -390,8 +367,8 @@ fn a_vsock_connection_cut_by_a_restore_fails_and_the_next_one_works() {
     vm.set_state("Paused");
     let at = guest.checkpoint(&vm);
     let (state, mem) = (devs.path("state"), devs.path("mem"));
-    create(&vm, &state, &mem);
-    kill(vm);
+    vm.create_snapshot("Full", &state, &mem);
+    vm.kill();
     devs.echo.set_delay(Duration::ZERO);
 
     let mut vm = restore(&devs, &mut guest, &at, &state, &mem);
@@ -434,8 +411,8 @@ fn snapshot_during(
         devs.path(&format!("state-{tag}")),
         devs.path(&format!("mem-{tag}")),
     );
-    create(&vm, &state, &mem);
-    kill(vm);
+    vm.create_snapshot("Full", &state, &mem);
+    vm.kill();
     let printed = at.output()[mark..].to_string();
     (restore(devs, guest, &at, &state, &mem), printed)
 }
