@@ -16,6 +16,7 @@ use resources::snapshot_proto::{SECTOR_SIZE, VSOCK_HOST_PORT};
 
 use crate::api_vm::ApiVm;
 use crate::netns::{NetNs, PacketSocket};
+use crate::snapshot_guest::SnapshotGuest;
 
 /// The disk's size in sectors.
 pub const DISK_SECTORS: usize = 64;
@@ -99,6 +100,18 @@ impl EveryDevice {
     /// Starts petrel (in the namespace, if there is one) with `args`.
     pub fn spawn(&self, args: &[&str]) -> ApiVm {
         ApiVm::spawn_in(self.netns.as_ref(), args)
+    }
+
+    /// Boots the `snapshot` scenario with 128 MiB and every device, and waits until the
+    /// guest is ready.
+    pub fn boot(&self) -> (ApiVm, SnapshotGuest) {
+        let mut args = SnapshotGuest::args("128M");
+        args.extend(self.args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let vm = self.spawn(&args);
+        let guest = SnapshotGuest::new();
+        guest.wait_ready(&vm);
+        (vm, guest)
     }
 
     /// The disk image's bytes now.

@@ -31,6 +31,15 @@ fn snapshot(vm: &ApiVm, guest: &SnapshotGuest, kind: &str, state: &Path, mem: &P
     at
 }
 
+/// The restored guest has its memory as the host commanded, counts on from where it was
+/// saved, and powers off when told.
+fn goes_on(mut vm: ApiVm, guest: &mut SnapshotGuest) {
+    guest.verify(&vm);
+    guest.wait_counts(&vm, 2);
+    guest.assert_counts_continue(&vm);
+    guest.quit(&mut vm);
+}
+
 /// `petrel snapshot ARGS...`.
 fn petrel_snapshot(args: &[&str]) -> tests::Output {
     let child = std::process::Command::new(tests::petrel())
@@ -129,11 +138,8 @@ fn a_chain_of_three_diffs_restores_and_merges() {
     );
 
     // The last layer, its parents found through the headers.
-    let mut vm = restore(&mut guest, &at, &d.join("s3"), None);
-    guest.verify(&vm);
-    guest.wait_counts(&vm, 2);
-    guest.assert_counts_continue(&vm);
-    guest.quit(&mut vm);
+    let vm = restore(&mut guest, &at, &d.join("s3"), None);
+    goes_on(vm, &mut guest);
 
     // The same chain flattened into one full memory file.
     let merged = petrel_snapshot(&[
@@ -142,11 +148,8 @@ fn a_chain_of_three_diffs_restores_and_merges() {
         d.join("flat").to_str().unwrap(),
     ]);
     assert!(merged.status.success(), "{merged}");
-    let mut vm = restore(&mut guest, &at, &d.join("s3"), Some(&d.join("flat")));
-    guest.verify(&vm);
-    guest.wait_counts(&vm, 2);
-    guest.assert_counts_continue(&vm);
-    guest.quit(&mut vm);
+    let vm = restore(&mut guest, &at, &d.join("s3"), Some(&d.join("flat")));
+    goes_on(vm, &mut guest);
 }
 
 #[test]
@@ -270,10 +273,8 @@ fn load_without_resume_waits_paused_and_run_restore_runs() {
     guest.quit(&mut vm);
 
     // `petrel run --restore STATE` with the memory file the state names.
-    let mut vm = ApiVm::spawn(&["--restore", d.join("s").to_str().unwrap()]);
+    let vm = ApiVm::spawn(&["--restore", d.join("s").to_str().unwrap()]);
     assert_eq!(vm.state(), "Running");
     guest.restored(&at);
-    guest.verify(&vm);
-    guest.assert_counts_continue(&vm);
-    guest.quit(&mut vm);
+    goes_on(vm, &mut guest);
 }

@@ -39,12 +39,7 @@ fn every_device_works_after_a_restore_in_a_new_process() {
     }
     let net = netns_available();
     let devs = EveryDevice::new(net);
-    let mut args = SnapshotGuest::args("128M");
-    args.extend(devs.args());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let vm = devs.spawn(&args);
-    let mut guest = SnapshotGuest::new();
-    guest.wait_ready(&vm);
+    let (vm, mut guest) = devs.boot();
     let kinds = if net {
         "blk,console,vsock,gpu,input,net"
     } else {
@@ -257,12 +252,7 @@ fn keys_typed_while_paused_and_a_disk_write_in_flight_survive_a_snapshot() {
         return;
     }
     let devs = EveryDevice::new(false);
-    let mut args = SnapshotGuest::args("128M");
-    args.extend(devs.args());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let vm = devs.spawn(&args);
-    let mut guest = SnapshotGuest::new();
-    guest.wait_ready(&vm);
+    let (vm, mut guest) = devs.boot();
 
     // A write sent just before the pause: the guest may have read the byte, submitted the
     // request, or neither; keys typed while paused wait in the device or its queue.
@@ -294,12 +284,7 @@ fn disk_writes_caught_at_any_point_by_a_snapshot_complete_after_restore() {
         return;
     }
     let devs = EveryDevice::new(false);
-    let mut args = SnapshotGuest::args("128M");
-    args.extend(devs.args());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut vm = devs.spawn(&args);
-    let mut guest = SnapshotGuest::new();
-    guest.wait_ready(&vm);
+    let (mut vm, mut guest) = devs.boot();
     guest.wait_counts(&vm, 1);
     let mut cases = Vec::new();
     for (i, delay_us) in [0u64, 500, 1000, 2000, 3000, 4000, 6000, 8000, 12000]
@@ -349,12 +334,7 @@ fn a_vsock_connection_cut_by_a_restore_fails_and_the_next_one_works() {
         return;
     }
     let devs = EveryDevice::new(false);
-    let mut args = SnapshotGuest::args("128M");
-    args.extend(devs.args());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let vm = devs.spawn(&args);
-    let mut guest = SnapshotGuest::new();
-    guest.wait_ready(&vm);
+    let (vm, mut guest) = devs.boot();
 
     // The host holds its echo back: snapshot while the guest waits for it.
     devs.echo.set_delay(Duration::from_secs(60));
@@ -423,12 +403,7 @@ fn console_lines_and_frames_caught_mid_command_by_a_snapshot_come_out_once() {
         return;
     }
     let devs = EveryDevice::new(false);
-    let mut args = SnapshotGuest::args("128M");
-    args.extend(devs.args());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut vm = devs.spawn(&args);
-    let mut guest = SnapshotGuest::new();
-    guest.wait_ready(&vm);
+    let (mut vm, mut guest) = devs.boot();
     guest.wait_counts(&vm, 1);
 
     // (delay µs, answered before the snapshot)
