@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap};
+use vm_memory::FileOffset;
 
 use crate::{GuestMemoryMmap, MemoryError, MemoryLayout, PAGE_SIZE};
 
@@ -39,32 +39,21 @@ impl MemoryLayout {
             });
         }
         let file = Arc::new(file.try_clone().map_err(MemoryError::FileMetadata)?);
-        let mut ram_offset = 0;
-        let regions = self
-            .ram
-            .iter()
-            .map(|r| {
-                let offset = data_offset + ram_offset;
-                ram_offset += r.len;
-                let map_err = |source| MemoryError::MapFile {
-                    offset,
-                    size: r.len,
-                    source,
-                };
-                let bitmap = AtomicBitmap::new(r.len as usize, PAGE_SIZE.try_into().unwrap());
-                let mmap = MmapRegionBuilder::new_with_bitmap(r.len as usize, bitmap)
-                    .with_file_offset(FileOffset::from_arc(file.clone(), offset))
-                    .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                    .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-                    .build()
-                    .map_err(map_err)?;
-                GuestRegionMmap::new(mmap, GuestAddress(r.start)).ok_or(MemoryError::Place {
-                    start: r.start,
-                    len: r.len,
-                })
-            })
-            .collect::<Result<Vec<_>, MemoryError>>()?;
-        Ok(GuestMemoryMmap::from_regions(regions)?)
+        self.build(|r, ram_offset| {
+            let offset = data_offset + ram_offset;
+            let map_err = |source| MemoryError::MapFile {
+                offset,
+                size: r.len,
+                source,
+            };
+            let bitmap = AtomicBitmap::new(r.len as usize, PAGE_SIZE.try_into().unwrap());
+            MmapRegionBuilder::new_with_bitmap(r.len as usize, bitmap)
+                .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(map_err)
+        })
     }
 }
 
@@ -72,7 +61,7 @@ impl MemoryLayout {
 mod tests {
     use super::*;
     use std::io::{Read, Seek, SeekFrom, Write};
-    use vm_memory::Bytes;
+    use vm_memory::{Bytes, GuestAddress};
 
     const MIB: u64 = 1 << 20;
 

@@ -1,5 +1,6 @@
 //! The layout of guest RAM around the 32-bit MMIO gap, and its allocation.
 
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestRegionMmap, MmapRegion};
 
 use crate::{
@@ -74,15 +75,27 @@ impl MemoryLayout {
     /// Allocates anonymous, private guest memory for this layout. Pages are not touched, so
     /// the host commits only what the guest uses.
     pub fn allocate(&self) -> Result<GuestMemoryMmap, MemoryError> {
+        self.build(|r, _| {
+            MmapRegion::new(r.len as usize).map_err(|source| MemoryError::Allocate {
+                size: r.len,
+                source,
+            })
+        })
+    }
+
+    /// Guest memory with one region per RAM range, each mapped by `map` (given the range and
+    /// its offset in the flat RAM space).
+    pub(crate) fn build(
+        &self,
+        mut map: impl FnMut(&RamRange, u64) -> Result<MmapRegion<AtomicBitmap>, MemoryError>,
+    ) -> Result<GuestMemoryMmap, MemoryError> {
+        let mut ram_offset = 0;
         let regions = self
             .ram
             .iter()
             .map(|r| {
-                let mmap =
-                    MmapRegion::new(r.len as usize).map_err(|source| MemoryError::Allocate {
-                        size: r.len,
-                        source,
-                    })?;
+                let mmap = map(r, ram_offset)?;
+                ram_offset += r.len;
                 GuestRegionMmap::new(mmap, GuestAddress(r.start)).ok_or(MemoryError::Place {
                     start: r.start,
                     len: r.len,

@@ -3,11 +3,10 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::atomic::AtomicFile;
 use crate::extents::data_page_runs;
 use crate::memfile::chain::resolve_chain;
 use crate::memfile::header::Header;
-use crate::memfile::write::{finish, write_nonzero};
+use crate::memfile::write::{create_full, finish, write_nonzero};
 use crate::memfile::{ContentHasher, MemFileInfo, MemFileKind, HEADER_SIZE, PAGE_SIZE};
 use crate::{PageSet, SnapshotError};
 
@@ -37,10 +36,7 @@ pub fn merge(top: &Path, out: &Path) -> Result<MemFileInfo, SnapshotError> {
     }
 
     let data_offset = HEADER_SIZE;
-    let dest = AtomicFile::create(out)?;
-    dest.file()
-        .set_len(data_offset + guest_size)
-        .map_err(|e| SnapshotError::io("set the length of", out, e))?;
+    let dest = create_full(out, guest_size)?;
     let mut hasher = ContentHasher::new(MemFileKind::Full, guest_size);
     let mut pages = 0;
     let mut buf = vec![0u8; (CHUNK_PAGES * PAGE_SIZE) as usize];

@@ -41,6 +41,16 @@ pub(crate) fn write_nonzero(
     Ok(written)
 }
 
+/// A new full memory file at `path` (under a temporary name until it is finished): all
+/// holes, as long as its header and `guest_size` bytes of RAM at [`HEADER_SIZE`].
+pub(crate) fn create_full(path: &Path, guest_size: u64) -> Result<AtomicFile, SnapshotError> {
+    let out = AtomicFile::create(path)?;
+    out.file()
+        .set_len(HEADER_SIZE + guest_size)
+        .map_err(|e| SnapshotError::io("set the length of", path, e))?;
+    Ok(out)
+}
+
 fn check_set(path: &Path, set: &PageSet, guest_size: u64) -> Result<(), SnapshotError> {
     if set.pages() != guest_size / PAGE_SIZE {
         return Err(SnapshotError::PageSetSize {
@@ -73,10 +83,7 @@ pub fn write_full(
     let guest_size = layout.size();
     check_set(path, candidates, guest_size)?;
     let data_offset = HEADER_SIZE;
-    let out = AtomicFile::create(path)?;
-    out.file()
-        .set_len(data_offset + guest_size)
-        .map_err(|e| SnapshotError::io("set the length of", path, e))?;
+    let out = create_full(path, guest_size)?;
     let mut hasher = ContentHasher::new(MemFileKind::Full, guest_size);
     let mut pages = 0;
     for (start, count) in candidates.runs() {
