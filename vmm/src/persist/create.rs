@@ -89,7 +89,13 @@ pub fn create(
             }
         }
     }
+    let saved = started.elapsed();
     let written = write_memory(rt, kind, mem_path, &dirty, parent.as_deref());
+    tracing::debug!(
+        saved_ms = saved.as_secs_f64() * 1e3,
+        memory_ms = (started.elapsed() - saved).as_secs_f64() * 1e3,
+        "snapshot: devices, vCPUs and VM saved, memory written"
+    );
     let result = written.and_then(|info| {
         let state = MachineState {
             config: config.clone(),
