@@ -17,7 +17,7 @@ pub struct TestVm {
     pub kvm: Kvm,
     pub vm: VmFd,
     /// Registered with KVM: kept alive as long as the VM.
-    _mem: GuestMemoryMmap,
+    mem: GuestMemoryMmap,
 }
 
 /// A VM with 16 MiB, the irqchip and PIT, boot page tables and a halting loop at [`ENTRY`];
@@ -39,10 +39,15 @@ pub fn test_vm() -> Option<TestVm> {
     mem.write_slice(&[0xf4, 0xeb, 0xfd], GuestAddress(ENTRY))
         .unwrap();
     let vm = vm::create_vm(&kvm, &mem, false).unwrap();
-    Some(TestVm { kvm, vm, _mem: mem })
+    Some(TestVm { kvm, vm, mem })
 }
 
 impl TestVm {
+    /// Puts `code` (64-bit) at [`ENTRY`] instead of the halting loop.
+    pub fn set_code(&self, code: &[u8]) {
+        self.mem.write_slice(code, GuestAddress(ENTRY)).unwrap();
+    }
+
     /// vCPU `id` through the normal boot path (vCPU 0 gets the entry point).
     pub fn boot_vcpu(&self, id: u32) -> Vcpu {
         let supported = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();

@@ -295,19 +295,57 @@ impl Vcpu {
     }
 
     /// Runs until the VM stops. Returns why, when this vCPU is the reason.
+    /// Lets KVM finish the port I/O or MMIO access of the last exit (an `IN`'s data into
+    /// the register, rip past the instruction) without running guest code: KVM_RUN with
+    /// `immediate_exit` set completes it and returns `EINTR`. Until then the vCPU's saved
+    /// state would be in the middle of the instruction, and a restored guest would do the
+    /// access again (a byte printed twice, an input byte lost).
+    fn complete_io(&self) -> Result<(), VmExit> {
+        let mut fd = lock(&self.fd);
+        fd.set_kvm_immediate_exit(1);
+        let result = fd.run().map(|_| ());
+        fd.set_kvm_immediate_exit(0);
+        match result {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+            Err(e) => Err(VmExit::Fault(format!(
+                "vCPU {}: completing an I/O access before pausing: {e}",
+                self.id
+            ))),
+            Ok(()) => Err(VmExit::Fault(format!(
+                "vCPU {}: KVM ran the guest while completing an I/O access",
+                self.id
+            ))),
+        }
+    }
+
     fn run_loop(&self, ctx: &VcpuContext) -> Option<VmExit> {
         let default = ExitCounters::default();
         let counters = ctx.exits.get(self.id as usize).unwrap_or(&default);
+        // The last exit was port I/O or MMIO that KVM completes only at the next KVM_RUN.
+        let mut io_pending = false;
         loop {
+            if io_pending && ctx.pause.is_paused() {
+                if let Err(reason) = self.complete_io() {
+                    return Some(reason);
+                }
+            }
             ctx.pause.park_if_requested(&ctx.stop);
             if ctx.stop.load(Ordering::Acquire) {
                 return None;
             }
             // Held for one KVM_RUN and its exit, released before parking.
             let mut fd = lock(&self.fd);
+            io_pending = false;
             match fd.run() {
                 Ok(exit) => {
                     counters.count(&exit);
+                    io_pending = matches!(
+                        exit,
+                        VcpuExit::IoIn(..)
+                            | VcpuExit::IoOut(..)
+                            | VcpuExit::MmioRead(..)
+                            | VcpuExit::MmioWrite(..)
+                    );
                     if let Some(reason) = handle_exit(self.id, exit, ctx) {
                         return Some(reason);
                     }

@@ -84,3 +84,42 @@ fn running_vcpu_refuses_save_and_paused_one_is_saved_from_the_vmm_thread() {
     wait_until_running(&handle);
     stop_and_join(handle, &ctx);
 }
+
+/// A port that asks the VM to pause while the guest reads it, as a pause request that
+/// arrives during an `IN` exit.
+struct PausingPort(Arc<PauseGate>);
+
+impl devices::BusDevice for PausingPort {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        self.0.request();
+        data.fill(0x42);
+    }
+
+    fn write(&mut self, _offset: u64, _data: &[u8]) {}
+}
+
+#[test]
+fn a_vcpu_paused_during_port_io_is_saved_after_the_instruction() {
+    let Some(t) = test_vm() else { return };
+    install_kick_handler().unwrap();
+    // in al, 0x10; hlt; jmp $-3
+    t.set_code(&[0xe4, 0x10, 0xf4, 0xeb, 0xfd]);
+    let vcpu = t.boot_vcpu(0);
+    let mut ctx = context();
+    let mut pio = Bus::new();
+    pio.insert(
+        Arc::new(Mutex::new(PausingPort(ctx.pause.clone()))),
+        0x10,
+        1,
+    )
+    .unwrap();
+    ctx.pio = Arc::new(pio);
+    let handle = vcpu.start(ctx.clone()).unwrap();
+    assert!(ctx.pause.wait_parked(|| 1, Duration::from_secs(10)));
+    let saved = handle.save_state().unwrap();
+    // KVM finished the IN before the vCPU parked: the value is in al and rip is past it.
+    assert_eq!(saved.regs.rax & 0xff, 0x42);
+    assert_eq!(saved.regs.rip, ENTRY + 2);
+    ctx.pause.release();
+    stop_and_join(handle, &ctx);
+}
