@@ -26,6 +26,8 @@ pub enum SnapshotError {
     },
     #[error("state file {} has unknown flags {flags:#x}", path.display())]
     StateFlags { path: PathBuf, flags: u32 },
+    #[error("state file {} is {len} bytes, more than the {max} a state file may have", path.display())]
+    StateTooLarge { path: PathBuf, len: u64, max: u64 },
     #[error("state file {} is truncated: it is {actual} bytes, its header says {expected}", path.display())]
     StateTruncated {
         path: PathBuf,
@@ -112,7 +114,7 @@ pub enum SnapshotError {
         parent: PathBuf,
         parent_size: u64,
     },
-    #[error("layer {} would replace its own parent", path.display())]
+    #[error("{} is a file of the memory chain the new file is made from: writing it would break that chain", path.display())]
     ParentIsDestination { path: PathBuf },
     #[error("memory chain from {} has a cycle: {} comes back", top.display(), repeated.display())]
     ChainCycle { top: PathBuf, repeated: PathBuf },

@@ -25,7 +25,7 @@ pub use hex::hex;
 pub use info::format_chain;
 pub use memfile::chain::{resolve_chain, Chain, MAX_CHAIN_LAYERS};
 pub use memfile::verify::verify;
-pub use memfile::write::{write_diff, write_full};
+pub use memfile::write::{check_destination, write_diff, write_full};
 pub use memfile::{
     read_header, MemFileInfo, MemFileKind, ParentRef, HEADER_SIZE, MEM_FORMAT_VERSION, MEM_MAGIC,
     PAGE_SIZE,

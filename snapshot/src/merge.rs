@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::extents::data_page_runs;
 use crate::memfile::chain::resolve_chain;
 use crate::memfile::header::Header;
-use crate::memfile::write::{create_full, finish, write_nonzero};
+use crate::memfile::write::{check_destination, create_full, finish, write_nonzero};
 use crate::memfile::{ContentHasher, MemFileInfo, MemFileKind, HEADER_SIZE, PAGE_SIZE};
 use crate::{PageSet, SnapshotError};
 
@@ -17,6 +17,7 @@ const CHUNK_PAGES: u64 = 256;
 /// base's data extents and the layers' pages are read; zero pages stay holes. The content
 /// hash is computed for the result.
 pub fn merge(top: &Path, out: &Path) -> Result<MemFileInfo, SnapshotError> {
+    check_destination(out, top)?;
     let chain = resolve_chain(top)?;
     let guest_size = chain.guest_size();
     let guest_pages = guest_size / PAGE_SIZE;
@@ -37,7 +38,7 @@ pub fn merge(top: &Path, out: &Path) -> Result<MemFileInfo, SnapshotError> {
 
     let data_offset = HEADER_SIZE;
     let dest = create_full(out, guest_size)?;
-    let mut hasher = ContentHasher::new(MemFileKind::Full, guest_size);
+    let mut hasher = ContentHasher::new(MemFileKind::Full, guest_size, None);
     let mut pages = 0;
     let mut buf = vec![0u8; (CHUNK_PAGES * PAGE_SIZE) as usize];
     for (run_first, run_count) in present.runs() {

@@ -18,6 +18,8 @@ pub const STATE_FORMAT_VERSION: u32 = 1;
 
 const HEADER_LEN: u64 = 24;
 const CHECKSUM_LEN: u64 = 32;
+/// The largest state file read (a machine's state is kilobytes; a GPU's pixels a few MiB).
+pub const MAX_STATE_FILE: u64 = 1 << 30;
 
 /// Serializes `state` and writes it atomically to `path` (temporary file, then rename).
 pub fn write_state<T: serde::Serialize>(path: &Path, state: &T) -> Result<(), SnapshotError> {
@@ -96,7 +98,15 @@ pub fn read_state<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Snap
         });
     }
 
-    // `expected == file_len`, a size the file really has, bounds the allocation.
+    if file_len > MAX_STATE_FILE {
+        return Err(SnapshotError::StateTooLarge {
+            path: path.to_path_buf(),
+            len: file_len,
+            max: MAX_STATE_FILE,
+        });
+    }
+    // `expected == file_len`, a size the file really has (and at most MAX_STATE_FILE),
+    // bounds the allocation.
     let capacity = usize::try_from(file_len).map_err(|_| not_state())?;
     let mut buf = Vec::with_capacity(capacity);
     (&file)
@@ -318,5 +328,22 @@ mod tests {
         assert!(matches!(e, SnapshotError::StateSerialize { .. }), "{e}");
         assert_eq!(read_state::<Tree>(&path).unwrap(), sample());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_sparse_giant_state_file_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("giant");
+        let mut header = Vec::new();
+        header.extend_from_slice(&STATE_MAGIC);
+        header.extend_from_slice(&STATE_FORMAT_VERSION.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&MAX_STATE_FILE.to_le_bytes());
+        std::fs::write(&path, &header).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(HEADER_LEN + MAX_STATE_FILE + CHECKSUM_LEN)
+            .unwrap();
+        let e = read_state::<u32>(&path).unwrap_err();
+        assert!(matches!(e, SnapshotError::StateTooLarge { .. }), "{e}");
     }
 }

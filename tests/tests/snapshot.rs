@@ -181,6 +181,24 @@ fn bad_snapshots_are_refused_and_nothing_is_loaded() {
         400,
     );
     assert!(msg.contains("no/such/dir"), "{msg}");
+    // A snapshot whose state file cannot be written leaves the memory file of the same name
+    // as it was (s1's chain still needs m0, below), and no staging file behind.
+    let msg = vm.fails(
+        "PUT",
+        "/snapshot/create",
+        Some(json!({"snapshot_path": d.join("no/such/dir/s"), "mem_file_path": d.join("m0")})),
+        400,
+    );
+    assert!(msg.contains("state file"), "{msg}");
+    assert!(!d.join(".m0.petrel-new").exists());
+    // A Diff may not replace a file of its own chain.
+    let msg = vm.fails(
+        "PUT",
+        "/snapshot/create",
+        Some(json!({"snapshot_type": "Diff", "snapshot_path": d.join("x"), "mem_file_path": d.join("m0")})),
+        400,
+    );
+    assert!(msg.contains("would break that chain"), "{msg}");
     vm.set_state("Resumed");
     let msg = vm.fails(
         "PUT",

@@ -136,6 +136,17 @@ impl Machine {
                 }
             }
         }
+        if self.start_paused && result.is_ok() {
+            // Parked before anything asks for their state.
+            let running = || lock(&handles).iter().filter(|h| !h.is_finished()).count();
+            if !self
+                .ctx
+                .pause
+                .wait_parked(running, std::time::Duration::from_secs(2))
+            {
+                tracing::warn!("the restored vCPUs did not park within 2 s");
+            }
+        }
         match (&result, handler) {
             (Ok(()), Some(handler)) => {
                 let runtime = self.runtime(handles.clone());

@@ -30,6 +30,8 @@ use crate::{PageSet, SnapshotError};
 
 pub(crate) const FIXED_LEN: u64 = 160;
 const HASHED_FIXED: usize = 128;
+/// The largest guest a memory file describes (1 TiB, petrel's largest guest).
+pub(crate) const MAX_GUEST_SIZE: u64 = 1 << 40;
 /// The longest parent path a header may carry.
 pub(crate) const MAX_PARENT_PATH: u64 = 4096;
 
@@ -167,6 +169,26 @@ impl Header {
         if path_len > MAX_PARENT_PATH {
             return Err(invalid(format!(
                 "parent path of {path_len} bytes (at most {MAX_PARENT_PATH})"
+            )));
+        }
+        // The page map's length follows from the kind and guest size: checked before it is
+        // read, so a forged length never sizes an allocation.
+        let want_map = match MemFileKind::from_code(u32_at(&fixed, 12)) {
+            Some(MemFileKind::Full) => 0,
+            Some(MemFileKind::Diff) => {
+                let guest_size = u64_at(&fixed, 16);
+                if guest_size > MAX_GUEST_SIZE {
+                    return Err(invalid(format!(
+                        "guest size {guest_size} is above the {MAX_GUEST_SIZE}-byte maximum"
+                    )));
+                }
+                (guest_size / PAGE_SIZE).div_ceil(64) * 8
+            }
+            None => return Err(invalid(format!("unknown kind {}", u32_at(&fixed, 12)))),
+        };
+        if map_len != want_map {
+            return Err(invalid(format!(
+                "page map of {map_len} bytes, this kind and guest size need {want_map}"
             )));
         }
         let meta_end = FIXED_LEN

@@ -109,22 +109,25 @@ fn opt_hash_as_hex<S: serde::Serializer>(hash: &Option<[u8; 32]>, s: S) -> Resul
 
 /// Adds pages to a content hash, in ascending order.
 ///
-/// The hash is BLAKE3 of (kind u32 ‖ guest size u64 ‖ BLAKE3 of the present pages' bytes,
-/// concatenated ‖ BLAKE3 of their indices as u64s): the page bytes go to a hasher of their
+/// The hash is BLAKE3 of (kind u32 ‖ guest size u64 ‖ for a Diff its parent's content hash ‖
+/// BLAKE3 of the present pages' bytes, concatenated ‖ BLAKE3 of their indices as u64s), so a
+/// layer's hash pins its whole chain. The page bytes go to a hasher of their
 /// own, so a run of contiguous pages is hashed in one call with BLAKE3's SIMD parallelism
 /// (interleaving each page with its index costs four times as much).
 pub(crate) struct ContentHasher {
     kind: MemFileKind,
     guest_size: u64,
+    parent: Option<[u8; 32]>,
     data: blake3::Hasher,
     indices: blake3::Hasher,
 }
 
 impl ContentHasher {
-    pub(crate) fn new(kind: MemFileKind, guest_size: u64) -> Self {
+    pub(crate) fn new(kind: MemFileKind, guest_size: u64, parent: Option<[u8; 32]>) -> Self {
         ContentHasher {
             kind,
             guest_size,
+            parent,
             data: blake3::Hasher::new(),
             indices: blake3::Hasher::new(),
         }
@@ -146,6 +149,9 @@ impl ContentHasher {
         let mut h = blake3::Hasher::new();
         h.update(&self.kind.code().to_le_bytes());
         h.update(&self.guest_size.to_le_bytes());
+        if let Some(parent) = &self.parent {
+            h.update(parent);
+        }
         h.update(self.data.finalize().as_bytes());
         h.update(self.indices.finalize().as_bytes());
         *h.finalize().as_bytes()

@@ -14,7 +14,11 @@ const CHUNK_PAGES: u64 = 256;
 pub fn verify(path: &Path) -> Result<(), SnapshotError> {
     let mem = MemFile::open(path)?;
     let h = &mem.header;
-    let mut hasher = ContentHasher::new(h.kind, h.guest_size);
+    let mut hasher = ContentHasher::new(
+        h.kind,
+        h.guest_size,
+        h.parent.as_ref().map(|p| p.content_hash),
+    );
     let mut buf = vec![0u8; (CHUNK_PAGES * PAGE_SIZE) as usize];
     let page = PAGE_SIZE as usize;
     let read = |buf: &mut [u8], at: u64| {

@@ -41,6 +41,25 @@ pub(crate) fn write_nonzero(
     Ok(written)
 }
 
+/// Refuses to write `dest` when it is a file of the chain under `top` (its parent, or any
+/// file further down): renaming the new file over it would break that chain, and the new
+/// file's own.
+pub fn check_destination(dest: &Path, top: &Path) -> Result<(), SnapshotError> {
+    let Ok(d) = std::fs::metadata(dest) else {
+        return Ok(());
+    };
+    for file in super::chain::resolve_chain(top)?.files() {
+        let m =
+            std::fs::metadata(&file.path).map_err(|e| SnapshotError::io("stat", &file.path, e))?;
+        if (d.dev(), d.ino()) == (m.dev(), m.ino()) {
+            return Err(SnapshotError::ParentIsDestination {
+                path: dest.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A new full memory file at `path` (under a temporary name until it is finished): all
 /// holes, as long as its header and `guest_size` bytes of RAM at [`HEADER_SIZE`].
 pub(crate) fn create_full(path: &Path, guest_size: u64) -> Result<AtomicFile, SnapshotError> {
@@ -84,7 +103,7 @@ pub fn write_full(
     check_set(path, candidates, guest_size)?;
     let data_offset = HEADER_SIZE;
     let out = create_full(path, guest_size)?;
-    let mut hasher = ContentHasher::new(MemFileKind::Full, guest_size);
+    let mut hasher = ContentHasher::new(MemFileKind::Full, guest_size, None);
     let mut pages = 0;
     for (start, count) in candidates.runs() {
         let offset = start * PAGE_SIZE;
@@ -135,18 +154,8 @@ pub fn write_diff(
     let layout = RamLayout::new(path, ram.iter().map(|r| r.len()))?;
     let guest_size = layout.size();
     check_set(path, dirty, guest_size)?;
+    check_destination(path, parent_path)?;
     let parent = MemFile::open(parent_path)?;
-    if let Ok(dest) = std::fs::metadata(path) {
-        let pm = parent
-            .file
-            .metadata()
-            .map_err(|e| SnapshotError::io("stat", parent_path, e))?;
-        if (dest.dev(), dest.ino()) == (pm.dev(), pm.ino()) {
-            return Err(SnapshotError::ParentIsDestination {
-                path: path.to_path_buf(),
-            });
-        }
-    }
     if parent.header.guest_size != guest_size {
         return Err(SnapshotError::GuestSizeMismatch {
             child: path.to_path_buf(),
@@ -168,7 +177,11 @@ pub fn write_diff(
     }
     let data_offset = Header::data_offset_for(Some(&parent_ref), Some(dirty));
     let out = AtomicFile::create(path)?;
-    let mut hasher = ContentHasher::new(MemFileKind::Diff, guest_size);
+    let mut hasher = ContentHasher::new(
+        MemFileKind::Diff,
+        guest_size,
+        Some(parent.header.content_hash),
+    );
     let mut slot: u64 = 0;
     for (start, count) in dirty.runs() {
         let offset = start * PAGE_SIZE;
@@ -368,6 +381,44 @@ mod tests {
         let ram = vec![0u8; 8 * PAGE];
         let e = write_diff(&dir.path().join("l"), &[&ram], &set_of(8, &[0]), &base).unwrap_err();
         assert!(matches!(e, SnapshotError::GuestSizeMismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_diff_over_a_file_further_down_its_chain_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let mut ram = vec![0u8; 4 * PAGE];
+        write_full(&p("full"), &[&ram], &PageSet::full(4)).unwrap();
+        fill(&mut ram, 1, 1);
+        write_diff(&p("m0"), &[&ram], &set_of(4, &[1]), &p("full")).unwrap();
+        write_diff(&p("m1"), &[&ram], &set_of(4, &[2]), &p("m0")).unwrap();
+        // m0 again, over m1: m1's parent would be gone.
+        let e = write_diff(&p("m0"), &[&ram], &set_of(4, &[3]), &p("m1")).unwrap_err();
+        assert!(
+            matches!(e, SnapshotError::ParentIsDestination { .. }),
+            "{e}"
+        );
+        crate::resolve_chain(&p("m1")).unwrap();
+        let e = crate::merge(&p("m1"), &p("full")).unwrap_err();
+        assert!(
+            matches!(e, SnapshotError::ParentIsDestination { .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn layers_with_the_same_pages_over_different_parents_hash_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let mut ram = vec![0u8; 4 * PAGE];
+        write_full(&p("a"), &[&ram], &PageSet::full(4)).unwrap();
+        fill(&mut ram, 0, 9);
+        write_full(&p("b"), &[&ram], &PageSet::full(4)).unwrap();
+        let over_a = write_diff(&p("la"), &[&ram], &PageSet::new(4), &p("a")).unwrap();
+        let over_b = write_diff(&p("lb"), &[&ram], &PageSet::new(4), &p("b")).unwrap();
+        assert_ne!(over_a.content_hash, over_b.content_hash);
+        verify(&p("la")).unwrap();
+        verify(&p("lb")).unwrap();
     }
 
     #[test]

@@ -252,6 +252,12 @@ impl ControlHandler {
                 Some(rt) => crate::persist::create::create(rt, config, &params),
                 None => Err(ApiResponse::error(500, "the VM has no machine")),
             }),
+            R::LoadSnapshot(_) | R::Action(ActionType::InstanceStart) if self.start.is_some() => {
+                ApiResponse::bad_request(format!(
+                    "{}: the VM is being started already",
+                    request.name()
+                ))
+            }
             R::LoadSnapshot(params) => {
                 let request = match crate::persist::restore::RestoreRequest::from_api(&params) {
                     Ok(r) => r,

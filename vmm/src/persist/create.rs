@@ -69,6 +69,11 @@ pub fn create(
     }
     let mut book = rt.book();
     let parent = match kind {
+        Kind::Full if params.parent_mem_file_path.is_some() => {
+            return Err(bad(
+                "parent_mem_file_path is for Diff snapshots; a Full one has no parent",
+            ))
+        }
         Kind::Full => None,
         Kind::Diff => Some(diff_parent(rt, &book, params)?),
     };
@@ -90,7 +95,15 @@ pub fn create(
         }
     }
     let saved = started.elapsed();
-    let written = write_memory(rt, kind, mem_path, &dirty, parent.as_deref());
+    // Both files are written beside their final names first, and renamed only once both
+    // are complete: a failure leaves an older snapshot at these paths whole.
+    let (mem_new, state_new) = (staging(mem_path), staging(state_path));
+    let written = match &parent {
+        Some(parent) => snapshot::check_destination(mem_path, parent)
+            .map_err(|e| file_error("mem_file_path", e)),
+        None => Ok(()),
+    }
+    .and_then(|()| write_memory(rt, kind, &mem_new, &dirty, parent.as_deref()));
     tracing::debug!(
         saved_ms = saved.as_secs_f64() * 1e3,
         memory_ms = (started.elapsed() - saved).as_secs_f64() * 1e3,
@@ -109,8 +122,14 @@ pub fn create(
             vcpus,
             devices,
         };
-        snapshot::write_state(state_path, &state)
+        snapshot::write_state(&state_new, &state)
             .map_err(|e| file_error("cannot write the state file", e))?;
+        let rename = |from: &Path, to: &Path| {
+            std::fs::rename(from, to)
+                .map_err(|e| bad(format!("cannot put the snapshot at {}: {e}", to.display())))
+        };
+        rename(&mem_new, mem_path)?;
+        rename(&state_new, state_path)?;
         Ok(info)
     });
     match result {
@@ -130,9 +149,19 @@ pub fn create(
         Err(e) => {
             // Nothing was lost: the next snapshot writes these pages.
             book.pending_dirty = dirty;
+            let _ = std::fs::remove_file(&mem_new);
+            let _ = std::fs::remove_file(&state_new);
             Err(e)
         }
     }
+}
+
+/// Where `path` is written before it is renamed into place: `.NAME.petrel-new` beside it.
+fn staging(path: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(".petrel-new");
+    path.with_file_name(name)
 }
 
 /// The memory file a Diff is a layer over: the one the machine last wrote or came from.
@@ -151,16 +180,18 @@ fn diff_parent(
             "snapshot_type Diff: this VM has no previous snapshot to be a layer over: take a Full one first",
         ));
     };
-    let Some(asked) = &params.parent_mem_file_path else {
-        return Ok(last.clone());
+    // The file at the path may have been replaced since: the layer must go over the very
+    // memory the dirty log counts from.
+    let (field, asked) = match &params.parent_mem_file_path {
+        Some(asked) => ("parent_mem_file_path", Path::new(asked)),
+        None => ("the last snapshot's memory file", last.as_path()),
     };
-    let asked = Path::new(asked);
-    let header = snapshot::read_header(asked).map_err(|e| file_error("parent_mem_file_path", e))?;
+    let header = snapshot::read_header(asked).map_err(|e| file_error(field, e))?;
     if &header.content_hash != last_hash {
         return Err(bad(format!(
-            "parent_mem_file_path: {} is not the memory file of this VM's last snapshot ({}): a Diff holds only the pages written since that one",
+            "{field}: {} is not the memory file of this VM's last snapshot (content hash {}): a Diff holds only the pages written since that one",
             asked.display(),
-            last.display()
+            hex(last_hash)
         )));
     }
     Ok(asked.to_path_buf())

@@ -80,10 +80,11 @@ pub struct SnapshotBook {
     pub pending_dirty: Vec<u64>,
 }
 
-/// `path` relative to `dir` when it lies directly in it, else as given.
+/// `path` relative to `dir` when it lies directly in it, else absolute (a relative path
+/// elsewhere would be read against the state file's directory).
 fn relative_to(path: &Path, dir: Option<&Path>) -> PathBuf {
     match (path.parent(), path.file_name(), dir) {
         (Some(parent), Some(name), Some(dir)) if parent == dir => PathBuf::from(name),
-        _ => path.to_path_buf(),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
     }
 }

@@ -136,7 +136,8 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
         devices::ExitSignal::new()
             .map_err(crate::builder::io_err("cannot create the exit event"))?,
     );
-    let devices = DeviceManager::restore(&vm, &exit, &config, &mem, &state.devices)?;
+    // vCPUs before devices: a restored device serves what the driver queued before the save
+    // and may interrupt at once, and an interrupt with no local APIC to take it is lost.
     vcpu::install_kick_handler()?;
     let vcpus = state
         .vcpus
@@ -144,6 +145,7 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
         .enumerate()
         .map(|(id, s)| Vcpu::restore(&vm, id as u32, s))
         .collect::<Result<Vec<_>, _>>()?;
+    let devices = DeviceManager::restore(&vm, &exit, &config, &mem, &state.devices)?;
     tracing::info!(
         ms = started.elapsed().as_secs_f64() * 1e3,
         layers = chain.files().len(),
