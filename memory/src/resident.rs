@@ -188,6 +188,11 @@ fn add_file_data(file: &FileOffset, pages: usize, bits: &mut [u64]) -> Result<()
             let data = match seek(at, libc::SEEK_DATA) {
                 Ok(d) => d,
                 Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+                // A filesystem without SEEK_DATA: every page counts as data.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && at == start => {
+                    bits.iter_mut().for_each(|w| *w = u64::MAX);
+                    break;
+                }
                 Err(e) => return Err(e),
             };
             if data >= end {
