@@ -16,9 +16,11 @@ use snapshot::{hex, MemFileInfo, PageSet};
 use super::{kind_name, relative_to, MachineState, MemoryRef, SnapshotBook};
 use crate::config::VmConfig;
 use crate::control::runtime::Runtime;
+use crate::device_manager::persist::DevicesState;
 use crate::device_manager::DeviceManager;
+use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm;
-use crate::vstate::vm_state::save_vm_state;
+use crate::vstate::vm_state::{save_vm_state, VmState};
 
 /// Full or Diff.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,11 +79,11 @@ pub fn create(
         Kind::Full => None,
         Kind::Diff => Some(diff_parent(rt, &book, params)?),
     };
-    let devices = DeviceManager::save(&rt.serial, &rt.i8042, &rt.rtc, &rt.virtio)
-        .map_err(|e| internal(format!("cannot save the devices: {e}")))?;
-    let vcpus = rt.save_vcpus()?;
-    let vm_state =
-        save_vm_state(&rt.vm).map_err(|e| internal(format!("cannot save the VM: {e}")))?;
+    let Captured {
+        devices,
+        vcpus,
+        vm: vm_state,
+    } = capture(rt)?;
 
     // Pages written since the last snapshot, with those a failed one left behind.
     let mut dirty = std::mem::take(&mut book.pending_dirty);
@@ -162,6 +164,24 @@ fn staging(path: &Path) -> PathBuf {
     name.push(path.file_name().unwrap_or_default());
     name.push(".petrel-new");
     path.with_file_name(name)
+}
+
+/// What a paused machine holds besides its memory.
+pub struct Captured {
+    pub devices: DevicesState,
+    pub vcpus: Vec<VcpuState>,
+    pub vm: VmState,
+}
+
+/// Saves the paused machine behind `rt`, devices first: a disk finishes its requests in
+/// flight, so their completions are in the used rings, the vCPUs' LAPICs and the dirty set
+/// read after this.
+pub fn capture(rt: &Runtime) -> Result<Captured, ApiResponse> {
+    let devices = DeviceManager::save(&rt.serial, &rt.i8042, &rt.rtc, &rt.virtio)
+        .map_err(|e| internal(format!("cannot save the devices: {e}")))?;
+    let vcpus = rt.save_vcpus()?;
+    let vm = save_vm_state(&rt.vm).map_err(|e| internal(format!("cannot save the VM: {e}")))?;
+    Ok(Captured { devices, vcpus, vm })
 }
 
 /// The memory file a Diff is a layer over: the one the machine last wrote or came from.

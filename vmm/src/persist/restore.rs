@@ -81,25 +81,8 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
     let started = Instant::now();
     let mismatch = BuildError::SnapshotMismatch;
     let state: MachineState = snapshot::read_state(&request.state)?;
-    let mut config = state.config.clone();
-    config.serial = host.serial.clone();
-    config.machine.track_dirty_pages |= request.track_dirty || host.machine.track_dirty_pages;
-    config.validate()?;
-    let layout = memory::MemoryLayout::new(config.machine.memory.0)?;
-    if layout != state.layout {
-        return Err(mismatch(format!(
-            "{}: the memory layout does not match the machine's memory size",
-            request.state.display()
-        )));
-    }
-    if state.vcpus.len() != config.machine.vcpus as usize {
-        return Err(mismatch(format!(
-            "{}: {} vCPU states for a machine of {} vCPUs",
-            request.state.display(),
-            state.vcpus.len(),
-            config.machine.vcpus
-        )));
-    }
+    let what = request.state.display().to_string();
+    let (config, layout) = restored_config(&state, host, request.track_dirty, &what)?;
 
     let mem_path = request
         .mem
@@ -117,9 +100,8 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
     let top = hex(&chain.identity());
     if top != state.memory.content_hash {
         return Err(mismatch(format!(
-            "memory file {} (content hash {top}) is not the one {} was taken with (content hash {})",
+            "memory file {} (content hash {top}) is not the one {what} was taken with (content hash {})",
             mem_path.display(),
-            request.state.display(),
             state.memory.content_hash
         )));
     }
@@ -128,7 +110,60 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
     // SAFETY: the memory was just mapped and nothing else (no vCPU, no device) exists yet
     // to touch it; the slices are dropped at the end of this statement.
     chain.apply_layers(&mut unsafe { memory::ram_slices_mut(&mem) })?;
+    let book = SnapshotBook {
+        last: Some((mem_path.clone(), chain.top_hash())),
+        pending_dirty: Vec::new(),
+    };
+    let machine = build_restored(&state, config, layout, mem, book, !request.resume)?;
+    tracing::info!(
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        layers = chain.files().len(),
+        "restored {what} with {}",
+        mem_path.display()
+    );
+    Ok(machine)
+}
 
+/// The configuration of a restored machine: the saved one, with this process's host-side
+/// settings (where the serial console writes; dirty page tracking if asked here), checked
+/// against the saved state. `what` names the state's source in errors.
+pub fn restored_config(
+    state: &MachineState,
+    host: &VmConfig,
+    track_dirty: bool,
+    what: &str,
+) -> Result<(VmConfig, memory::MemoryLayout), BuildError> {
+    let mismatch = BuildError::SnapshotMismatch;
+    let mut config = state.config.clone();
+    config.serial = host.serial.clone();
+    config.machine.track_dirty_pages |= track_dirty || host.machine.track_dirty_pages;
+    config.validate()?;
+    let layout = memory::MemoryLayout::new(config.machine.memory.0)?;
+    if layout != state.layout {
+        return Err(mismatch(format!(
+            "{what}: the memory layout does not match the machine's memory size"
+        )));
+    }
+    if state.vcpus.len() != config.machine.vcpus as usize {
+        return Err(mismatch(format!(
+            "{what}: {} vCPU states for a machine of {} vCPUs",
+            state.vcpus.len(),
+            config.machine.vcpus
+        )));
+    }
+    Ok((config, layout))
+}
+
+/// The machine `state` describes, around guest memory `mem` that already holds the saved
+/// RAM: the VM and its irqchip, PIT and clock, the vCPUs, then the devices.
+pub fn build_restored(
+    state: &MachineState,
+    config: VmConfig,
+    layout: memory::MemoryLayout,
+    mem: memory::GuestMemoryMmap,
+    book: SnapshotBook,
+    start_paused: bool,
+) -> Result<Machine, BuildError> {
     let kvm = vm::open_kvm(config.machine.vcpus)?;
     let vm = vm::create_vm(&kvm, &mem, config.machine.track_dirty_pages)?;
     restore_vm_state(&vm, &state.vm)?;
@@ -146,13 +181,6 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
         .map(|(id, s)| Vcpu::restore(&vm, id as u32, s))
         .collect::<Result<Vec<_>, _>>()?;
     let devices = DeviceManager::restore(&vm, &exit, &config, &mem, &state.devices)?;
-    tracing::info!(
-        ms = started.elapsed().as_secs_f64() * 1e3,
-        layers = chain.files().len(),
-        "restored {} with {}",
-        request.state.display(),
-        mem_path.display()
-    );
     assemble(Parts {
         config,
         exit,
@@ -161,10 +189,7 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
         vm,
         layout,
         memory: mem,
-        book: SnapshotBook {
-            last: Some((mem_path, chain.top_hash())),
-            pending_dirty: Vec::new(),
-        },
-        start_paused: !request.resume,
+        book,
+        start_paused,
     })
 }
