@@ -26,6 +26,7 @@ pub(crate) fn write_nonzero(
     let n = bytes.len() / page;
     let mut written = 0;
     let mut run_start: Option<usize> = None;
+    let mut bounce = Vec::new();
     for i in 0..=n {
         let nonzero = i < n && !is_zero(&bytes[i * page..(i + 1) * page]);
         if nonzero {
@@ -34,8 +35,7 @@ pub(crate) fn write_nonzero(
         } else if let Some(rs) = run_start.take() {
             let at = data_offset + (first_page + rs as u64) * PAGE_SIZE;
             hasher.pages(first_page + rs as u64, &bytes[rs * page..i * page]);
-            file.write_all_at(&bytes[rs * page..i * page], at)
-                .map_err(|e| SnapshotError::io("write", path, e))?;
+            write_through_bounce(file, path, &bytes[rs * page..i * page], at, &mut bounce)?;
         }
     }
     Ok(written)
@@ -56,6 +56,32 @@ pub fn check_destination(dest: &Path, top: &Path) -> Result<(), SnapshotError> {
                 path: dest.to_path_buf(),
             });
         }
+    }
+    Ok(())
+}
+
+/// Guest pages go to the file through a buffer of this size.
+const BOUNCE_LEN: usize = 1 << 20;
+
+/// Writes `bytes` at `at` in `BOUNCE_LEN` pieces copied into `bounce` first. Writing guest
+/// memory straight from its mapping made the kernel's copy about ten times slower on the
+/// development machine's KVM (16 MiB: 37 ms in `pwrite` against 3.5 ms from an ordinary
+/// buffer); with a user-space copy first, a 16 MiB layer takes 15 ms instead of 40.
+fn write_through_bounce(
+    file: &File,
+    path: &Path,
+    bytes: &[u8],
+    at: u64,
+    bounce: &mut Vec<u8>,
+) -> Result<(), SnapshotError> {
+    bounce.resize(BOUNCE_LEN.min(bytes.len()).max(bounce.len()), 0);
+    let mut offset = at;
+    for chunk in bytes.chunks(BOUNCE_LEN) {
+        let copy = &mut bounce[..chunk.len()];
+        copy.copy_from_slice(chunk);
+        file.write_all_at(copy, offset)
+            .map_err(|e| SnapshotError::io("write", path, e))?;
+        offset += chunk.len() as u64;
     }
     Ok(())
 }
@@ -183,14 +209,19 @@ pub fn write_diff(
         Some(parent.header.content_hash),
     );
     let mut slot: u64 = 0;
+    let mut bounce = Vec::new();
     for (start, count) in dirty.runs() {
         let offset = start * PAGE_SIZE;
         for (region, in_region, len, rel) in layout.pieces(offset, count * PAGE_SIZE) {
             let bytes = &ram[region][in_region..in_region + len];
             hasher.pages((offset + rel) / PAGE_SIZE, bytes);
-            out.file()
-                .write_all_at(bytes, data_offset + slot * PAGE_SIZE)
-                .map_err(|e| SnapshotError::io("write", path, e))?;
+            write_through_bounce(
+                out.file(),
+                path,
+                bytes,
+                data_offset + slot * PAGE_SIZE,
+                &mut bounce,
+            )?;
             slot += len as u64 / PAGE_SIZE;
         }
     }
