@@ -166,7 +166,7 @@ impl Message {
                             p.extend_from_slice(&record_header(true, *first, *count));
                         }
                         PageRecord::Data { first, data } => {
-                            if data.is_empty() || data.len() % PAGE_SIZE != 0 {
+                            if data.is_empty() || !data.len().is_multiple_of(PAGE_SIZE) {
                                 return Err(self.invalid(format!(
                                     "data run at page {first} is {} bytes, not whole pages",
                                     data.len()

@@ -39,7 +39,7 @@ impl Layout {
         let mut starts = Vec::new();
         let mut total = 0u64;
         for (region, len) in lens.enumerate() {
-            if len % PAGE_SIZE != 0 {
+            if !len.is_multiple_of(PAGE_SIZE) {
                 return Err(MigrationError::UnalignedRegion { region, len });
             }
             starts.push(total);
@@ -182,7 +182,7 @@ pub fn apply_pages(pages: &[PageRecord], ram: &mut [&mut [u8]]) -> Result<u64, M
     let layout = Layout::new(ram.iter().map(|r| r.len()))?;
     for r in pages {
         if let PageRecord::Data { first, data } = r {
-            if data.is_empty() || data.len() % PAGE_SIZE != 0 {
+            if data.is_empty() || !data.len().is_multiple_of(PAGE_SIZE) {
                 return Err(MigrationError::InvalidMessage {
                     kind: "Pages",
                     reason: format!("data run at page {first} is {} bytes", data.len()),
