@@ -262,3 +262,81 @@ fn decode_pages<R: Read>(r: &mut PayloadReader<'_, R>) -> Result<Message, Migrat
     }
     Ok(Message::Pages { round, pages })
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// One of every message, pages of both kinds included.
+    pub(crate) fn every_message() -> Vec<Message> {
+        let mut data = vec![0u8; 2 * PAGE_SIZE];
+        data.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        vec![
+            Message::Hello {
+                version: PROTOCOL_VERSION,
+                compat: crate::compat::tests::sample(),
+            },
+            Message::HelloAck,
+            Message::Refuse {
+                reason: "memory size 256 MiB here, 512 MiB from the source".into(),
+            },
+            Message::Config {
+                json: br#"{"vcpus":2}"#.to_vec(),
+            },
+            Message::Pages {
+                round: 3,
+                pages: vec![
+                    PageRecord::Zero { first: 0, count: 5 },
+                    PageRecord::Data { first: 9, data },
+                ],
+            },
+            Message::Pages {
+                round: 4,
+                pages: vec![],
+            },
+            Message::RoundEnd { round: 3, pages: 7 },
+            Message::State {
+                json: br#"{"vcpus":[]}"#.to_vec(),
+            },
+            Message::Running,
+            Message::Abort {
+                reason: "downtime cannot be met".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn pages_that_are_not_whole_pages_are_not_sent() {
+        let msg = Message::Pages {
+            round: 0,
+            pages: vec![PageRecord::Data {
+                first: 0,
+                data: vec![1; 100],
+            }],
+        };
+        assert!(matches!(
+            msg.encode_payload(),
+            Err(MigrationError::InvalidMessage { kind: "Pages", .. })
+        ));
+        let empty = Message::Pages {
+            round: 0,
+            pages: vec![PageRecord::Zero { first: 0, count: 0 }],
+        };
+        assert!(matches!(
+            empty.encode_payload(),
+            Err(MigrationError::InvalidMessage { kind: "Pages", .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_config_is_refused_before_sending() {
+        let msg = Message::Config {
+            json: vec![b' '; (64 << 20) + 1],
+        };
+        let payload = msg.encode_payload().unwrap();
+        assert!(matches!(
+            crate::frame::encode_frame(msg.kind(), &payload),
+            Err(MigrationError::MessageTooLarge { kind: "Config", .. })
+        ));
+    }
+}

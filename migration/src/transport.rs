@@ -291,3 +291,286 @@ fn remove_stale_socket(path: &Path) -> Result<(), MigrationError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{encode_frame, Kind, CHECKSUM_LEN, HEADER_LEN};
+    use crate::message::tests::every_message;
+    use crate::PROTOCOL_VERSION;
+
+    fn pair() -> (Connection, Connection) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Connection::from_unix(a), Connection::from_unix(b))
+    }
+
+    /// A connection that reads `bytes` and then sees the peer close.
+    fn reading(bytes: &[u8]) -> Connection {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        a.write_all(bytes).unwrap();
+        drop(a);
+        let c = Connection::from_unix(b);
+        c.set_timeout(Some(Duration::from_secs(5))).unwrap();
+        c
+    }
+
+    fn round_trip(mut tx: Connection, mut rx: Connection) {
+        let msgs = every_message();
+        let sender = std::thread::spawn(move || {
+            for m in &every_message() {
+                let n = tx.send(m).unwrap();
+                let payload = m.encode_payload().unwrap();
+                assert_eq!(n, (HEADER_LEN + payload.len() + CHECKSUM_LEN) as u64);
+            }
+        });
+        for want in msgs {
+            assert_eq!(rx.recv().unwrap(), want);
+        }
+        sender.join().unwrap();
+        assert!(matches!(rx.recv(), Err(MigrationError::Closed)));
+    }
+
+    #[test]
+    fn every_message_round_trips_over_a_unix_socket_pair() {
+        let (a, b) = pair();
+        round_trip(a, b);
+    }
+
+    #[test]
+    fn every_message_round_trips_over_tcp_loopback() {
+        let l = Listener::bind(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = l.local_url();
+        assert!(matches!(&url, MigrationUrl::Tcp(h, p) if h == "127.0.0.1" && *p != 0));
+        let tx = Connection::connect(&url, Duration::from_secs(5)).unwrap();
+        let rx = l.accept(Duration::from_secs(5)).unwrap();
+        round_trip(tx, rx);
+    }
+
+    #[test]
+    fn every_message_round_trips_through_a_unix_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = MigrationUrl::Unix(dir.path().join("mig.sock"));
+        let l = Listener::bind(&url).unwrap();
+        assert_eq!(l.local_url(), url);
+        let tx = Connection::connect(&url, Duration::from_secs(5)).unwrap();
+        let rx = l.accept(Duration::from_secs(5)).unwrap();
+        round_trip(tx, rx);
+    }
+
+    fn good_frame() -> Vec<u8> {
+        encode_frame(Kind::RoundEnd, &[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]).unwrap()
+    }
+
+    #[test]
+    fn a_good_frame_is_read() {
+        assert_eq!(
+            reading(&good_frame()).recv().unwrap(),
+            Message::RoundEnd { round: 1, pages: 2 }
+        );
+    }
+
+    #[test]
+    fn bad_magic_is_refused() {
+        let mut f = good_frame();
+        f[0] = b'X';
+        assert!(matches!(
+            reading(&f).recv(),
+            Err(MigrationError::BadMagic(m)) if &m == b"XTMG"
+        ));
+    }
+
+    #[test]
+    fn unknown_type_is_refused() {
+        let mut f = good_frame();
+        f[4..8].copy_from_slice(&99u32.to_le_bytes());
+        assert!(matches!(
+            reading(&f).recv(),
+            Err(MigrationError::UnknownType(99))
+        ));
+    }
+
+    #[test]
+    fn length_over_the_maximum_is_refused_before_reading_the_payload() {
+        let mut f = good_frame();
+        f[8..16].copy_from_slice(&(64u64 << 10 | 1).to_le_bytes());
+        assert!(matches!(
+            reading(&f).recv(),
+            Err(MigrationError::FrameTooLong { kind: "RoundEnd", len, max })
+                if len == 65537 && max == 65536
+        ));
+        // A bulk type has the bigger limit, and a huge length allocates nothing.
+        f[4..8].copy_from_slice(&(Kind::Pages as u32).to_le_bytes());
+        f[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            reading(&f).recv(),
+            Err(MigrationError::FrameTooLong { kind: "Pages", max, .. }) if max == 64 << 20
+        ));
+    }
+
+    #[test]
+    fn bad_checksum_is_refused() {
+        let mut f = good_frame();
+        f[HEADER_LEN] ^= 1; // payload bit flip
+        assert!(matches!(
+            reading(&f).recv(),
+            Err(MigrationError::BadChecksum { kind: "RoundEnd" })
+        ));
+        let mut f = good_frame();
+        *f.last_mut().unwrap() ^= 1; // checksum bit flip
+        assert!(matches!(
+            reading(&f).recv(),
+            Err(MigrationError::BadChecksum { kind: "RoundEnd" })
+        ));
+    }
+
+    #[test]
+    fn truncated_frames_are_refused_where_they_stop() {
+        let f = good_frame();
+        assert!(matches!(
+            reading(&f[..10]).recv(),
+            Err(MigrationError::Truncated {
+                part: "frame header",
+                missing: 6
+            })
+        ));
+        assert!(matches!(
+            reading(&f[..HEADER_LEN + 5]).recv(),
+            Err(MigrationError::Truncated {
+                part: "payload",
+                ..
+            })
+        ));
+        assert!(matches!(
+            reading(&f[..f.len() - 1]).recv(),
+            Err(MigrationError::Truncated {
+                part: "checksum",
+                missing: 1
+            })
+        ));
+        assert!(matches!(reading(&[]).recv(), Err(MigrationError::Closed)));
+    }
+
+    #[test]
+    fn payload_that_does_not_match_its_type_is_malformed() {
+        let short = encode_frame(Kind::RoundEnd, &[1, 2, 3]).unwrap();
+        assert!(matches!(
+            reading(&short).recv(),
+            Err(MigrationError::Malformed {
+                kind: "RoundEnd",
+                ..
+            })
+        ));
+        let long = encode_frame(Kind::Running, &[0]).unwrap();
+        assert!(matches!(
+            reading(&long).recv(),
+            Err(MigrationError::Malformed {
+                kind: "Running",
+                ..
+            })
+        ));
+        let reason = encode_frame(Kind::Abort, &[0xff, 0xfe]).unwrap();
+        assert!(matches!(
+            reading(&reason).recv(),
+            Err(MigrationError::Malformed { kind: "Abort", .. })
+        ));
+        // 2 records announced, a data run claiming more pages than the frame holds.
+        let mut p = crate::message::pages_header(0, 2).to_vec();
+        p.extend_from_slice(&crate::message::record_header(false, 0, 1000));
+        p.extend_from_slice(&[0; 13]);
+        let pages = encode_frame(Kind::Pages, &p).unwrap();
+        assert!(matches!(
+            reading(&pages).recv(),
+            Err(MigrationError::Malformed { kind: "Pages", .. })
+        ));
+        // More records than the frame can hold is refused before allocating them.
+        let p = crate::message::pages_header(0, 1 << 20).to_vec();
+        assert!(matches!(
+            reading(&encode_frame(Kind::Pages, &p).unwrap()).recv(),
+            Err(MigrationError::Malformed { kind: "Pages", .. })
+        ));
+    }
+
+    #[test]
+    fn hello_of_another_version_is_refused() {
+        let mut p = (PROTOCOL_VERSION + 1).to_le_bytes().to_vec();
+        p.extend_from_slice(b"{}");
+        let f = encode_frame(Kind::Hello, &p).unwrap();
+        assert!(matches!(
+            reading(&f).recv(),
+            Err(MigrationError::UnsupportedVersion { theirs: 2, ours: 1 })
+        ));
+    }
+
+    #[test]
+    fn recv_times_out_and_shutdown_from_a_clone_unblocks_it() {
+        let (_a, mut b) = pair();
+        b.set_timeout(Some(Duration::from_millis(50))).unwrap();
+        assert!(matches!(b.recv(), Err(MigrationError::Timeout)));
+
+        b.set_timeout(None).unwrap();
+        let clone = b.try_clone().unwrap();
+        let t = std::thread::spawn(move || b.recv());
+        std::thread::sleep(Duration::from_millis(50));
+        clone.shutdown();
+        assert!(matches!(t.join().unwrap(), Err(MigrationError::Closed)));
+    }
+
+    #[test]
+    fn listener_replaces_a_stale_socket_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mig.sock");
+        let stale = UnixListener::bind(&path).unwrap();
+        drop(stale); // the file stays behind, nobody listens
+        assert!(path.exists());
+        let l = Listener::bind(&MigrationUrl::Unix(path.clone())).unwrap();
+        let _c = Connection::connect(&l.local_url(), Duration::from_secs(1)).unwrap();
+        l.accept(Duration::from_secs(1)).unwrap();
+        drop(l);
+        assert!(
+            !path.exists(),
+            "the listener removes its socket when dropped"
+        );
+    }
+
+    #[test]
+    fn listener_refuses_a_regular_file_and_leaves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        std::fs::write(&path, b"precious").unwrap();
+        assert!(matches!(
+            Listener::bind(&MigrationUrl::Unix(path.clone())),
+            Err(MigrationError::NotASocket { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn listener_refuses_a_socket_someone_listens_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = MigrationUrl::Unix(dir.path().join("mig.sock"));
+        let _first = Listener::bind(&url).unwrap();
+        assert!(matches!(
+            Listener::bind(&url),
+            Err(MigrationError::SocketInUse { .. })
+        ));
+    }
+
+    #[test]
+    fn accept_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Listener::bind(&MigrationUrl::Unix(dir.path().join("s"))).unwrap();
+        assert!(matches!(
+            l.accept(Duration::from_millis(30)),
+            Err(MigrationError::AcceptTimeout(_))
+        ));
+    }
+
+    #[test]
+    fn connect_to_nobody_names_the_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = MigrationUrl::Unix(dir.path().join("none"));
+        let e = Connection::connect(&url, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(e, MigrationError::Connect { .. }));
+        assert!(e.to_string().contains("none"));
+    }
+}
