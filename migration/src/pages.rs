@@ -64,9 +64,12 @@ impl Layout {
     }
 }
 
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(64).all(|c| {
-        c.chunks_exact(8)
+/// Whether a page is all zeros: a whole 512-byte block is OR-ed at a time (the compiler
+/// vectorises it), leaving early at the first block with a set bit.
+pub(crate) fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(512).all(|block| {
+        block
+            .chunks_exact(8)
             .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
             .fold(0, |a, b| a | b)
             == 0
@@ -207,7 +210,12 @@ pub fn apply_pages(pages: &[PageRecord], ram: &mut [&mut [u8]]) -> Result<u64, M
             let bytes = n as usize * PAGE_SIZE;
             let dst = &mut ram[region][off..off + bytes];
             match r {
-                PageRecord::Zero { .. } => dst.fill(0),
+                // Reading first leaves pages that are already zero untouched: on a fresh
+                // destination they stay unallocated.
+                PageRecord::Zero { .. } => dst
+                    .chunks_exact_mut(PAGE_SIZE)
+                    .filter(|p| !is_zero(p))
+                    .for_each(|p| p.fill(0)),
                 PageRecord::Data { data, .. } => dst.copy_from_slice(&data[done..done + bytes]),
             }
             index += n;
@@ -451,6 +459,38 @@ mod tests {
             "256 MiB of non-zero pages over a Unix socket: {:.1} ms, {:.0} MB/s ({} bytes, {} frames)",
             secs * 1e3,
             sent.bytes as f64 / secs / 1e6,
+            sent.bytes,
+            sent.frames
+        );
+    }
+
+    /// Same, for 256 MiB of touched but all-zero pages (the scan for zeros dominates).
+    #[test]
+    #[ignore]
+    fn throughput_256_mib_of_zero_pages_over_a_unix_socket() {
+        const SIZE: usize = 256 << 20;
+        let mut ram = vec![1u8; SIZE];
+        ram.fill(0);
+        let scan = Instant::now();
+        assert!(ram.chunks_exact(PAGE_SIZE).all(is_zero));
+        let scan = scan.elapsed();
+        // A fresh destination, as in round 0: untouched (calloc'd) memory.
+        let mut dest = vec![vec![0u8; SIZE]];
+        let pages = (SIZE / PAGE_SIZE) as u64;
+        let start = Instant::now();
+        let sent = transfer(
+            vec![ram],
+            (0..pages).collect(),
+            DEFAULT_PAGES_FRAME,
+            &mut dest,
+        );
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(sent.zero_pages, pages);
+        println!(
+            "256 MiB of zero pages over a Unix socket: {:.1} ms (scanning the source alone: {:.1} ms), \
+             {} bytes on the wire, {} frames",
+            secs * 1e3,
+            scan.as_secs_f64() * 1e3,
             sent.bytes,
             sent.frames
         );
