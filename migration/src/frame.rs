@@ -311,6 +311,33 @@ impl<'a, R: Read> PayloadReader<'a, R> {
         Ok(())
     }
 
+    /// Reads `len` payload bytes into a new Vec without zeroing it first.
+    pub fn read_vec(&mut self, len: usize, what: &str) -> Result<Vec<u8>, MigrationError> {
+        if len as u64 > self.remaining {
+            return Err(self.malformed(format!(
+                "{what} needs {len} bytes, only {} left in the frame",
+                self.remaining
+            )));
+        }
+        let mut v = Vec::with_capacity(len);
+        let got = loop {
+            match (&mut *self.input).take(len as u64).read_to_end(&mut v) {
+                Ok(_) => break v.len(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(MigrationError::from_io(e)),
+            }
+        };
+        if got < len {
+            return Err(MigrationError::Truncated {
+                part: "payload",
+                missing: self.remaining - got as u64,
+            });
+        }
+        self.hasher.update(&v);
+        self.remaining -= len as u64;
+        Ok(v)
+    }
+
     pub fn u8(&mut self, what: &str) -> Result<u8, MigrationError> {
         let mut b = [0u8; 1];
         self.read_exact(&mut b, what)?;
@@ -331,9 +358,7 @@ impl<'a, R: Read> PayloadReader<'a, R> {
 
     /// The rest of the payload (bounded by the frame's maximum, checked in `read_header`).
     pub fn rest(&mut self) -> Result<Vec<u8>, MigrationError> {
-        let mut v = vec![0u8; self.remaining as usize];
-        self.read_exact(&mut v, "payload")?;
-        Ok(v)
+        self.read_vec(self.remaining as usize, "payload")
     }
 
     /// Checks the payload was consumed whole and the checksum matches.

@@ -253,8 +253,7 @@ fn decode_pages<R: Read>(r: &mut PayloadReader<'_, R>) -> Result<Message, Migrat
                         r.remaining()
                     )));
                 }
-                let mut data = vec![0u8; len as usize];
-                r.read_exact(&mut data, "page data")?;
+                let data = r.read_vec(len as usize, "page data")?;
                 pages.push(PageRecord::Data { first, data });
             }
             other => return Err(r.malformed(format!("unknown record tag {other}"))),
