@@ -13,7 +13,7 @@ use crate::transport::Connection;
 
 /// Payload size of the Pages frames `send_pages` builds: small enough that the destination
 /// applies one while the next is on the wire, large enough that the per-frame cost vanishes.
-pub const DEFAULT_PAGES_FRAME: usize = 4 << 20;
+pub const DEFAULT_PAGES_FRAME: usize = 1 << 20;
 
 /// What one `send_pages` call put on the wire.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
