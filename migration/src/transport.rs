@@ -593,4 +593,52 @@ mod tests {
         assert!(matches!(e, MigrationError::Connect { .. }));
         assert!(e.to_string().contains("none"));
     }
+
+    #[test]
+    fn every_message_round_trips_over_tcp_ipv6_loopback_by_url() {
+        let Ok(l) = Listener::bind(&"tcp:[::1]:0".parse().unwrap()) else {
+            eprintln!("no IPv6 loopback here; skipped");
+            return;
+        };
+        let url = l.local_url();
+        assert!(url.to_string().starts_with("tcp:[::1]:"), "{url}");
+        let tx =
+            Connection::connect(&url.to_string().parse().unwrap(), Duration::from_secs(5)).unwrap();
+        let rx = l.accept(Duration::from_secs(5)).unwrap();
+        round_trip(tx, rx);
+    }
+
+    #[test]
+    fn tcp_connects_to_a_host_name() {
+        let l = Listener::bind(&"tcp:127.0.0.1:0".parse().unwrap()).unwrap();
+        let MigrationUrl::Tcp(_, port) = l.local_url() else {
+            unreachable!()
+        };
+        let by_name = MigrationUrl::Tcp("localhost".into(), port);
+        // localhost may resolve to ::1 first; connect tries each address.
+        let mut tx = Connection::connect(&by_name, Duration::from_secs(5)).unwrap();
+        let mut rx = l.accept(Duration::from_secs(5)).unwrap();
+        tx.send(&Message::Running).unwrap();
+        assert_eq!(rx.recv().unwrap(), Message::Running);
+    }
+
+    #[test]
+    fn a_pages_frame_cut_in_its_page_data_is_truncated() {
+        let msg = Message::Pages {
+            round: 0,
+            pages: vec![crate::PageRecord::Data {
+                first: 0,
+                data: vec![5; 3 * crate::PAGE_SIZE],
+            }],
+        };
+        let f = encode_frame(Kind::Pages, &msg.encode_payload().unwrap()).unwrap();
+        assert!(matches!(
+            reading(&f[..HEADER_LEN + 100]).recv(),
+            Err(MigrationError::Truncated {
+                part: "payload",
+                ..
+            })
+        ));
+        assert_eq!(reading(&f).recv().unwrap(), msg);
+    }
 }
