@@ -201,6 +201,8 @@ pub struct Listener {
 impl Listener {
     /// Listens on `url`. A Unix socket file left by a process that no longer listens is
     /// replaced; a path that is not a socket, or a socket someone listens on, is refused.
+    /// Telling the two apart takes one connection attempt: a live listener there sees one
+    /// connection that closes at once.
     pub fn bind(url: &MigrationUrl) -> Result<Listener, MigrationError> {
         let bind_err = |source| MigrationError::Bind {
             url: url.to_string(),
