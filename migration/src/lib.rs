@@ -15,6 +15,7 @@ pub mod error;
 pub mod frame;
 pub mod message;
 pub mod pages;
+pub mod receive;
 pub mod transport;
 pub mod url;
 
@@ -22,6 +23,7 @@ pub use compat::Compat;
 pub use error::MigrationError;
 pub use message::{Message, PageRecord, PAGE_SIZE};
 pub use pages::{apply_pages, PagesSent};
+pub use receive::Incoming;
 pub use transport::{Connection, Listener};
 pub use url::{MigrationUrl, UrlError};
 

@@ -27,8 +27,8 @@ pub const RECORD_HEADER_LEN: usize = 13;
 /// Bytes of a Pages payload before its records.
 pub const PAGES_HEADER_LEN: usize = 8;
 
-const TAG_ZERO: u8 = 0;
-const TAG_DATA: u8 = 1;
+pub(crate) const TAG_ZERO: u8 = 0;
+pub(crate) const TAG_DATA: u8 = 1;
 
 /// One message of the protocol. See the crate documentation for the order they come in.
 #[derive(Debug, Clone, PartialEq, Eq)]
