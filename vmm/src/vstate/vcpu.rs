@@ -324,12 +324,17 @@ impl Vcpu {
         // The last exit was port I/O or MMIO that KVM completes only at the next KVM_RUN.
         let mut io_pending = false;
         loop {
-            if io_pending && ctx.pause.is_paused() {
-                if let Err(reason) = self.complete_io() {
-                    return Some(reason);
+            // Only a pause seen here parks the thread, after the access is completed. A pause
+            // requested after this check comes with a kick, and the KVM_RUN below completes
+            // the access before it returns EINTR.
+            if ctx.pause.is_paused() {
+                if io_pending {
+                    if let Err(reason) = self.complete_io() {
+                        return Some(reason);
+                    }
                 }
+                ctx.pause.park_if_requested(&ctx.stop);
             }
-            ctx.pause.park_if_requested(&ctx.stop);
             if ctx.stop.load(Ordering::Acquire) {
                 return None;
             }
