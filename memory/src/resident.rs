@@ -56,14 +56,16 @@ pub fn resident_pages(mem: &GuestMemoryMmap) -> Result<Vec<u64>, MemoryError> {
             mincore_bits(region.as_ptr(), pages)?
         };
         if swap || file.is_some() {
-            if pagemap.is_none() {
-                pagemap = Some(File::open("/proc/self/pagemap").map_err(residency("pagemap"))?);
-            }
+            let pagemap = match &pagemap {
+                Some(open) => open,
+                None => {
+                    pagemap.insert(File::open("/proc/self/pagemap").map_err(residency("pagemap"))?)
+                }
+            };
             let count = match file {
                 Some(_) => Count::PrivateOrSwapped,
                 None => Count::Swapped,
             };
-            let pagemap = pagemap.as_ref().unwrap();
             add_from_pagemap(pagemap, region.as_ptr(), pages, count, &mut bits)?;
         }
         if let Some(file) = file {

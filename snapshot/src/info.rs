@@ -3,17 +3,14 @@
 use std::fmt::Write;
 
 use crate::hex::hex;
-use crate::memfile::{MemFileInfo, MemFileKind};
+use crate::memfile::MemFileInfo;
 
 /// One block per file of a chain (base first, as [`crate::Chain::files`] returns it):
 /// path, kind, sizes and hashes.
 pub fn format_chain(files: &[MemFileInfo]) -> String {
     let mut s = String::new();
     for (i, f) in files.iter().enumerate() {
-        let kind = match f.kind {
-            MemFileKind::Full => "full",
-            MemFileKind::Diff => "diff",
-        };
+        let kind = f.kind.name();
         let _ = writeln!(s, "[{i}] {} ({kind})", f.path.display());
         let _ = writeln!(s, "    guest size:    {} bytes", f.guest_size);
         let _ = writeln!(s, "    pages:         {}", f.pages);

@@ -39,6 +39,14 @@ pub enum MemFileKind {
 }
 
 impl MemFileKind {
+    /// `full` or `diff`, as state files and `petrel snapshot info` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemFileKind::Full => "full",
+            MemFileKind::Diff => "diff",
+        }
+    }
+
     fn code(self) -> u32 {
         match self {
             MemFileKind::Full => 1,

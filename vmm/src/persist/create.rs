@@ -13,7 +13,7 @@ use api::types::SnapshotCreateParams;
 use api::ApiResponse;
 use snapshot::{hex, MemFileInfo, PageSet};
 
-use super::{kind_name, relative_to, MachineState, MemoryRef, SnapshotBook};
+use super::{relative_to, MachineState, MemoryRef, SnapshotBook};
 use crate::config::VmConfig;
 use crate::control::runtime::Runtime;
 use crate::device_manager::persist::DevicesState;
@@ -86,16 +86,22 @@ pub fn create(
     } = capture(rt)?;
 
     // Pages written since the last snapshot, with those a failed one left behind.
-    let mut dirty = std::mem::take(&mut book.pending_dirty);
-    if rt.track_dirty {
+    // (Both are page sets over the whole RAM, or the pending one is empty.)
+    let pending = std::mem::take(&mut book.pending_dirty);
+    let dirty = if rt.track_dirty {
         match vm::take_dirty(&rt.vm, &rt.memory) {
-            Ok(now) => union_into(&mut dirty, &now),
+            Ok(mut now) => {
+                now.iter_mut().zip(&pending).for_each(|(a, b)| *a |= b);
+                now
+            }
             Err(e) => {
-                book.pending_dirty = dirty;
+                book.pending_dirty = pending;
                 return Err(internal(format!("cannot read the dirty log: {e}")));
             }
         }
-    }
+    } else {
+        pending
+    };
     let saved = started.elapsed();
     // Both files are written beside their final names first, and renamed only once both
     // are complete: a failure leaves an older snapshot at these paths whole.
@@ -117,7 +123,7 @@ pub fn create(
             layout: rt.layout.clone(),
             memory: MemoryRef {
                 path: relative_to(mem_path, state_path.parent()),
-                kind: kind_name(info.kind).into(),
+                kind: info.kind.name().into(),
                 content_hash: hex(&info.content_hash),
             },
             vm: vm_state,
@@ -248,14 +254,4 @@ fn write_memory(
 /// A file error as the API reports it: the user's path is at fault (400).
 fn file_error(what: &str, e: snapshot::SnapshotError) -> ApiResponse {
     bad(format!("{what}: {e}"))
-}
-
-/// ORs `add` into `into`, growing it as needed.
-fn union_into(into: &mut Vec<u64>, add: &[u64]) {
-    if into.len() < add.len() {
-        into.resize(add.len(), 0);
-    }
-    for (a, b) in into.iter_mut().zip(add) {
-        *a |= b;
-    }
 }

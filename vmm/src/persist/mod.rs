@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use memory::MemoryLayout;
 use serde::{Deserialize, Serialize};
-use snapshot::MemFileKind;
 
 use crate::config::VmConfig;
 use crate::device_manager::persist::DevicesState;
@@ -58,14 +57,6 @@ impl MemoryRef {
             Some(dir) if self.path.is_relative() => dir.join(&self.path),
             _ => self.path.clone(),
         }
-    }
-}
-
-/// The name of a memory file kind in a state file.
-fn kind_name(kind: MemFileKind) -> &'static str {
-    match kind {
-        MemFileKind::Full => "full",
-        MemFileKind::Diff => "diff",
     }
 }
 

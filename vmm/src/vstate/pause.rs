@@ -17,6 +17,9 @@ struct State {
 pub struct PauseGate {
     state: Mutex<State>,
     cv: Condvar,
+    /// `state.requested`, readable without the lock: vCPU threads look at it after every
+    /// exit. Written only with the lock held.
+    requested: AtomicBool,
 }
 
 impl PauseGate {
@@ -27,6 +30,9 @@ impl PauseGate {
     /// vCPU side, between two `KVM_RUN`s: waits while a pause is requested and `stop` is
     /// not set.
     pub fn park_if_requested(&self, stop: &AtomicBool) {
+        if !self.is_paused() {
+            return;
+        }
         let mut state = self.lock();
         if !state.requested {
             return;
@@ -42,7 +48,9 @@ impl PauseGate {
 
     /// Asks vCPUs to park at their next chance (the caller kicks them).
     pub fn request(&self) {
-        self.lock().requested = true;
+        let mut state = self.lock();
+        state.requested = true;
+        self.requested.store(true, Ordering::Release);
     }
 
     /// Waits until `count` vCPUs are parked, or `timeout` passes (then false); `running`
@@ -69,7 +77,9 @@ impl PauseGate {
 
     /// Lets parked vCPUs run again.
     pub fn release(&self) {
-        self.lock().requested = false;
+        let mut state = self.lock();
+        state.requested = false;
+        self.requested.store(false, Ordering::Release);
         self.cv.notify_all();
     }
 
@@ -79,8 +89,9 @@ impl PauseGate {
         self.cv.notify_all();
     }
 
-    /// Whether a pause is in force.
+    /// Whether a pause is in force (one atomic load: the vCPU run loop asks after every
+    /// exit).
     pub fn is_paused(&self) -> bool {
-        self.lock().requested
+        self.requested.load(Ordering::Acquire)
     }
 }
