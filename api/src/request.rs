@@ -8,7 +8,8 @@ use crate::types::InputEvents;
 use crate::types::SerialInput;
 use crate::types::{
     ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
-    Metrics, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams, SnapshotLoadParams,
+    Metrics, MigrationReceiveParams, MigrationSendParams, NetworkInterface, NetworkInterfacePatch,
+    SnapshotCreateParams, SnapshotLoadParams,
     VmState, Vsock,
 };
 
@@ -53,6 +54,12 @@ pub enum ApiRequest {
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load`.
     LoadSnapshot(SnapshotLoadParams),
+    /// `PUT /migration/send` (petrel's).
+    MigrationSend(MigrationSendParams),
+    /// `PUT /migration/receive` (petrel's).
+    MigrationReceive(MigrationReceiveParams),
+    /// `GET /migration` (petrel's): reply `Json(MigrationInfo)`.
+    GetMigration,
     /// `PUT /input/{id}` (petrel's): the device id and its events.
     PutInput(String, InputEvents),
     /// `GET /display/screenshot` (petrel's): reply `Image` of the GPU's scanout.
@@ -91,6 +98,9 @@ impl ApiRequest {
             R::PutLogger(_) => "PUT /logger",
             R::CreateSnapshot(_) => "PUT /snapshot/create",
             R::LoadSnapshot(_) => "PUT /snapshot/load",
+            R::MigrationSend(_) => "PUT /migration/send",
+            R::MigrationReceive(_) => "PUT /migration/receive",
+            R::GetMigration => "GET /migration",
             R::PutInput(..) => "PUT /input",
             R::GetScreenshot => "GET /display/screenshot",
             R::GetSerial { .. } => "GET /serial",

@@ -12,6 +12,7 @@ use crate::types::{
     BootSource, Console, Drive, DrivePatch, InstanceActionInfo, Logger, MachineConfig,
     MachineConfigPatch, Metrics, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams,
     SnapshotLoadParams, Vm, Vsock,
+    MigrationReceiveParams, MigrationSendParams,
 };
 
 /// Every route and its methods. `{id}` stands for one path segment.
@@ -29,6 +30,9 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/vm/config", &["GET"]),
     ("/snapshot/create", &["PUT"]),
     ("/snapshot/load", &["PUT"]),
+    ("/migration", &["GET"]),
+    ("/migration/send", &["PUT"]),
+    ("/migration/receive", &["PUT"]),
     ("/logger", &["PUT"]),
     ("/metrics", &["GET", "PUT"]),
     ("/input/{id}", &["PUT"]),
@@ -288,6 +292,11 @@ pub fn route_query(
         ("/vm/config", "GET") => R::GetVmConfig,
         ("/snapshot/create", "PUT") => R::CreateSnapshot(parse::<SnapshotCreateParams>(body)?),
         ("/snapshot/load", "PUT") => R::LoadSnapshot(parse::<SnapshotLoadParams>(body)?),
+        ("/migration", "GET") => R::GetMigration,
+        ("/migration/send", "PUT") => R::MigrationSend(parse::<MigrationSendParams>(body)?),
+        ("/migration/receive", "PUT") => {
+            R::MigrationReceive(parse::<MigrationReceiveParams>(body)?)
+        }
         ("/logger", "PUT") => R::PutLogger(parse::<Logger>(body)?),
         ("/metrics", "GET") => R::GetMetrics,
         ("/metrics", "PUT") => R::PutMetrics(parse::<Metrics>(body)?),

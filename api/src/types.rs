@@ -299,6 +299,76 @@ pub struct SnapshotLoadParams {
     pub resume_vm: Option<bool>,
 }
 
+/// `PUT /migration/send` body (petrel's): move the running VM to a destination petrel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationSendParams {
+    /// Where the destination listens: `unix:PATH` or `tcp:HOST:PORT`.
+    pub url: String,
+    /// The longest final pause to aim for, in milliseconds (default 300).
+    #[serde(default)]
+    pub downtime_ms: Option<u64>,
+    /// Give up (the VM keeps running here) when the migration has not finished after this
+    /// many seconds (default 60).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+    /// Slow the guest's vCPUs when it dirties memory faster than it can be sent (default
+    /// true); without it, a guest that never converges makes the migration time out.
+    #[serde(default)]
+    pub auto_converge: Option<bool>,
+    /// At most this many bytes a second on the link (default: no limit).
+    #[serde(default)]
+    pub max_bandwidth: Option<u64>,
+    /// Pre-copy rounds before the final pause, whatever the estimate (default 30).
+    #[serde(default)]
+    pub max_rounds: Option<u32>,
+}
+
+/// `PUT /migration/receive` body (petrel's): wait for a VM from a source petrel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationReceiveParams {
+    /// Where to listen: `unix:PATH` or `tcp:HOST:PORT`.
+    pub url: String,
+}
+
+/// `GET /migration` (petrel's): the migration this petrel sends or receives, or the last one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationInfo {
+    /// `none`, `send` or `receive`.
+    pub role: String,
+    /// `idle`, `listening`, `connecting`, `precopy`, `stopping`, `completed` or `failed`.
+    pub state: String,
+    /// The URL sent to or listened on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The pre-copy round under way (0: all touched memory).
+    pub round: u32,
+    /// Guest RAM, in pages of 4 KiB.
+    pub total_pages: u64,
+    /// Pages sent or received so far, all rounds (zero pages included).
+    pub pages: u64,
+    /// Bytes on the wire so far.
+    pub bytes: u64,
+    /// Pages the last round found dirty.
+    pub dirty_pages: u64,
+    /// Measured bandwidth, bytes a second.
+    pub bandwidth: u64,
+    /// The final pause the source expects from the last round, in milliseconds.
+    pub expected_downtime_ms: f64,
+    /// The final pause, measured on the source once the destination runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<f64>,
+    /// How much auto-converge slows the vCPUs, in percent.
+    pub throttle_percent: u32,
+    /// Time since the migration started, in milliseconds.
+    pub elapsed_ms: f64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// `PUT /logger` body.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -267,6 +267,9 @@ impl ControlHandler {
                 self.pending = Some(Pending::Restore(request));
                 return None;
             }
+            R::MigrationSend(_) | R::MigrationReceive(_) | R::GetMigration => {
+                ApiResponse::error(500, "migration: not wired yet")
+            }
             R::PatchVm(VmState::Paused) => done(self.runtime().and_then(Runtime::pause)),
             R::PatchVm(VmState::Resumed) => done(self.runtime().map(Runtime::resume)),
             R::Action(ActionType::InstanceStart) => {

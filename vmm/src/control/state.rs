@@ -64,6 +64,9 @@ pub fn allowed_states(request: &ApiRequest) -> &'static [Lifecycle] {
         R::GetSerial { .. } => ANY,
         R::PutSerial(_) => STARTED,
         R::CreateSnapshot(_) => &[Paused],
+        R::MigrationSend(_) => STARTED,
+        R::MigrationReceive(_) => BEFORE_START,
+        R::GetMigration => ANY,
         R::GetScreenshot => STARTED,
         R::Action(action) => match action {
             ActionType::InstanceStart => BEFORE_START,
