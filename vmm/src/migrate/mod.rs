@@ -14,9 +14,11 @@
 //! `GET /migration` reports either side's [`Progress`].
 
 pub mod compat;
+mod link;
 pub mod progress;
 pub mod receive;
 pub mod send;
+mod throttle;
 
 use api::{ApiRequest, ApiResponse};
 
@@ -91,5 +93,42 @@ fn reason(response: ApiResponse) -> String {
     match response {
         ApiResponse::Error { fault_message, .. } => fault_message,
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::types::ActionType;
+
+    fn message(r: Result<(), ApiResponse>) -> String {
+        match r {
+            Err(ApiResponse::Error { fault_message, .. }) => fault_message,
+            Ok(()) => "allowed".into(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_receiving_petrel_refuses_configuration_and_start_and_a_finished_one_allows_them() {
+        let (_tx, arrival) = std::sync::mpsc::channel();
+        let m = Migration {
+            progress: Progress::new("receive", progress::LISTENING, "unix:/m".into()),
+            role: Role::Receive(receive::Incoming::for_test(arrival)),
+        };
+        let start = ApiRequest::Action(ActionType::InstanceStart);
+        assert_eq!(
+            message(m.check(&start)),
+            "PUT /actions InstanceStart is not allowed while the VM is being received by live migration (GET /migration shows how far it is)"
+        );
+        let put = ApiRequest::PutMachineConfig(Default::default());
+        assert!(message(m.check(&put)).contains("being received"));
+        assert_eq!(message(m.check(&ApiRequest::GetMigration)), "allowed");
+        assert_eq!(
+            message(m.check(&ApiRequest::Action(ActionType::Kill))),
+            "allowed"
+        );
+        m.progress.fail("gone".into());
+        assert_eq!(message(m.check(&start)), "allowed");
     }
 }

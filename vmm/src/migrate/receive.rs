@@ -56,6 +56,17 @@ impl Incoming {
     }
 }
 
+#[cfg(test)]
+impl Incoming {
+    /// An `Incoming` with no listening thread behind it.
+    pub fn for_test(arrival: Receiver<Arrival>) -> Incoming {
+        Incoming {
+            arrival,
+            cancel: Arc::default(),
+        }
+    }
+}
+
 impl Drop for Incoming {
     fn drop(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);
@@ -180,6 +191,10 @@ impl Receiving {
             false,
         )
         .map_err(|e| format!("cannot build the machine: {e}"))?;
+        tracing::debug!(
+            ms = arrived.elapsed().as_secs_f64() * 1e3,
+            "migration: machine built"
+        );
         let (started, started_rx) = mpsc::channel();
         tx.send(Arrival {
             machine: Box::new(machine),

@@ -12,7 +12,6 @@
 //! here as before.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,7 +23,9 @@ use devices::VmExit;
 use migration::{Connection, Message, MigrationUrl, PagesSent, PROTOCOL_VERSION};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::link::Link;
 use super::progress::{self, Progress};
+use super::throttle::Throttle;
 use super::{compat, reason, FinalState};
 use crate::config::VmConfig;
 use crate::control::runtime::Runtime;
@@ -40,12 +41,6 @@ const RUNNING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pages per `send_pages` call: between two, progress is reported, the bandwidth limit
 /// applied and the deadline checked.
 const CHUNK_PAGES: usize = 512;
-/// Auto-converge's period: the vCPUs are paused for `throttle_percent` of each.
-const THROTTLE_PERIOD: Duration = Duration::from_millis(20);
-/// Auto-converge's first throttle, its step per round that does not converge, and its top.
-const THROTTLE_FIRST: u32 = 20;
-const THROTTLE_STEP: u32 = 10;
-const THROTTLE_MAX: u32 = 99;
 
 /// `PUT /migration/send`'s parameters, checked.
 #[derive(Debug, Clone)]
@@ -269,55 +264,6 @@ fn send_round(
     Ok(total)
 }
 
-/// What the link has carried, and the bandwidth limit.
-struct Link {
-    bytes: u64,
-    busy: Duration,
-    limit: Option<u64>,
-    since: Instant,
-}
-
-impl Link {
-    fn new(limit: Option<u64>) -> Link {
-        Link {
-            bytes: 0,
-            busy: Duration::ZERO,
-            limit,
-            since: Instant::now(),
-        }
-    }
-
-    /// Counts `bytes` sent in `took`; with a limit, sleeps until the average is back under it.
-    fn sent(&mut self, bytes: u64, took: Duration) {
-        self.bytes += bytes;
-        self.busy += took;
-        if let Some(limit) = self.limit {
-            let due = Duration::from_secs_f64(self.bytes as f64 / limit as f64);
-            let elapsed = self.since.elapsed();
-            if due > elapsed {
-                std::thread::sleep(due - elapsed);
-                self.busy += due - elapsed;
-            }
-        }
-    }
-
-    /// Bytes a second, measured over the time spent sending (and waiting for the limit).
-    fn bandwidth(&self) -> f64 {
-        let secs = self.busy.as_secs_f64();
-        if secs > 0.0 {
-            self.bytes as f64 / secs
-        } else {
-            f64::INFINITY
-        }
-    }
-
-    /// How long `pages` would take at the measured bandwidth.
-    fn time_for(&self, pages: usize) -> Duration {
-        let secs = (pages * memory::PAGE_SIZE) as f64 / self.bandwidth();
-        Duration::from_secs_f64(secs.min(1e6))
-    }
-}
-
 /// The pre-copy thread's work.
 struct Precopy {
     rt: Arc<Runtime>,
@@ -332,8 +278,8 @@ impl Precopy {
             .map_err(|e| format!("sending the configuration: {e}"))?;
         self.progress.set_state(progress::PRECOPY);
         let log = DirtyLog::start(&self.rt)?;
-        let throttle = Throttle::new(self.rt.clone());
-        let result = self.rounds(&mut conn, &throttle);
+        let mut throttle = Throttle::new(self.rt.clone());
+        let result = self.rounds(&mut conn, &mut throttle);
         throttle.stop();
         let (dirty, round) = result?;
         Ok(Handover {
@@ -375,7 +321,7 @@ impl Precopy {
     fn rounds(
         &self,
         conn: &mut Connection,
-        throttle: &Throttle,
+        throttle: &mut Throttle,
     ) -> Result<(Vec<u64>, u32), String> {
         let rt = &self.rt;
         let deadline = Instant::now() + self.options.timeout;
@@ -422,71 +368,6 @@ impl Precopy {
             send_round(conn, rt, round, &dirty, &mut link, &self.progress, &check)?;
             round += 1;
         }
-    }
-}
-
-/// Auto-converge: while `percent` is above 0, the vCPUs are paused for that share of every
-/// [`THROTTLE_PERIOD`]. A machine that was paused when the migration started is left alone.
-struct Throttle {
-    percent: Arc<AtomicU32>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Throttle {
-    fn new(rt: Arc<Runtime>) -> Throttle {
-        let percent = Arc::new(AtomicU32::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (percent.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("petrel-throttle".into())
-            .spawn(move || throttle(&rt, &p, &s))
-            .map_err(
-                |e| tracing::warn!(%e, "cannot start auto-converge: the guest runs unthrottled"),
-            )
-            .ok();
-        Throttle {
-            percent,
-            stop,
-            thread,
-        }
-    }
-
-    /// Throttles harder; returns the new share in percent.
-    fn step_up(&self) -> u32 {
-        let now = self.percent.load(Ordering::Relaxed);
-        let next = if now == 0 {
-            THROTTLE_FIRST
-        } else {
-            (now + THROTTLE_STEP).min(THROTTLE_MAX)
-        };
-        self.percent.store(next, Ordering::Relaxed);
-        next
-    }
-
-    /// Stops throttling: the vCPUs run freely again when this returns.
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn throttle(rt: &Runtime, percent: &AtomicU32, stop: &AtomicBool) {
-    let paused_by_user = rt.pause.is_paused();
-    while !stop.load(Ordering::Relaxed) {
-        let p = percent.load(Ordering::Relaxed);
-        if p == 0 || paused_by_user {
-            std::thread::sleep(THROTTLE_PERIOD);
-            continue;
-        }
-        let off = THROTTLE_PERIOD * p / 100;
-        if rt.pause().is_ok() {
-            std::thread::sleep(off);
-            rt.resume();
-        }
-        std::thread::sleep(THROTTLE_PERIOD - off);
     }
 }
 
@@ -542,7 +423,15 @@ fn final_round(
     progress: &Progress,
     stopped: Instant,
 ) -> Result<(), String> {
+    tracing::debug!(
+        ms = stopped.elapsed().as_secs_f64() * 1e3,
+        "migration: paused"
+    );
     let captured = capture(rt).map_err(reason)?;
+    tracing::debug!(
+        ms = stopped.elapsed().as_secs_f64() * 1e3,
+        "migration: captured"
+    );
     let last = take_dirty(rt)?;
     dirty.iter_mut().zip(&last).for_each(|(a, b)| *a |= b);
     let mut link = Link::new(None);
@@ -553,6 +442,12 @@ fn final_round(
         machine: captured,
     };
     let json = serde_json::to_vec(&state).map_err(|e| format!("cannot encode the state: {e}"))?;
+    tracing::debug!(
+        ms = stopped.elapsed().as_secs_f64() * 1e3,
+        pages = memory::count_pages(&dirty),
+        state_bytes = json.len(),
+        "migration: last pages sent"
+    );
     let bytes = conn
         .send(&Message::State { json })
         .map_err(|e| format!("sending the state: {e}"))?;
@@ -567,5 +462,65 @@ fn final_round(
             other.kind().name()
         )),
         Err(e) => Err(format!("waiting for the destination to run the VM: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(json: &str) -> MigrationSendParams {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn refused(json: &str) -> String {
+        match SendOptions::from_api(&params(json)) {
+            Err(ApiResponse::Error {
+                status: 400,
+                fault_message,
+            }) => fault_message,
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_given_options() {
+        let o = SendOptions::from_api(&params(r#"{"url": "unix:/tmp/m.sock"}"#)).unwrap();
+        assert_eq!(o.downtime, Duration::from_millis(300));
+        assert_eq!(o.timeout, Duration::from_secs(60));
+        assert!(o.auto_converge);
+        assert_eq!((o.max_bandwidth, o.max_rounds), (None, 30));
+        let o = SendOptions::from_api(&params(
+            r#"{"url": "tcp:127.0.0.1:7000", "downtime_ms": 0, "timeout_s": 5,
+                "auto_converge": false, "max_bandwidth": 1048576, "max_rounds": 1}"#,
+        ))
+        .unwrap();
+        assert_eq!(o.downtime, Duration::ZERO);
+        assert!(!o.auto_converge);
+        assert_eq!((o.max_bandwidth, o.max_rounds), (Some(1 << 20), 1));
+    }
+
+    #[test]
+    fn bad_options_are_refused_by_name() {
+        assert!(refused(r#"{"url": "ftp://x"}"#).starts_with("url: "));
+        assert!(refused(r#"{"url": "unix:/m", "timeout_s": 0}"#).starts_with("timeout_s: 0"));
+        assert!(refused(r#"{"url": "unix:/m", "downtime_ms": 60001}"#).starts_with("downtime_ms"));
+        assert!(refused(r#"{"url": "unix:/m", "max_bandwidth": 10}"#).starts_with("max_bandwidth"));
+        assert!(refused(r#"{"url": "unix:/m", "max_rounds": 0}"#).starts_with("max_rounds: 0"));
+    }
+
+    #[test]
+    fn the_link_measures_bandwidth_and_keeps_to_its_limit() {
+        let mut link = Link::new(None);
+        link.sent(1 << 20, Duration::from_millis(1));
+        assert!((link.bandwidth() - (1 << 20) as f64 * 1000.0).abs() < 1.0);
+        assert_eq!(link.time_for(256), Duration::from_micros(1000));
+
+        let mut limited = Link::new(Some(10 << 20));
+        let started = Instant::now();
+        limited.sent(1 << 20, Duration::ZERO);
+        // 1 MiB at 10 MiB/s: about 100 ms, which the link waits out.
+        assert!(started.elapsed() >= Duration::from_millis(99));
+        assert!(limited.bandwidth() <= (10 << 20) as f64 * 1.01);
     }
 }

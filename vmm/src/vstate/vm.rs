@@ -259,6 +259,31 @@ mod tests {
     }
 
     #[test]
+    fn the_dirty_log_turned_on_at_run_time_logs_from_then_and_off_again_fails() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            assert!(std::env::var_os("CI").is_none(), "CI needs /dev/kvm");
+            return;
+        }
+        let mem = memory::MemoryLayout::new(64 << 20)
+            .unwrap()
+            .allocate()
+            .unwrap();
+        let kvm = open_kvm(1).unwrap();
+        let vm = create_vm(&kvm, &mem, false).unwrap();
+        assert!(take_kvm_dirty(&vm, &mem).is_err(), "no log before it is on");
+
+        set_dirty_log(&vm, &mem, true).unwrap();
+        assert_eq!(memory::count_pages(&take_kvm_dirty(&vm, &mem).unwrap()), 0);
+        // mov byte [0x7000], 1; out 0x10, al
+        run_real_mode(&vm, &mem, &[0xc6, 0x06, 0x00, 0x70, 0x01, 0xe6, 0x10]);
+        let dirty = take_kvm_dirty(&vm, &mem).unwrap();
+        assert_eq!(memory::pages_in(&dirty).collect::<Vec<_>>(), vec![7]);
+
+        set_dirty_log(&vm, &mem, false).unwrap();
+        assert!(take_kvm_dirty(&vm, &mem).is_err(), "no log once it is off");
+    }
+
+    #[test]
     fn kvm_dirty_log_holds_exactly_the_pages_the_guest_wrote_then_nothing() {
         let Some((_kvm, vm, mem)) = dirty_logging_vm() else {
             return;
