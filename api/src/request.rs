@@ -9,8 +9,7 @@ use crate::types::SerialInput;
 use crate::types::{
     ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
     Metrics, MigrationReceiveParams, MigrationSendParams, NetworkInterface, NetworkInterfacePatch,
-    SnapshotCreateParams, SnapshotLoadParams,
-    VmState, Vsock,
+    SnapshotCreateParams, SnapshotLoadParams, VmState, Vsock,
 };
 
 /// A validated request for the VMM thread.

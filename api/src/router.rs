@@ -10,9 +10,8 @@ use crate::types::InputEvents;
 use crate::types::SerialInput;
 use crate::types::{
     BootSource, Console, Drive, DrivePatch, InstanceActionInfo, Logger, MachineConfig,
-    MachineConfigPatch, Metrics, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams,
-    SnapshotLoadParams, Vm, Vsock,
-    MigrationReceiveParams, MigrationSendParams,
+    MachineConfigPatch, Metrics, MigrationReceiveParams, MigrationSendParams, NetworkInterface,
+    NetworkInterfacePatch, SnapshotCreateParams, SnapshotLoadParams, Vm, Vsock,
 };
 
 /// Every route and its methods. `{id}` stands for one path segment.

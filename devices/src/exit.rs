@@ -20,14 +20,16 @@ pub enum VmExit {
     Killed,
     /// Something failed in the VMM or KVM; the message says what.
     Fault(String),
+    /// The VM moved to another petrel by live migration, which confirmed that it runs there.
+    Migrated,
 }
 
 impl VmExit {
     /// The process exit status for this end: 0 when the guest reset or powered off,
-    /// 0 when the API killed it, 128 + n for signal n, 1 for a triple fault or a fault.
+    /// 0 when the API killed it or the VM migrated away, 128 + n for signal n, 1 for a triple fault or a fault.
     pub fn exit_code(&self) -> u8 {
         match self {
-            VmExit::Reset | VmExit::PowerOff | VmExit::Killed => 0,
+            VmExit::Reset | VmExit::PowerOff | VmExit::Killed | VmExit::Migrated => 0,
             VmExit::Signal(sig) => 128u8.saturating_add(u8::try_from(*sig).unwrap_or(u8::MAX)),
             VmExit::TripleFault { .. } | VmExit::Fault(_) => 1,
         }
@@ -43,6 +45,7 @@ impl std::fmt::Display for VmExit {
             VmExit::Signal(sig) => write!(f, "stopped by signal {sig}"),
             VmExit::Killed => write!(f, "killed through the API"),
             VmExit::Fault(msg) => write!(f, "{msg}"),
+            VmExit::Migrated => write!(f, "migrated: the VM runs in the destination petrel"),
         }
     }
 }
@@ -109,6 +112,7 @@ mod tests {
         assert_eq!(VmExit::PowerOff.exit_code(), 0);
         assert_eq!(VmExit::Reset.exit_code(), 0);
         assert_eq!(VmExit::Killed.exit_code(), 0);
+        assert_eq!(VmExit::Migrated.exit_code(), 0);
         assert_eq!(VmExit::Signal(15).exit_code(), 143);
         assert_eq!(VmExit::TripleFault { vcpu: 0 }.exit_code(), 1);
         assert_eq!(VmExit::Fault("x".into()).exit_code(), 1);

@@ -174,6 +174,7 @@ fn wait_for_start(
                 crate::persist::restore::restore(&request, &config),
                 "PUT /snapshot/load",
             ),
+            Start::Migrated(machine) => (Ok(*machine), "PUT /migration/receive"),
         };
         match built {
             Ok(machine) => return Ok(PreStart::Start(Box::new(machine), reply)),

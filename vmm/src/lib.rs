@@ -12,6 +12,7 @@ pub mod launch;
 pub mod loader;
 pub mod logging;
 pub mod machine;
+pub mod migrate;
 pub mod persist;
 pub mod signals;
 pub mod snapshot_cli;

@@ -12,6 +12,7 @@ pub mod configure;
 mod input;
 mod logger;
 pub mod metrics;
+mod migration;
 pub mod runtime;
 pub mod state;
 
@@ -111,6 +112,8 @@ impl ControlQueue {
             start: None,
             pending: None,
             metrics: MetricsFile::new()?,
+            migration: None,
+            migration_wake: Arc::new(EventFd::new(EFD_NONBLOCK)?),
         })
     }
 }
@@ -129,6 +132,8 @@ pub struct Instance {
 enum Pending {
     Boot,
     Restore(RestoreRequest),
+    /// Built already: received by live migration.
+    Migrated(Box<crate::machine::Machine>),
 }
 
 /// What the VMM thread builds when the API starts the VM.
@@ -138,18 +143,21 @@ pub enum Start {
     /// The machine of a snapshot; the configuration gives the host-side settings (the
     /// serial console's output).
     Restore(RestoreRequest, VmConfig),
+    /// A machine received by live migration, built and ready to run.
+    Migrated(Box<crate::machine::Machine>),
 }
 
 /// Event-loop tokens.
 const WAKE: u32 = 0;
 const METRICS_TIMER: u32 = 1;
+const MIGRATION: u32 = 2;
 
 /// Serves API requests on the VMM thread.
 pub struct ControlHandler {
     rx: Receiver<Message>,
     wake: Arc<EventFd>,
     instance: Instance,
-    runtime: Option<Runtime>,
+    runtime: Option<Arc<Runtime>>,
     /// Before start: the process's exit; after: the machine's.
     exit: Arc<ExitSignal>,
     /// `InstanceStart`'s (or a load's) reply, until the machine runs or fails to build.
@@ -157,6 +165,10 @@ pub struct ControlHandler {
     /// What the pending start builds.
     pending: Option<Pending>,
     metrics: MetricsFile,
+    /// The migration under way, or the last one.
+    migration: Option<crate::migrate::Migration>,
+    /// Written by a migration's thread when the VMM thread has work to do.
+    migration_wake: Arc<EventFd>,
 }
 
 impl ControlHandler {
@@ -181,6 +193,7 @@ impl ControlHandler {
         let config = self.instance.config.clone();
         let start = match self.pending.take() {
             Some(Pending::Restore(request)) => Start::Restore(request, config),
+            Some(Pending::Migrated(machine)) => Start::Migrated(machine),
             Some(Pending::Boot) | None => Start::Boot(config),
         };
         Some((start, reply))
@@ -197,7 +210,7 @@ impl ControlHandler {
     ) {
         self.exit = runtime.exit.clone();
         self.instance.config = config;
-        self.runtime = Some(runtime);
+        self.runtime = Some(Arc::new(runtime));
         if let Some(reply) = reply {
             let _ = reply.send(ApiResponse::NoContent);
         }
@@ -205,17 +218,20 @@ impl ControlHandler {
 
     fn runtime(&self) -> Result<&Runtime, ApiResponse> {
         self.runtime
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| ApiResponse::error(500, "the VM has no machine"))
     }
 
     fn sample(&self) -> Sample {
-        Sample::take(self.state(), self.runtime.as_ref())
+        Sample::take(self.state(), self.runtime.as_deref())
     }
 
     /// Carries out `request`; `None` when the answer comes later (`InstanceStart`).
     fn handle(&mut self, request: ApiRequest, reply: &Sender<ApiResponse>) -> Option<ApiResponse> {
         if let Err(e) = state::check(&request, self.state()) {
+            return Some(e);
+        }
+        if let Some(Err(e)) = self.migration.as_ref().map(|m| m.check(&request)) {
             return Some(e);
         }
         let done = |r: Result<(), ApiResponse>| r.map_or_else(|e| e, |()| ApiResponse::NoContent);
@@ -267,9 +283,9 @@ impl ControlHandler {
                 self.pending = Some(Pending::Restore(request));
                 return None;
             }
-            R::MigrationSend(_) | R::MigrationReceive(_) | R::GetMigration => {
-                ApiResponse::error(500, "migration: not wired yet")
-            }
+            R::MigrationSend(params) => done(self.send_migration(&params)),
+            R::MigrationReceive(params) => done(self.receive_migration(&params)),
+            R::GetMigration => ApiResponse::json(&self.migration_info()),
             R::PatchVm(VmState::Paused) => done(self.runtime().and_then(Runtime::pause)),
             R::PatchVm(VmState::Resumed) => done(self.runtime().map(Runtime::resume)),
             R::Action(ActionType::InstanceStart) => {
@@ -347,6 +363,10 @@ impl MutEventSubscriber for ControlHandler {
         if let Err(e) = ops.add(wake) {
             tracing::error!(?e, "cannot watch API requests");
         }
+        let migration = Events::with_data(self.migration_wake.as_ref(), MIGRATION, EventSet::IN);
+        if let Err(e) = ops.add(migration) {
+            tracing::error!(?e, "cannot watch migrations");
+        }
         let timer = Events::with_data(&self.metrics.timer, METRICS_TIMER, EventSet::IN);
         if let Err(e) = ops.add(timer) {
             tracing::error!(?e, "cannot watch the metrics timer");
@@ -357,6 +377,7 @@ impl MutEventSubscriber for ControlHandler {
         match events.data() {
             WAKE => self.serve_queue(),
             METRICS_TIMER => self.flush_metrics(),
+            MIGRATION => self.migration_event(),
             other => tracing::debug!(token = other, "unknown control event"),
         }
     }

@@ -172,7 +172,10 @@ fn staging(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// What a paused machine holds besides its memory.
+/// What a paused machine holds besides its memory: what a snapshot's state file and a
+/// migration's final `State` carry.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Captured {
     pub devices: DevicesState,
     pub vcpus: Vec<VcpuState>,

@@ -37,6 +37,36 @@ pub struct MachineState {
     pub devices: DevicesState,
 }
 
+impl MachineState {
+    /// The VM, vCPU and device states a machine is rebuilt from.
+    pub fn saved(&self) -> Saved<'_> {
+        Saved {
+            vm: &self.vm,
+            vcpus: &self.vcpus,
+            devices: &self.devices,
+        }
+    }
+}
+
+/// The states a machine is rebuilt from, whether from a state file or a migration.
+#[derive(Clone, Copy)]
+pub struct Saved<'a> {
+    pub vm: &'a VmState,
+    pub vcpus: &'a [VcpuState],
+    pub devices: &'a DevicesState,
+}
+
+impl create::Captured {
+    /// The states, to rebuild the machine from.
+    pub fn saved(&self) -> Saved<'_> {
+        Saved {
+            vm: &self.vm,
+            vcpus: &self.vcpus,
+            devices: &self.devices,
+        }
+    }
+}
+
 /// The memory file a state file goes with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

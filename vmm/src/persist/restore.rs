@@ -14,7 +14,7 @@ use api::types::SnapshotLoadParams;
 use api::ApiResponse;
 use snapshot::hex;
 
-use super::{MachineState, SnapshotBook};
+use super::{MachineState, Saved, SnapshotBook};
 use crate::builder::{assemble, BuildError, Parts};
 use crate::config::VmConfig;
 use crate::device_manager::DeviceManager;
@@ -82,7 +82,18 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
     let mismatch = BuildError::SnapshotMismatch;
     let state: MachineState = snapshot::read_state(&request.state)?;
     let what = request.state.display().to_string();
-    let (config, layout) = restored_config(&state, host, request.track_dirty, &what)?;
+    let (config, layout) = restored_config(
+        &state.config,
+        state.vcpus.len(),
+        host,
+        request.track_dirty,
+        &what,
+    )?;
+    if layout != state.layout {
+        return Err(mismatch(format!(
+            "{what}: the memory layout does not match the machine's memory size"
+        )));
+    }
 
     let mem_path = request
         .mem
@@ -114,7 +125,7 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
         last: Some((mem_path.clone(), chain.top_hash())),
         pending_dirty: Vec::new(),
     };
-    let machine = build_restored(&state, config, layout, mem, book, !request.resume)?;
+    let machine = build_restored(state.saved(), config, layout, mem, book, !request.resume)?;
     tracing::info!(
         ms = started.elapsed().as_secs_f64() * 1e3,
         layers = chain.files().len(),
@@ -126,38 +137,32 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
 
 /// The configuration of a restored machine: the saved one, with this process's host-side
 /// settings (where the serial console writes; dirty page tracking if asked here), checked
-/// against the saved state. `what` names the state's source in errors.
+/// against the number of saved vCPU states. `what` names the state's source in errors.
 pub fn restored_config(
-    state: &MachineState,
+    saved: &VmConfig,
+    vcpu_states: usize,
     host: &VmConfig,
     track_dirty: bool,
     what: &str,
 ) -> Result<(VmConfig, memory::MemoryLayout), BuildError> {
-    let mismatch = BuildError::SnapshotMismatch;
-    let mut config = state.config.clone();
+    let mut config = saved.clone();
     config.serial = host.serial.clone();
     config.machine.track_dirty_pages |= track_dirty || host.machine.track_dirty_pages;
     config.validate()?;
     let layout = memory::MemoryLayout::new(config.machine.memory.0)?;
-    if layout != state.layout {
-        return Err(mismatch(format!(
-            "{what}: the memory layout does not match the machine's memory size"
-        )));
-    }
-    if state.vcpus.len() != config.machine.vcpus as usize {
-        return Err(mismatch(format!(
-            "{what}: {} vCPU states for a machine of {} vCPUs",
-            state.vcpus.len(),
+    if vcpu_states != config.machine.vcpus as usize {
+        return Err(BuildError::SnapshotMismatch(format!(
+            "{what}: {vcpu_states} vCPU states for a machine of {} vCPUs",
             config.machine.vcpus
         )));
     }
     Ok((config, layout))
 }
 
-/// The machine `state` describes, around guest memory `mem` that already holds the saved
+/// The machine `saved` describes, around guest memory `mem` that already holds the saved
 /// RAM: the VM and its irqchip, PIT and clock, the vCPUs, then the devices.
 pub fn build_restored(
-    state: &MachineState,
+    saved: Saved<'_>,
     config: VmConfig,
     layout: memory::MemoryLayout,
     mem: memory::GuestMemoryMmap,
@@ -166,7 +171,7 @@ pub fn build_restored(
 ) -> Result<Machine, BuildError> {
     let kvm = vm::open_kvm(config.machine.vcpus)?;
     let vm = vm::create_vm(&kvm, &mem, config.machine.track_dirty_pages)?;
-    restore_vm_state(&vm, &state.vm)?;
+    restore_vm_state(&vm, saved.vm)?;
     let exit = std::sync::Arc::new(
         devices::ExitSignal::new()
             .map_err(crate::builder::io_err("cannot create the exit event"))?,
@@ -174,13 +179,13 @@ pub fn build_restored(
     // vCPUs before devices: a restored device serves what the driver queued before the save
     // and may interrupt at once, and an interrupt with no local APIC to take it is lost.
     vcpu::install_kick_handler()?;
-    let vcpus = state
+    let vcpus = saved
         .vcpus
         .iter()
         .enumerate()
         .map(|(id, s)| Vcpu::restore(&vm, id as u32, s))
         .collect::<Result<Vec<_>, _>>()?;
-    let devices = DeviceManager::restore(&vm, &exit, &config, &mem, &state.devices)?;
+    let devices = DeviceManager::restore(&vm, &exit, &config, &mem, saved.devices)?;
     assemble(Parts {
         config,
         exit,

@@ -95,6 +95,28 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap, dirty_log: bool) -> Result<Vm
         .map_err(kvm_err("cannot set the TSS address"))?;
     vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
         .map_err(kvm_err("cannot set the identity map address"))?;
+    register_memory(&vm, mem, dirty_log)
+        .map_err(kvm_err("cannot register guest memory with KVM"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("cannot create the in-kernel irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(kvm_err("cannot create the PIT"))?;
+    Ok(vm)
+}
+
+/// Registers slot `i` as region `i` of `mem`, logging dirty pages or not. Called again on a
+/// registered VM it changes only the slots' flags (KVM allows that while the vCPUs run):
+/// turning the log on write-protects every page, so the next `take_kvm_dirty` holds exactly
+/// the pages written since.
+fn register_memory(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    dirty_log: bool,
+) -> Result<(), kvm_ioctls::Error> {
     for (slot, (guest, len, host)) in memory::host_regions(mem).into_iter().enumerate() {
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -109,18 +131,15 @@ pub fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap, dirty_log: bool) -> Result<Vm
         };
         // SAFETY: `host` is the start of a mapping of `len` bytes owned by `mem`, which the
         // caller keeps alive for as long as the VM runs (the VM holds a clone of it).
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(kvm_err("cannot register guest memory with KVM"))?;
+        unsafe { vm.set_user_memory_region(region) }?;
     }
-    vm.create_irq_chip()
-        .map_err(kvm_err("cannot create the in-kernel irqchip"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit)
-        .map_err(kvm_err("cannot create the PIT"))?;
-    Ok(vm)
+    Ok(())
+}
+
+/// Turns KVM's dirty page log on or off in every slot of a running VM (live migration logs
+/// the guest's writes only while it runs, unless the VM logs them anyway).
+pub fn set_dirty_log(vm: &VmFd, mem: &GuestMemoryMmap, on: bool) -> Result<(), VmError> {
+    register_memory(vm, mem, on).map_err(kvm_err("cannot change the dirty log of guest memory"))
 }
 
 /// The pages KVM saw the guest write, in every slot, since the VM was created or the last

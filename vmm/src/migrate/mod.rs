@@ -1,0 +1,82 @@
+//! Live migration: a running machine moves to another petrel process, over the `migration`
+//! crate's wire protocol (see its documentation for the message order).
+//!
+//! - [`send`]: the source. A thread of its own connects, shakes hands and sends memory in
+//!   pre-copy rounds while the guest runs, logging the pages it dirties; once the last
+//!   round's pages would fit the allowed pause, it hands the connection to the VMM thread,
+//!   which pauses the machine, sends the last pages and the machine's state, and waits for
+//!   the destination to say it runs. Any failure resumes the machine here.
+//! - [`receive`]: the destination. A thread listens, checks the source's machine against
+//!   this one's configuration before any memory moves, receives memory straight into the new
+//!   guest RAM, builds the machine from the state, and hands it to the VMM thread to run.
+//! - [`compat`]: what the two sides compare.
+//!
+//! `GET /migration` reports either side's [`Progress`].
+
+pub mod compat;
+pub mod progress;
+pub mod receive;
+pub mod send;
+
+use api::{ApiRequest, ApiResponse};
+
+use crate::control::state::{allowed_states, Lifecycle};
+
+pub use progress::Progress;
+
+/// A migration this petrel sends or receives, or the last one.
+pub struct Migration {
+    pub progress: Progress,
+    pub role: Role,
+}
+
+/// Which side this petrel is on.
+pub enum Role {
+    Send(send::Outgoing),
+    Receive(receive::Incoming),
+}
+
+impl Migration {
+    /// `Err` with a 400 when `request` cannot be carried out while this migration is under
+    /// way: on the source, anything that changes the machine whose state is being sent; on
+    /// the destination, anything that configures or starts the machine being received.
+    pub fn check(&self, request: &ApiRequest) -> Result<(), ApiResponse> {
+        if !self.progress.is_active() {
+            return Ok(());
+        }
+        use ApiRequest as R;
+        let (refused, side) = match self.role {
+            Role::Send(_) => (
+                matches!(
+                    request,
+                    R::PatchVm(_)
+                        | R::CreateSnapshot(_)
+                        | R::MigrationSend(_)
+                        | R::PatchDrive(_)
+                        | R::PatchNetworkInterface(_)
+                ),
+                "sent",
+            ),
+            Role::Receive(_) => (
+                allowed_states(request) == [Lifecycle::NotStarted]
+                    || matches!(request, R::PatchDrive(_) | R::PatchNetworkInterface(_)),
+                "received",
+            ),
+        };
+        if refused {
+            return Err(ApiResponse::bad_request(format!(
+                "{} is not allowed while the VM is being {side} by live migration (GET /migration shows how far it is)",
+                request.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The reason in an error reply, for a migration's error message.
+fn reason(response: ApiResponse) -> String {
+    match response {
+        ApiResponse::Error { fault_message, .. } => fault_message,
+        other => format!("{other:?}"),
+    }
+}

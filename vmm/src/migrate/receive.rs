@@ -1,0 +1,266 @@
+//! The destination of a live migration: `PUT /migration/receive`.
+//!
+//! A thread listens; the first source to connect says what its machine is, and is refused
+//! unless it is the machine this petrel was configured as (vCPUs, memory layout, devices,
+//! and a CPUID this host gives too) — before any memory moves. Then its configuration (the
+//! machine is built from it, with this process's serial console), memory rounds written
+//! straight into new guest RAM, and the state. The machine built from them goes to the VMM
+//! thread, which starts it as it starts a booted one; once its vCPUs run, the source is
+//! told `Running`. On any failure everything received is dropped and this petrel waits to be
+//! configured, or to receive again.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::types::MigrationReceiveParams;
+use api::ApiResponse;
+use migration::{Compat, Connection, Incoming as Received, Listener, Message, MigrationError};
+use migration::{MigrationUrl, PROTOCOL_VERSION};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::progress::{self, Progress};
+use super::{compat, reason};
+use crate::config::VmConfig;
+use crate::machine::Machine;
+use crate::persist::create::Captured;
+use crate::persist::restore::{build_restored, restored_config};
+use crate::persist::SnapshotBook;
+
+/// How often the listening thread looks whether it should stop.
+const ACCEPT_POLL: Duration = Duration::from_millis(200);
+/// How long one read or write on the connection may block (the source's rounds may be
+/// far apart with a slow link).
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the VMM thread may take to start the received machine.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A migration being received, as the VMM thread holds it.
+pub struct Incoming {
+    arrival: Receiver<Arrival>,
+    /// Tells the listening thread to give up (this petrel is going away).
+    cancel: Arc<AtomicBool>,
+}
+
+/// A received machine, ready to run, and where to say whether it started.
+pub struct Arrival {
+    pub machine: Box<Machine>,
+    pub started: Sender<ApiResponse>,
+}
+
+impl Incoming {
+    /// The received machine, once it is built.
+    pub fn take_arrival(&mut self) -> Option<Arrival> {
+        self.arrival.try_recv().ok()
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Listens where `params` says for a machine like `config`; `wake` tells the VMM thread when
+/// the machine has arrived.
+pub fn start(
+    config: &VmConfig,
+    params: &MigrationReceiveParams,
+    wake: Arc<EventFd>,
+) -> Result<(Progress, Incoming), ApiResponse> {
+    let url = MigrationUrl::from_str(&params.url)
+        .map_err(|e| ApiResponse::bad_request(format!("url: {e}")))?;
+    let kvm = kvm_ioctls::Kvm::new()
+        .map_err(|e| ApiResponse::error(500, format!("cannot open /dev/kvm: {e}")))?;
+    let ours = compat::of(&kvm, config).map_err(|e| ApiResponse::bad_request(e.to_string()))?;
+    let listener = Listener::bind(&url)
+        .map_err(|e| ApiResponse::bad_request(format!("url: cannot listen on {url}: {e}")))?;
+    let progress = Progress::new(
+        "receive",
+        progress::LISTENING,
+        listener.local_url().to_string(),
+    );
+    progress.update(|i| i.total_pages = ours.memory.iter().map(|r| r.1).sum::<u64>() / 4096);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, arrival) = mpsc::channel();
+    let receiver = Receiving {
+        host: config.clone(),
+        ours,
+        progress: progress.clone(),
+        cancel: cancel.clone(),
+    };
+    std::thread::Builder::new()
+        .name("petrel-receive".into())
+        .spawn(move || {
+            if let Err(e) = receiver.run(listener, &tx, &wake) {
+                receiver.progress.fail(e);
+            }
+        })
+        .map_err(|e| ApiResponse::error(500, format!("cannot start the migration thread: {e}")))?;
+    Ok((progress, Incoming { arrival, cancel }))
+}
+
+/// The listening thread's work.
+struct Receiving {
+    /// This petrel's configuration: what the source must match, and the host-side settings.
+    host: VmConfig,
+    ours: Compat,
+    progress: Progress,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Receiving {
+    fn run(&self, listener: Listener, tx: &Sender<Arrival>, wake: &EventFd) -> Result<(), String> {
+        let mut conn = loop {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err("cancelled: this petrel is stopping".into());
+            }
+            match listener.accept(ACCEPT_POLL) {
+                Ok(conn) => break conn,
+                Err(MigrationError::Timeout) => continue,
+                Err(e) => return Err(format!("accepting the source: {e}")),
+            }
+        };
+        // The socket file goes; one source at a time.
+        drop(listener);
+        conn.set_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let result = self.receive(&mut conn, tx, wake);
+        if let Err(e) = &result {
+            // The source resumes its VM and reports this.
+            let _ = conn.send(&Message::Abort { reason: e.clone() });
+        }
+        result
+    }
+
+    fn receive(
+        &self,
+        conn: &mut Connection,
+        tx: &Sender<Arrival>,
+        wake: &EventFd,
+    ) -> Result<(), String> {
+        self.handshake(conn)?;
+        let json = match conn.recv() {
+            Ok(Message::Config { json }) => json,
+            other => return Err(unexpected("Config", other)),
+        };
+        let source: VmConfig = serde_json::from_slice(&json)
+            .map_err(|e| format!("the source's configuration does not parse: {e}"))?;
+        let vcpus = source.machine.vcpus as usize;
+        let (config, layout) = restored_config(&source, vcpus, &self.host, false, "the source")
+            .map_err(|e| e.to_string())?;
+        let regions: Vec<(u64, u64)> = layout.ram.iter().map(|r| (r.start, r.len)).collect();
+        if regions != self.ours.memory {
+            return Err(
+                "the source's configuration does not match the machine it shook hands as".into(),
+            );
+        }
+        let mem = layout
+            .allocate()
+            .map_err(|e| format!("cannot allocate guest memory: {e}"))?;
+        self.progress.set_state(progress::PRECOPY);
+        let state = self.memory(conn, &mem)?;
+        let captured: Captured = serde_json::from_slice(&state)
+            .map_err(|e| format!("the source's machine state does not parse: {e}"))?;
+        if captured.vcpus.len() != vcpus {
+            return Err(format!(
+                "the source sent {} vCPU states for a machine of {vcpus} vCPUs",
+                captured.vcpus.len()
+            ));
+        }
+        let machine = build_restored(
+            captured.saved(),
+            config,
+            layout,
+            mem,
+            SnapshotBook::default(),
+            false,
+        )
+        .map_err(|e| format!("cannot build the machine: {e}"))?;
+        let (started, started_rx) = mpsc::channel();
+        tx.send(Arrival {
+            machine: Box::new(machine),
+            started,
+        })
+        .map_err(|_| "this petrel stopped before the VM could start".to_string())?;
+        wake.write(1)
+            .map_err(|e| format!("cannot wake the VMM thread: {e}"))?;
+        match started_rx.recv_timeout(START_TIMEOUT) {
+            Ok(ApiResponse::NoContent) => {}
+            Ok(other) => return Err(format!("the VM did not start here: {}", reason(other))),
+            Err(_) => return Err("the VM did not start here in time".into()),
+        }
+        // The guest runs here now: from this point the source must stop.
+        let sent = conn.send(&Message::Running);
+        self.progress.set_state(progress::COMPLETED);
+        if let Err(e) = sent {
+            tracing::warn!(%e, "the VM runs here, but the source was not told: it may resume too");
+        }
+        Ok(())
+    }
+
+    /// Refuses a source whose machine differs from this one's, before any memory moves.
+    fn handshake(&self, conn: &mut Connection) -> Result<(), String> {
+        let refuse = |conn: &mut Connection, reason: String| {
+            let _ = conn.send(&Message::Refuse {
+                reason: reason.clone(),
+            });
+            Err(format!("refused the source: {reason}"))
+        };
+        match conn.recv() {
+            Ok(Message::Hello { compat, .. }) => match compat.check(&self.ours) {
+                Ok(()) => conn
+                    .send(&Message::HelloAck)
+                    .map(drop)
+                    .map_err(|e| format!("handshake: {e}")),
+                Err(reason) => refuse(conn, reason),
+            },
+            Err(MigrationError::UnsupportedVersion { theirs: v, .. }) => refuse(
+                conn,
+                format!("protocol version {v}; this petrel speaks version {PROTOCOL_VERSION}"),
+            ),
+            other => Err(unexpected("Hello", other)),
+        }
+    }
+
+    /// Receives the memory rounds into `mem`, until the state (returned).
+    fn memory(
+        &self,
+        conn: &mut Connection,
+        mem: &memory::GuestMemoryMmap,
+    ) -> Result<Vec<u8>, String> {
+        // SAFETY: `mem` was just allocated for the machine being received; no vCPU or device
+        // exists yet to touch it, and the slices are dropped when this returns.
+        let mut ram = unsafe { memory::ram_slices_mut(mem) };
+        loop {
+            match conn.recv_into(&mut ram) {
+                Ok(Received::Pages { pages, .. }) => self.progress.update(|i| i.pages += pages),
+                Ok(Received::Message(Message::RoundEnd { round, .. })) => {
+                    self.progress.update(|i| i.round = round)
+                }
+                Ok(Received::Message(Message::State { json })) => return Ok(json),
+                Ok(Received::Message(Message::Abort { reason })) => {
+                    return Err(format!("the source gave up: {reason}"))
+                }
+                Ok(Received::Message(other)) => {
+                    return Err(unexpected("Pages or State", Ok(other)))
+                }
+                Err(e) => return Err(format!("receiving memory: {e}")),
+            }
+        }
+    }
+}
+
+/// What to say when `got` came where `wanted` was due.
+fn unexpected(wanted: &str, got: Result<Message, MigrationError>) -> String {
+    match got {
+        Ok(Message::Abort { reason }) => format!("the source gave up: {reason}"),
+        Ok(other) => format!(
+            "the source sent {} where {wanted} was due",
+            other.kind().name()
+        ),
+        Err(e) => format!("waiting for {wanted}: {e}"),
+    }
+}

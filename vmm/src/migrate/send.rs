@@ -1,0 +1,566 @@
+//! The source of a live migration: `PUT /migration/send`.
+//!
+//! A thread connects, shakes hands, and sends memory while the guest runs: round 0 every page
+//! the guest has touched, each later round the pages written during the one before (KVM's
+//! dirty log joined with the VMM's own writes). When the pages left would go over the link
+//! within `downtime_ms` at the measured bandwidth, or after `max_rounds`, it hands the
+//! connection to the VMM thread ([`finish`]): the machine is paused, its devices, vCPUs and
+//! VM saved, the last dirty pages and the state sent, and once the destination answers
+//! `Running` this petrel exits. A guest that dirties memory faster than the link takes it is
+//! slowed (auto-converge: its vCPUs are paused for a growing share of every 20 ms) or, without
+//! auto-converge, the migration gives up at `timeout_s`. On any failure the machine runs on
+//! here as before.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use api::types::MigrationSendParams;
+use api::ApiResponse;
+use devices::VmExit;
+use migration::{Connection, Message, MigrationUrl, PagesSent, PROTOCOL_VERSION};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::progress::{self, Progress};
+use super::{compat, reason};
+use crate::config::VmConfig;
+use crate::control::runtime::Runtime;
+use crate::persist::create::capture;
+use crate::vstate::vm;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one read or write on the connection may block.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the destination may take to build and start the machine after the state.
+const RUNNING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pages per `send_pages` call: between two, progress is reported, the bandwidth limit
+/// applied and the deadline checked.
+const CHUNK_PAGES: usize = 512;
+/// Auto-converge's period: the vCPUs are paused for `throttle_percent` of each.
+const THROTTLE_PERIOD: Duration = Duration::from_millis(20);
+/// Auto-converge's first throttle, its step per round that does not converge, and its top.
+const THROTTLE_FIRST: u32 = 20;
+const THROTTLE_STEP: u32 = 10;
+const THROTTLE_MAX: u32 = 99;
+
+/// `PUT /migration/send`'s parameters, checked.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    pub url: MigrationUrl,
+    pub downtime: Duration,
+    pub timeout: Duration,
+    pub auto_converge: bool,
+    pub max_bandwidth: Option<u64>,
+    pub max_rounds: u32,
+}
+
+fn bad(message: impl Into<String>) -> ApiResponse {
+    ApiResponse::bad_request(message)
+}
+
+impl SendOptions {
+    /// The options `params` asks for, with petrel's defaults.
+    pub fn from_api(params: &MigrationSendParams) -> Result<SendOptions, ApiResponse> {
+        let url = MigrationUrl::from_str(&params.url).map_err(|e| bad(format!("url: {e}")))?;
+        let downtime_ms = params.downtime_ms.unwrap_or(300);
+        if downtime_ms > 60_000 {
+            return Err(bad(format!(
+                "downtime_ms: {downtime_ms} is more than a minute (60000)"
+            )));
+        }
+        let timeout_s = params.timeout_s.unwrap_or(60);
+        if !(1..=86_400).contains(&timeout_s) {
+            return Err(bad(format!(
+                "timeout_s: {timeout_s} is not between 1 and 86400 (a day)"
+            )));
+        }
+        if let Some(bw) = params.max_bandwidth {
+            if bw < 1 << 16 {
+                return Err(bad(format!(
+                    "max_bandwidth: {bw} bytes a second is less than the least, 65536"
+                )));
+            }
+        }
+        let max_rounds = params.max_rounds.unwrap_or(30);
+        if !(1..=10_000).contains(&max_rounds) {
+            return Err(bad(format!(
+                "max_rounds: {max_rounds} is not between 1 and 10000"
+            )));
+        }
+        Ok(SendOptions {
+            url,
+            downtime: Duration::from_millis(downtime_ms),
+            timeout: Duration::from_secs(timeout_s),
+            auto_converge: params.auto_converge.unwrap_or(true),
+            max_bandwidth: params.max_bandwidth,
+            max_rounds,
+        })
+    }
+}
+
+/// A migration being sent, as the VMM thread holds it.
+pub struct Outgoing {
+    /// The pre-copy thread's outcome: the connection to finish on, or why it failed (already
+    /// reported in the progress).
+    handover: Receiver<Result<Handover, String>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What pre-copy hands the VMM thread for the final phase.
+pub struct Handover {
+    conn: Connection,
+    /// Pages dirtied in the last round, not sent yet.
+    dirty: Vec<u64>,
+    /// The round the final pages go in.
+    round: u32,
+    /// Turns KVM's dirty log off again if the migration turned it on.
+    _log: DirtyLog,
+}
+
+/// Starts sending the machine behind `rt` (configured as `config`) as `params` asks; `wake`
+/// tells the VMM thread when pre-copy is done.
+pub fn start(
+    rt: Arc<Runtime>,
+    config: &VmConfig,
+    params: &MigrationSendParams,
+    wake: Arc<EventFd>,
+) -> Result<(Progress, Outgoing), ApiResponse> {
+    let options = SendOptions::from_api(params)?;
+    let config_json = serde_json::to_vec(config)
+        .map_err(|e| ApiResponse::error(500, format!("cannot encode the configuration: {e}")))?;
+    let config = config.clone();
+    let progress = Progress::new("send", progress::CONNECTING, options.url.to_string());
+    progress.update(|i| i.total_pages = rt.layout.size() / memory::PAGE_SIZE as u64);
+    let (tx, handover) = mpsc::channel();
+    let thread_progress = progress.clone();
+    let thread = std::thread::Builder::new()
+        .name("petrel-migrate".into())
+        .spawn(move || {
+            let precopy = Precopy {
+                rt,
+                options,
+                progress: thread_progress,
+            };
+            let outcome = precopy.run(&config, config_json);
+            if let Err(e) = &outcome {
+                precopy.progress.fail(e.clone());
+            }
+            let _ = tx.send(outcome);
+            let _ = wake.write(1);
+        })
+        .map_err(|e| ApiResponse::error(500, format!("cannot start the migration thread: {e}")))?;
+    Ok((
+        progress,
+        Outgoing {
+            handover,
+            thread: Some(thread),
+        },
+    ))
+}
+
+impl Outgoing {
+    /// Pre-copy's outcome, once its thread is done.
+    pub fn take_handover(&mut self) -> Option<Result<Handover, String>> {
+        let outcome = self.handover.try_recv().ok()?;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        Some(outcome)
+    }
+}
+
+/// KVM's dirty log, turned on for the migration if the machine does not keep it on anyway
+/// (for Diff snapshots); off again when dropped.
+struct DirtyLog {
+    rt: Arc<Runtime>,
+    turned_on: bool,
+}
+
+impl DirtyLog {
+    fn start(rt: &Arc<Runtime>) -> Result<DirtyLog, String> {
+        let turned_on = !rt.track_dirty;
+        if turned_on {
+            vm::set_dirty_log(&rt.vm, &rt.memory, true).map_err(|e| e.to_string())?;
+        }
+        Ok(DirtyLog {
+            rt: rt.clone(),
+            turned_on,
+        })
+    }
+}
+
+impl Drop for DirtyLog {
+    fn drop(&mut self) {
+        if self.turned_on {
+            if let Err(e) = vm::set_dirty_log(&self.rt.vm, &self.rt.memory, false) {
+                tracing::warn!(%e, "cannot turn the dirty log off after the migration");
+            }
+        }
+    }
+}
+
+/// The pages written since the last call. When the machine logs dirty pages for Diff
+/// snapshots, they are kept for the next snapshot too: a migration that fails must not
+/// make it miss them.
+fn take_dirty(rt: &Runtime) -> Result<Vec<u64>, String> {
+    let set = vm::take_dirty(&rt.vm, &rt.memory).map_err(|e| e.to_string())?;
+    if rt.track_dirty {
+        let mut book = rt.book();
+        if book.pending_dirty.is_empty() {
+            book.pending_dirty = set.clone();
+        } else {
+            book.pending_dirty
+                .iter_mut()
+                .zip(&set)
+                .for_each(|(a, b)| *a |= b);
+        }
+    }
+    Ok(set)
+}
+
+/// Sends the pages of `set` as one round's Pages frames and its RoundEnd, `CHUNK_PAGES` at a
+/// time: between chunks the progress is updated, the bandwidth limit applied, and `check`
+/// may stop the round.
+fn send_round(
+    conn: &mut Connection,
+    rt: &Runtime,
+    round: u32,
+    set: &[u64],
+    link: &mut Link,
+    progress: &Progress,
+    check: &dyn Fn() -> Result<(), String>,
+) -> Result<PagesSent, String> {
+    // SAFETY: the slices cover guest RAM, mapped for as long as `rt` holds the memory. While
+    // the guest runs it may write a page as it is read here: the bytes are only copied, and
+    // the page is in the next round's dirty set (the log was cleared before this round read
+    // it), so the destination gets it whole in the end. Nothing here writes through them.
+    let ram = unsafe { memory::ram_slices(&rt.memory) };
+    let pages: Vec<u64> = memory::pages_in(set).map(|p| p as u64).collect();
+    let mut total = PagesSent::default();
+    for chunk in pages.chunks(CHUNK_PAGES) {
+        check()?;
+        let started = Instant::now();
+        let sent = conn
+            .send_pages(round, &ram, chunk.iter().copied())
+            .map_err(|e| format!("sending memory: {e}"))?;
+        link.sent(sent.bytes, started.elapsed());
+        total.pages += sent.pages;
+        total.zero_pages += sent.zero_pages;
+        total.bytes += sent.bytes;
+        total.frames += sent.frames;
+        progress.update(|i| {
+            i.pages += sent.pages;
+            i.bytes += sent.bytes;
+            i.bandwidth = link.bandwidth() as u64;
+        });
+    }
+    let end = Message::RoundEnd {
+        round,
+        pages: total.pages,
+    };
+    let bytes = conn
+        .send(&end)
+        .map_err(|e| format!("sending memory: {e}"))?;
+    progress.update(|i| i.bytes += bytes);
+    Ok(total)
+}
+
+/// What the link has carried, and the bandwidth limit.
+struct Link {
+    bytes: u64,
+    busy: Duration,
+    limit: Option<u64>,
+    since: Instant,
+}
+
+impl Link {
+    fn new(limit: Option<u64>) -> Link {
+        Link {
+            bytes: 0,
+            busy: Duration::ZERO,
+            limit,
+            since: Instant::now(),
+        }
+    }
+
+    /// Counts `bytes` sent in `took`; with a limit, sleeps until the average is back under it.
+    fn sent(&mut self, bytes: u64, took: Duration) {
+        self.bytes += bytes;
+        self.busy += took;
+        if let Some(limit) = self.limit {
+            let due = Duration::from_secs_f64(self.bytes as f64 / limit as f64);
+            let elapsed = self.since.elapsed();
+            if due > elapsed {
+                std::thread::sleep(due - elapsed);
+                self.busy += due - elapsed;
+            }
+        }
+    }
+
+    /// Bytes a second, measured over the time spent sending (and waiting for the limit).
+    fn bandwidth(&self) -> f64 {
+        let secs = self.busy.as_secs_f64();
+        if secs > 0.0 {
+            self.bytes as f64 / secs
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// How long `pages` would take at the measured bandwidth.
+    fn time_for(&self, pages: usize) -> Duration {
+        let secs = (pages * memory::PAGE_SIZE) as f64 / self.bandwidth();
+        Duration::from_secs_f64(secs.min(1e6))
+    }
+}
+
+/// The pre-copy thread's work.
+struct Precopy {
+    rt: Arc<Runtime>,
+    options: SendOptions,
+    progress: Progress,
+}
+
+impl Precopy {
+    fn run(&self, config: &VmConfig, config_json: Vec<u8>) -> Result<Handover, String> {
+        let mut conn = self.connect(config)?;
+        conn.send(&Message::Config { json: config_json })
+            .map_err(|e| format!("sending the configuration: {e}"))?;
+        self.progress.set_state(progress::PRECOPY);
+        let log = DirtyLog::start(&self.rt)?;
+        let throttle = Throttle::new(self.rt.clone());
+        let result = self.rounds(&mut conn, &throttle);
+        throttle.stop();
+        let (dirty, round) = result?;
+        Ok(Handover {
+            conn,
+            dirty,
+            round,
+            _log: log,
+        })
+    }
+
+    /// Connects and shakes hands: the destination checks this machine against its own.
+    fn connect(&self, config: &VmConfig) -> Result<Connection, String> {
+        let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
+        let compat = compat::of(&kvm, config).map_err(|e| e.to_string())?;
+        let url = &self.options.url;
+        let mut conn = Connection::connect(url, CONNECT_TIMEOUT)
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        conn.set_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| format!("{url}: {e}"))?;
+        conn.send(&Message::Hello {
+            version: PROTOCOL_VERSION,
+            compat,
+        })
+        .map_err(|e| format!("handshake with {url}: {e}"))?;
+        match conn.recv() {
+            Ok(Message::HelloAck) => Ok(conn),
+            Ok(Message::Refuse { reason }) => Err(format!("the destination refused: {reason}")),
+            Ok(Message::Abort { reason }) => Err(format!("the destination gave up: {reason}")),
+            Ok(other) => Err(format!(
+                "handshake with {url}: the destination answered {} instead of HelloAck",
+                other.kind().name()
+            )),
+            Err(e) => Err(format!("handshake with {url}: {e}")),
+        }
+    }
+
+    /// The pre-copy rounds; returns the pages dirtied in the last one, unsent, and the round
+    /// the final pages go in.
+    fn rounds(
+        &self,
+        conn: &mut Connection,
+        throttle: &Throttle,
+    ) -> Result<(Vec<u64>, u32), String> {
+        let rt = &self.rt;
+        let deadline = Instant::now() + self.options.timeout;
+        let check = || -> Result<(), String> {
+            if let Some(exit) = rt.exit.reason() {
+                return Err(format!("the VM stopped during the migration: {exit}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the migration did not finish within timeout_s ({} s): the guest dirties memory faster than it can be sent{}",
+                    self.options.timeout.as_secs(),
+                    if self.options.auto_converge { "" } else { " (auto_converge is off)" }
+                ));
+            }
+            Ok(())
+        };
+        let mut link = Link::new(self.options.max_bandwidth);
+        // From here on every write is in the log: round 0 sends what was touched before.
+        take_dirty(rt)?;
+        let touched = memory::resident_pages(&rt.memory)
+            .map_err(|e| format!("cannot find the guest's pages: {e}"))?;
+        send_round(conn, rt, 0, &touched, &mut link, &self.progress, &check)?;
+        let mut round = 1;
+        let mut last_dirty = usize::MAX;
+        loop {
+            let dirty = take_dirty(rt)?;
+            let pages = memory::count_pages(&dirty);
+            let expected = link.time_for(pages);
+            self.progress.update(|i| {
+                i.round = round;
+                i.dirty_pages = pages as u64;
+                i.expected_downtime_ms = expected.as_secs_f64() * 1e3;
+            });
+            tracing::debug!(round, pages, ?expected, "migration: pre-copy round");
+            if expected <= self.options.downtime || round >= self.options.max_rounds {
+                return Ok((dirty, round));
+            }
+            check()?;
+            if self.options.auto_converge && round >= 2 && pages * 10 >= last_dirty * 9 {
+                let percent = throttle.step_up();
+                self.progress.update(|i| i.throttle_percent = percent);
+            }
+            last_dirty = pages;
+            send_round(conn, rt, round, &dirty, &mut link, &self.progress, &check)?;
+            round += 1;
+        }
+    }
+}
+
+/// Auto-converge: while `percent` is above 0, the vCPUs are paused for that share of every
+/// [`THROTTLE_PERIOD`]. A machine that was paused when the migration started is left alone.
+struct Throttle {
+    percent: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Throttle {
+    fn new(rt: Arc<Runtime>) -> Throttle {
+        let percent = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (percent.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("petrel-throttle".into())
+            .spawn(move || throttle(&rt, &p, &s))
+            .map_err(
+                |e| tracing::warn!(%e, "cannot start auto-converge: the guest runs unthrottled"),
+            )
+            .ok();
+        Throttle {
+            percent,
+            stop,
+            thread,
+        }
+    }
+
+    /// Throttles harder; returns the new share in percent.
+    fn step_up(&self) -> u32 {
+        let now = self.percent.load(Ordering::Relaxed);
+        let next = if now == 0 {
+            THROTTLE_FIRST
+        } else {
+            (now + THROTTLE_STEP).min(THROTTLE_MAX)
+        };
+        self.percent.store(next, Ordering::Relaxed);
+        next
+    }
+
+    /// Stops throttling: the vCPUs run freely again when this returns.
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn throttle(rt: &Runtime, percent: &AtomicU32, stop: &AtomicBool) {
+    let paused_by_user = rt.pause.is_paused();
+    while !stop.load(Ordering::Relaxed) {
+        let p = percent.load(Ordering::Relaxed);
+        if p == 0 || paused_by_user {
+            std::thread::sleep(THROTTLE_PERIOD);
+            continue;
+        }
+        let off = THROTTLE_PERIOD * p / 100;
+        if rt.pause().is_ok() {
+            std::thread::sleep(off);
+            rt.resume();
+        }
+        std::thread::sleep(THROTTLE_PERIOD - off);
+    }
+}
+
+/// The final phase, on the VMM thread (which serves the devices, so none of them moves
+/// while it runs): pauses the machine, sends the last dirty pages and the machine's state,
+/// and waits for the destination to run it. Then this petrel exits; on failure the machine
+/// resumes (unless it was paused before) and runs on here.
+pub fn finish(rt: &Runtime, handover: Handover, progress: &Progress) {
+    let Handover {
+        mut conn,
+        dirty,
+        round,
+        _log,
+    } = handover;
+    progress.set_state(progress::STOPPING);
+    let paused_before = rt.pause.is_paused();
+    let stopped = Instant::now();
+    let result = rt
+        .pause()
+        .map_err(reason)
+        .and_then(|()| final_round(rt, &mut conn, dirty, round, progress));
+    match result {
+        Ok(()) => {
+            let downtime = stopped.elapsed().as_secs_f64() * 1e3;
+            progress.update(|i| i.downtime_ms = Some(downtime));
+            progress.set_state(progress::COMPLETED);
+            let info = progress.info();
+            tracing::info!(
+                downtime_ms = downtime,
+                total_ms = info.elapsed_ms,
+                rounds = info.round + 1,
+                bytes = info.bytes,
+                "migration completed: the VM runs at {}",
+                info.url.unwrap_or_default()
+            );
+            rt.exit.signal(VmExit::Migrated);
+        }
+        Err(e) => {
+            let _ = conn.send(&Message::Abort { reason: e.clone() });
+            if !paused_before {
+                rt.resume();
+            }
+            progress.fail(e);
+        }
+    }
+}
+
+fn final_round(
+    rt: &Runtime,
+    conn: &mut Connection,
+    mut dirty: Vec<u64>,
+    round: u32,
+    progress: &Progress,
+) -> Result<(), String> {
+    let captured = capture(rt).map_err(reason)?;
+    let last = take_dirty(rt)?;
+    dirty.iter_mut().zip(&last).for_each(|(a, b)| *a |= b);
+    let mut link = Link::new(None);
+    send_round(conn, rt, round, &dirty, &mut link, progress, &|| Ok(()))?;
+    let json =
+        serde_json::to_vec(&captured).map_err(|e| format!("cannot encode the state: {e}"))?;
+    let bytes = conn
+        .send(&Message::State { json })
+        .map_err(|e| format!("sending the state: {e}"))?;
+    progress.update(|i| i.bytes += bytes);
+    conn.set_timeout(Some(RUNNING_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    match conn.recv() {
+        Ok(Message::Running) => Ok(()),
+        Ok(Message::Abort { reason }) => Err(format!("the destination gave up: {reason}")),
+        Ok(other) => Err(format!(
+            "the destination answered {} instead of Running",
+            other.kind().name()
+        )),
+        Err(e) => Err(format!("waiting for the destination to run the VM: {e}")),
+    }
+}
