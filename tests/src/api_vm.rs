@@ -249,8 +249,9 @@ impl ApiVm {
     }
 
     /// Polls `GET /migration` every few milliseconds and returns every answer, until `until`
-    /// holds for one (included) or petrel no longer answers (a source that completed exits);
-    /// panics after `timeout`.
+    /// holds for one (included) or petrel no longer answers (a source that completed exits:
+    /// its API answers 503 once the VMM thread has ended, then not at all); panics after
+    /// `timeout`.
     pub fn watch_migration(&self, timeout: Duration, until: impl Fn(&Value) -> bool) -> Vec<Value> {
         let start = Instant::now();
         let mut seen = Vec::new();
@@ -258,6 +259,9 @@ impl ApiVm {
             let Ok((status, body)) = self.client.request("GET", "/migration", None) else {
                 return seen;
             };
+            if status == 503 {
+                return seen;
+            }
             assert_eq!(status, 200, "GET /migration: {body}");
             let info: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
             let done = until(&info);
