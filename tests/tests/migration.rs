@@ -108,6 +108,8 @@ fn dirtying_source(extra: &[&str]) -> (ApiVm, SnapshotGuest) {
 /// goes on counting from where it was, and powers off when told.
 fn goes_on(mut dst: ApiVm, guest: &mut SnapshotGuest) {
     if guest.dirtying() {
+        // A few rewrites on this side first.
+        guest.wait_counts(&dst, 2);
         guest.dirty(&dst, false);
     }
     guest.verify(&dst);
@@ -184,14 +186,16 @@ fn a_dirtying_guest_migrates_over_a_unix_socket() {
     let last = seen.last().expect("seen");
     assert_eq!(last["total_pages"], json!(MEMORY_PAGES), "{last}");
     assert_eq!(info["total_pages"], json!(MEMORY_PAGES), "{info}");
-    // Round 0 sends what the guest touched (the region at least), not every page as data.
-    assert!(info["pages"].as_u64() >= Some(4096), "{info}");
-    assert!(last["bytes"].as_u64() >= Some(16 << 20), "{last}");
+    // Round 0 sends what the guest touched (the region at least), not all its RAM.
+    let pages = info["pages"].as_u64().unwrap_or(0);
     assert!(
-        last["bytes"].as_u64() < Some(200 << 20),
-        "untouched pages went as data: {last}"
+        (4096..MEMORY_PAGES / 2).contains(&pages),
+        "{pages} pages received: {info}"
     );
+    let bytes = seen.iter().filter_map(|i| i["bytes"].as_u64()).max();
+    assert!(bytes < Some(64 << 20), "{bytes:?} bytes sent: {last}");
 
+    assert_eq!(dst.get("/vm/config")["machine"]["memory"], json!(MEMORY));
     guest.migrated(src.serial());
     goes_on(dst, &mut guest);
 }
@@ -340,6 +344,7 @@ fn a_destination_with_other_memory_or_devices_is_refused_at_the_handshake() {
     let url = listen(&dst, &format!("unix:{}", dst.path("m.sock").display()));
     src.migrate_send(json!({"url": url, "downtime_ms": 100}));
     let error = source_fails(&src);
+    eprintln!("memory size: {error}");
     assert!(
         names_size(&error, 256 << 20) || names_size(&error, 128 << 20),
         "the error does not name the memory size: {error}"
@@ -367,6 +372,7 @@ fn a_destination_with_other_memory_or_devices_is_refused_at_the_handshake() {
     let url = listen(&dst, &format!("unix:{}", dst.path("m.sock").display()));
     src.migrate_send(json!({"url": url, "downtime_ms": 100}));
     let error = source_fails(&src);
+    eprintln!("device set: {error}");
     assert!(
         ["device", "disk", "block", "blk"]
             .iter()
@@ -409,6 +415,7 @@ fn a_guest_dirtying_faster_than_the_link_times_out_without_auto_converge() {
         "max_bandwidth": 8 << 20,
     }));
     let error = source_fails(&src);
+    eprintln!("not converging: {error}");
     assert!(
         error.contains("timeout") || error.contains("timed out") || error.contains("3 s"),
         "the error does not name the timeout: {error}"
