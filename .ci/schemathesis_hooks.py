@@ -9,6 +9,10 @@ test or touching files outside the run's own directory. Everything else stays ra
   `$PETREL_FUZZ_DIR`, keeping its text (less `/`) as the file name, so odd names (NUL, very
   long, non-ASCII) still reach petrel. An empty string stays empty. The CI runs as root:
   random strings must never name files elsewhere.
+- Every migration `url` (`PUT /migration/send`, `PUT /migration/receive`, or a `url` field in
+  any other body) becomes `unix:` and a socket path in `$PETREL_FUZZ_DIR`, keeping the text
+  as the file name: a random URL must never connect to or listen on a TCP port or a socket
+  elsewhere. Each run has its own directory, so a `send` never finds a petrel `receive`ing.
 - Arrays get the same treatment for every string they hold, since serde also reads a struct
   from an array of its fields in order.
 
@@ -47,6 +51,8 @@ PATH_FIELDS = {
 }
 # Body fields that hold a console or serial output (`file:PATH`, `socket:PATH`, `pty`, ...).
 OUTPUT_FIELDS = {"output", "serial"}
+# Body fields that hold a migration URL (`unix:PATH`, `tcp:HOST:PORT`).
+URL_FIELDS = {"url"}
 
 
 def confine(value):
@@ -66,6 +72,17 @@ def confine_output(value):
     return f"{kind}:{confine(rest)}"
 
 
+def confine_url(value):
+    """`unix:` and the socket path `value` names, moved into FUZZ_DIR; idempotent. The whole
+    text (scheme included) becomes the file name; an empty string stays empty (petrel refuses
+    it)."""
+    if not isinstance(value, str) or value == "":
+        return value
+    if value.startswith("unix:") and confine(value[len("unix:") :]) == value[len("unix:") :]:
+        return value
+    return "unix:" + confine(value)
+
+
 def sanitize(body):
     """`body` (a decoded JSON value) with every path confined and no VM-ending action."""
     if isinstance(body, str):
@@ -80,11 +97,14 @@ def sanitize(body):
                 out[key] = confine(value)
             elif key in OUTPUT_FIELDS and isinstance(value, str):
                 out[key] = confine_output(value)
+            elif key in URL_FIELDS and isinstance(value, str):
+                out[key] = confine_url(value)
             else:
                 out[key] = sanitize(value)
         return out
     if isinstance(body, list):
         # serde reads a struct from an array of its fields in order: any string may be a path.
+        # A confined path is no migration URL either: its "scheme" starts with `/`.
         return [confine(sanitize(v)) if isinstance(v, str) else sanitize(v) for v in body]
     return body
 

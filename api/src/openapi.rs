@@ -44,6 +44,7 @@ mod tests {
         {
             "string" => assert!(value.is_string(), "{at}: {value} is not a string"),
             "integer" => assert!(value.is_u64() || value.is_i64(), "{at}: not an integer"),
+            "number" => assert!(value.is_number(), "{at}: not a number"),
             "boolean" => assert!(value.is_boolean(), "{at}: not a boolean"),
             "object" => {
                 let obj = value
@@ -349,6 +350,52 @@ mod tests {
                 resume_vm: Some(true),
             },
         );
+        check(
+            "MigrationSendParams",
+            MigrationSendParams {
+                url: s("unix:/m.sock"),
+                downtime_ms: Some(300),
+                timeout_s: Some(60),
+                auto_converge: Some(true),
+                max_bandwidth: Some(1 << 30),
+                max_rounds: Some(30),
+            },
+        );
+        check(
+            "MigrationReceiveParams",
+            MigrationReceiveParams {
+                url: s("tcp:[::1]:0"),
+            },
+        );
+        for (role, state) in [
+            ("none", "idle"),
+            ("receive", "listening"),
+            ("send", "connecting"),
+            ("send", "precopy"),
+            ("send", "stopping"),
+            ("send", "completed"),
+            ("receive", "failed"),
+        ] {
+            check(
+                "MigrationInfo",
+                MigrationInfo {
+                    role: s(role),
+                    state: s(state),
+                    url: Some(s("tcp:127.0.0.1:4444")),
+                    round: 2,
+                    total_pages: 65536,
+                    pages: 70000,
+                    bytes: 1 << 28,
+                    dirty_pages: 12,
+                    bandwidth: 1 << 30,
+                    expected_downtime_ms: 0.5,
+                    downtime_ms: Some(1.25),
+                    throttle_percent: 20,
+                    elapsed_ms: 11.5,
+                    error: Some(s("x")),
+                },
+            );
+        }
         check(
             "Logger",
             Logger {

@@ -8,7 +8,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use api::types::{
-    ActionType, DrivePatch, NetworkInterfacePatch, RateLimiter, TokenBucket, VmState,
+    ActionType, DrivePatch, MigrationInfo, MigrationReceiveParams, MigrationSendParams,
+    NetworkInterfacePatch, RateLimiter, TokenBucket, VmState,
 };
 use api::{ApiRequest, ApiResponse, ApiServer};
 use serde_json::{json, Value};
@@ -45,6 +46,11 @@ struct FakeVmm {
 
 impl FakeVmm {
     fn start() -> Self {
+        Self::answering(answer)
+    }
+
+    /// A fake VMM whose answers come from `answer`, which may keep state.
+    fn answering(mut answer: impl FnMut(&ApiRequest) -> ApiResponse + Send + 'static) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = mpsc::channel::<(ApiRequest, mpsc::Sender<ApiResponse>)>();
         let wake = EventFd::new(0).unwrap();
@@ -347,4 +353,205 @@ fn a_socket_left_by_a_stopped_server_is_refused_not_hung_on() {
     assert!(r.stderr.contains("Connection refused"), "{}", r.stderr);
     // The live one still answers.
     assert_eq!(ctl_in(vmm.dir.path(), &sock, &["status"]).code, 0);
+}
+
+/// A migration's progress as `GET /migration` reports it.
+fn progress(role: &str, state: &str, round: u32) -> MigrationInfo {
+    MigrationInfo {
+        role: role.into(),
+        state: state.into(),
+        url: Some("unix:/run/m.sock".into()),
+        round,
+        total_pages: 32768,
+        pages: 8192 * u64::from(round + 1),
+        bytes: (32 << 20) * u64::from(round + 1),
+        dirty_pages: 100,
+        bandwidth: 1 << 30,
+        expected_downtime_ms: 0.3,
+        downtime_ms: None,
+        throttle_percent: 0,
+        elapsed_ms: 25.0 * f64::from(round + 1),
+        error: None,
+    }
+}
+
+/// A fake VMM that accepts the migration requests and answers `GET /migration` with `steps`
+/// in turn, the last one from then on.
+fn migrating(steps: Vec<ApiResponse>) -> FakeVmm {
+    let mut next = 0;
+    FakeVmm::answering(move |req| match req {
+        ApiRequest::MigrationSend(_) | ApiRequest::MigrationReceive(_) => ApiResponse::NoContent,
+        ApiRequest::GetMigration => {
+            let step = steps[next.min(steps.len() - 1)].clone();
+            next += 1;
+            step
+        }
+        other => answer(other),
+    })
+}
+
+fn json_of(info: MigrationInfo) -> ApiResponse {
+    ApiResponse::Json(serde_json::to_value(info).unwrap())
+}
+
+#[test]
+fn migrate_send_follows_the_rounds_and_succeeds_when_the_source_goes_after_stopping() {
+    // The source's VMM thread ends once the destination runs the VM: 503 (or no socket).
+    let vmm = migrating(vec![
+        json_of(progress("send", "connecting", 0)),
+        json_of(progress("send", "precopy", 0)),
+        json_of(progress("send", "precopy", 0)),
+        json_of(progress("send", "precopy", 1)),
+        json_of(progress("send", "stopping", 2)),
+        ApiResponse::error(503, "the VMM thread is not running"),
+    ]);
+    let r = ctl(
+        &vmm,
+        &[
+            "migrate",
+            "send",
+            "unix:m.sock",
+            "--downtime-ms",
+            "20",
+            "--no-auto-converge",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Not a terminal: one line per state or round.
+    assert_eq!(
+        r.stderr.lines().collect::<Vec<_>>(),
+        [
+            "migration: connecting to unix:/run/m.sock",
+            "migration: precopy, round 0: 8192/32768 pages, 32.0 MiB sent, 1024.0 MiB/s, \
+             100 dirty pages, throttle 0%",
+            "migration: precopy, round 1: 16384/32768 pages, 64.0 MiB sent, 1024.0 MiB/s, \
+             100 dirty pages, throttle 0%",
+            "migration: stopping, round 2: 24576/32768 pages, 96.0 MiB sent, 1024.0 MiB/s, \
+             100 dirty pages, throttle 0%",
+        ]
+    );
+    assert!(
+        r.stdout.starts_with("migration completed in ")
+            && r.stdout
+                .ends_with(": downtime not reported, 96.0 MiB sent\n"),
+        "{}",
+        r.stdout
+    );
+    let seen = vmm.take_seen();
+    let sock = vmm.dir.path().join("m.sock");
+    assert_eq!(
+        seen[0],
+        ApiRequest::MigrationSend(MigrationSendParams {
+            url: format!("unix:{}", sock.display()),
+            downtime_ms: Some(20),
+            auto_converge: Some(false),
+            ..Default::default()
+        })
+    );
+    assert_eq!(seen[1..], vec![ApiRequest::GetMigration; 6]);
+}
+
+#[test]
+fn migrate_send_prints_the_reported_figures_when_it_sees_completed() {
+    let mut done = progress("send", "completed", 3);
+    done.downtime_ms = Some(1.5);
+    done.elapsed_ms = 2500.0;
+    let vmm = migrating(vec![
+        json_of(progress("send", "precopy", 0)),
+        json_of(done.clone()),
+    ]);
+    let r = ctl(&vmm, &["migrate", "send", "tcp:10.0.0.2:4444"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "migration completed in 2.50 s: downtime 1.5 ms, 128.0 MiB sent\n"
+    );
+    // --json: the last progress, for scripts.
+    let vmm = migrating(vec![json_of(done.clone())]);
+    let r = ctl(&vmm, &["--json", "migrate", "send", "tcp:10.0.0.2:4444"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        serde_json::from_str::<MigrationInfo>(&r.stdout).unwrap(),
+        done
+    );
+}
+
+#[test]
+fn migrate_send_fails_when_the_source_goes_before_its_final_pause() {
+    let vmm = migrating(vec![
+        json_of(progress("send", "precopy", 0)),
+        ApiResponse::error(503, "the VMM thread is not running"),
+    ]);
+    let r = ctl(&vmm, &["migrate", "send", "tcp:10.0.0.2:4444"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stdout, "");
+    assert!(
+        r.stderr.ends_with(
+            "petrel: error: the sending petrel stopped answering while the migration was \
+             precopy: the VMM thread is not running\n"
+        ),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn migrate_receive_reports_the_error_of_a_failed_migration_and_exits_1() {
+    let mut failed = progress("receive", "failed", 0);
+    failed.error = Some("incompatible source: 2 vCPUs here, 4 there".into());
+    let vmm = migrating(vec![
+        json_of(progress("receive", "listening", 0)),
+        json_of(failed),
+    ]);
+    let r = ctl(&vmm, &["migrate", "receive", "tcp:0.0.0.0:0"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        "migration: listening on unix:/run/m.sock\nmigration: failed\n\
+         petrel: error: migration failed: incompatible source: 2 vCPUs here, 4 there\n"
+    );
+    assert_eq!(
+        vmm.take_seen()[0],
+        ApiRequest::MigrationReceive(MigrationReceiveParams {
+            url: "tcp:0.0.0.0:0".into()
+        })
+    );
+}
+
+#[test]
+fn migrate_no_wait_returns_at_once_and_status_prints_the_json() {
+    let vmm = migrating(vec![json_of(progress("receive", "listening", 0))]);
+    let r = ctl(
+        &vmm,
+        &["migrate", "receive", "unix:/run/m.sock", "--no-wait"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "listening for a migration on unix:/run/m.sock\n");
+    assert_eq!(vmm.take_seen().len(), 1, "no GET /migration");
+
+    let r = ctl(&vmm, &["migrate", "status"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let shown: MigrationInfo = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(shown, progress("receive", "listening", 0));
+    assert!(
+        r.stdout.contains("\n  \"role\": \"receive\""),
+        "pretty: {}",
+        r.stdout
+    );
+    assert_eq!(vmm.take_seen(), [ApiRequest::GetMigration]);
+}
+
+#[test]
+fn a_refused_migration_request_is_not_followed() {
+    // The fake VMM of the other tests refuses what it does not know.
+    let vmm = FakeVmm::start();
+    let r = ctl(&vmm, &["migrate", "send", "unix:/run/m.sock"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .starts_with("petrel: error: the fake VMM does not handle"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(vmm.take_seen().len(), 1, "no GET /migration");
 }

@@ -200,6 +200,26 @@ fn every_route_reaches_the_vmm() {
                 ..Default::default()
             }),
         ),
+        (
+            "PUT",
+            "/migration/send",
+            Some(json!({"url": "tcp:10.0.0.2:4444", "downtime_ms": 50, "auto_converge": false})),
+            R::MigrationSend(MigrationSendParams {
+                url: "tcp:10.0.0.2:4444".into(),
+                downtime_ms: Some(50),
+                auto_converge: Some(false),
+                ..Default::default()
+            }),
+        ),
+        (
+            "PUT",
+            "/migration/receive",
+            Some(json!({"url": "unix:/run/m.sock"})),
+            R::MigrationReceive(MigrationReceiveParams {
+                url: "unix:/run/m.sock".into(),
+            }),
+        ),
+        ("GET", "/migration", None, R::GetMigration),
         ("GET", "/metrics", None, R::GetMetrics),
         (
             "PUT",

@@ -57,6 +57,10 @@ pub enum CtlCommand {
     /// Write or load a snapshot (PUT /snapshot/create, PUT /snapshot/load).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Move the running VM to another petrel, or receive one (PUT /migration/send, PUT
+    /// /migration/receive, GET /migration).
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
     /// Send events to a virtio-input device (PUT /input/ID).
     Input {
         /// The input device's id.
@@ -122,6 +126,84 @@ pub enum SnapshotCommand {
         #[arg(long)]
         track_dirty_pages: bool,
     },
+}
+
+/// `petrel ctl migrate ...`. A relative `unix:PATH` is made absolute against the current
+/// directory.
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
+pub enum MigrateCommand {
+    /// Send the running or paused VM to a petrel that receives, and follow the migration
+    /// until it ends. On success the sending petrel exits; on failure its VM keeps running.
+    Send {
+        /// Where the destination listens: unix:PATH or tcp:HOST:PORT.
+        url: String,
+        /// The longest final pause to aim for, in milliseconds [default: 300].
+        #[arg(long, value_name = "N")]
+        downtime_ms: Option<u64>,
+        /// Give up after N seconds; the VM keeps running here [default: 60].
+        #[arg(long, value_name = "N")]
+        timeout_s: Option<u64>,
+        /// Never slow the guest's vCPUs: a guest that dirties memory faster than it can be
+        /// sent makes the migration time out.
+        #[arg(long)]
+        no_auto_converge: bool,
+        /// At most BYTES a second on the link, e.g. 100M (K, M, G: powers of 1024)
+        /// [default: no limit].
+        #[arg(long, value_name = "BYTES", value_parser = parse_bandwidth)]
+        max_bandwidth: Option<u64>,
+        /// Pre-copy rounds before the final pause, whatever the estimate [default: 30].
+        #[arg(long, value_name = "N")]
+        max_rounds: Option<u32>,
+        /// Return once the migration has started instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Wait for a VM from a sending petrel (before start; this petrel must have the same
+    /// memory, vCPUs and devices), and follow the migration until the VM runs here.
+    Receive {
+        /// Where to listen: unix:PATH or tcp:HOST:PORT (port 0 picks a free port).
+        url: String,
+        /// Return once listening instead of following the migration.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Print the current or last migration as JSON (GET /migration).
+    Status,
+}
+
+impl MigrateCommand {
+    /// Whether the command follows the migration after starting it.
+    pub fn follows(&self) -> bool {
+        match self {
+            MigrateCommand::Send { no_wait, .. } | MigrateCommand::Receive { no_wait, .. } => {
+                !no_wait
+            }
+            MigrateCommand::Status => false,
+        }
+    }
+}
+
+/// A byte count: digits, then optionally K, M or G (powers of 1024; `B`/`iB` allowed).
+fn parse_bandwidth(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: expected a number of bytes, e.g. 1048576 or 100M"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?}: expected a number of bytes from 1 to 2^64-1"))
 }
 
 /// `petrel ctl drive ...`.
@@ -281,6 +363,90 @@ mod tests {
     }
 
     #[test]
+    fn migrate_send_reads_every_option() {
+        let a = ctl(&[
+            "--api-sock",
+            "/s",
+            "migrate",
+            "send",
+            "tcp:10.0.0.2:4444",
+            "--downtime-ms",
+            "50",
+            "--timeout-s",
+            "120",
+            "--no-auto-converge",
+            "--max-bandwidth",
+            "100M",
+            "--max-rounds",
+            "5",
+            "--no-wait",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.command,
+            CtlCommand::Migrate(MigrateCommand::Send {
+                url: "tcp:10.0.0.2:4444".into(),
+                downtime_ms: Some(50),
+                timeout_s: Some(120),
+                no_auto_converge: true,
+                max_bandwidth: Some(100 << 20),
+                max_rounds: Some(5),
+                no_wait: true,
+            })
+        );
+        assert!(!MigrateCommand::Status.follows());
+        let CtlCommand::Migrate(send) = a.command else {
+            panic!()
+        };
+        assert!(!send.follows());
+    }
+
+    #[test]
+    fn migrate_send_and_receive_follow_by_default() {
+        let a = ctl(&["--api-sock", "/s", "migrate", "send", "unix:m.sock"]).unwrap();
+        let expected = MigrateCommand::Send {
+            url: "unix:m.sock".into(),
+            downtime_ms: None,
+            timeout_s: None,
+            no_auto_converge: false,
+            max_bandwidth: None,
+            max_rounds: None,
+            no_wait: false,
+        };
+        assert_eq!(a.command, CtlCommand::Migrate(expected.clone()));
+        assert!(expected.follows());
+        let a = ctl(&["migrate", "receive", "tcp:0.0.0.0:0", "--api-sock", "/d"]).unwrap();
+        let receive = MigrateCommand::Receive {
+            url: "tcp:0.0.0.0:0".into(),
+            no_wait: false,
+        };
+        assert_eq!(a.command, CtlCommand::Migrate(receive.clone()));
+        assert!(receive.follows());
+        let a = ctl(&["--api-sock", "/s", "migrate", "status"]).unwrap();
+        assert_eq!(a.command, CtlCommand::Migrate(MigrateCommand::Status));
+    }
+
+    #[test]
+    fn bandwidths_are_bytes_with_binary_suffixes() {
+        assert_eq!(parse_bandwidth("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bandwidth("512K"), Ok(512 << 10));
+        assert_eq!(parse_bandwidth("100MiB"), Ok(100 << 20));
+        assert_eq!(parse_bandwidth("2g"), Ok(2 << 30));
+        for bad in [
+            "",
+            "0",
+            "M",
+            "1.5G",
+            "10T",
+            "-1",
+            "99999999999999999999",
+            "17179869184G",
+        ] {
+            assert!(parse_bandwidth(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn bad_invocations_are_refused() {
         for bad in [
             &["--api-sock", "/s"][..],
@@ -295,6 +461,46 @@ mod tests {
             &["--api-sock", "/s", "input", "tab", "move", "-1", "2"],
             &["--api-sock", "/s", "input", "tab", "click", "back"],
             &["--api-sock", "/s", "input", "tab", "wheel", "x"],
+            &["--api-sock", "/s", "migrate"],
+            &["--api-sock", "/s", "migrate", "send"],
+            &[
+                "--api-sock",
+                "/s",
+                "migrate",
+                "send",
+                "unix:/m",
+                "--max-rounds",
+                "-1",
+            ],
+            &[
+                "--api-sock",
+                "/s",
+                "migrate",
+                "send",
+                "unix:/m",
+                "--downtime-ms",
+                "x",
+            ],
+            &[
+                "--api-sock",
+                "/s",
+                "migrate",
+                "send",
+                "unix:/m",
+                "--max-bandwidth",
+                "0",
+            ],
+            &["--api-sock", "/s", "migrate", "receive"],
+            &[
+                "--api-sock",
+                "/s",
+                "migrate",
+                "receive",
+                "unix:/m",
+                "--downtime-ms",
+                "5",
+            ],
+            &["--api-sock", "/s", "migrate", "status", "unix:/m"],
         ] {
             assert!(ctl(bad).is_err(), "{bad:?}");
         }

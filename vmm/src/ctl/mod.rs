@@ -2,9 +2,11 @@
 //!
 //! A command maps to one API request ([`request()`]), the answer maps to what is printed and
 //! the exit status ([`render`]); both are pure. [`run`] connects the two through
-//! [`api::Client`].
+//! [`api::Client`]. `migrate send` and `migrate receive` then follow the migration by polling
+//! `GET /migration` (`migrate.rs`).
 
 mod args;
+mod migrate;
 mod output;
 mod request;
 
@@ -12,7 +14,9 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub use args::{CtlArgs, CtlCommand, DriveCommand, InputCommand, NetCommand, RateSpec};
+pub use args::{
+    CtlArgs, CtlCommand, DriveCommand, InputCommand, MigrateCommand, NetCommand, RateSpec,
+};
 pub use output::{metrics_to_json, render, Output};
 pub use request::{request, ApiCall};
 
@@ -115,6 +119,11 @@ fn exchange(args: &CtlArgs) -> Result<Output, CtlError> {
         return screenshot(&client, &call.path, file, args);
     }
     let (status, body) = client.request(call.method, &call.path, call.body)?;
+    if let CtlCommand::Migrate(migrate) = &args.command {
+        if (200..300).contains(&status) && migrate.follows() {
+            return Ok(migrate::follow(&client, migrate, args.json));
+        }
+    }
     Ok(render(&args.command, status, &body, args.json))
 }
 

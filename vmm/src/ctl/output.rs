@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::args::{CtlCommand, DriveCommand, NetCommand, SnapshotCommand};
+use super::args::{CtlCommand, DriveCommand, MigrateCommand, NetCommand, SnapshotCommand};
 use super::EXIT_FAILURE;
 
 /// What to print and how to exit.
@@ -65,7 +65,7 @@ pub fn render(cmd: &CtlCommand, status: u16, body: &str, json: bool) -> Output {
     }
     let stdout = match cmd {
         CtlCommand::Status => instance_info(body).unwrap_or_else(|| pretty(body)),
-        CtlCommand::Config => pretty(body),
+        CtlCommand::Config | CtlCommand::Migrate(MigrateCommand::Status) => pretty(body),
         CtlCommand::Metrics => body.to_owned(),
         _ => confirmation(cmd),
     };
@@ -155,7 +155,16 @@ fn confirmation(cmd: &CtlCommand) -> String {
         }
         .into(),
         CtlCommand::Screenshot { file } => format!("screenshot saved to {}", file.display()),
-        CtlCommand::Status | CtlCommand::Config | CtlCommand::Metrics => "ok".into(),
+        CtlCommand::Migrate(MigrateCommand::Send { url, .. }) => {
+            format!("migration to {url} started; `petrel ctl migrate status` follows it")
+        }
+        CtlCommand::Migrate(MigrateCommand::Receive { url, .. }) => {
+            format!("listening for a migration on {url}")
+        }
+        CtlCommand::Status
+        | CtlCommand::Config
+        | CtlCommand::Metrics
+        | CtlCommand::Migrate(MigrateCommand::Status) => "ok".into(),
     }
 }
 
@@ -260,6 +269,33 @@ mod tests {
                 false
             ),
             ok("{\n  \"machine\": {\n    \"vcpus\": 2\n  }\n}\n")
+        );
+    }
+
+    #[test]
+    fn migrate_status_is_pretty_json_and_no_wait_confirms() {
+        let status = CtlCommand::Migrate(MigrateCommand::Status);
+        assert_eq!(
+            render(&status, 200, r#"{"role":"none","state":"idle"}"#, false),
+            ok("{\n  \"role\": \"none\",\n  \"state\": \"idle\"\n}\n")
+        );
+        let receive = CtlCommand::Migrate(MigrateCommand::Receive {
+            url: "unix:/m.sock".into(),
+            no_wait: true,
+        });
+        assert_eq!(
+            render(&receive, 204, "", false),
+            ok("listening for a migration on unix:/m.sock\n")
+        );
+        let out = render(
+            &receive,
+            400,
+            r#"{"fault_message":"the VM has started"}"#,
+            false,
+        );
+        assert_eq!(
+            (out.stderr.as_str(), out.code),
+            ("petrel: error: the VM has started\n", 1)
         );
     }
 

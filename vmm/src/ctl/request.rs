@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use devices::rate_limiter::{RateLimitConfig, TokenBucketConfig};
 use serde_json::{json, Value};
 
-use super::args::{CtlCommand, DriveCommand, InputCommand, NetCommand, RateSpec, SnapshotCommand};
+use super::args::{
+    CtlCommand, DriveCommand, InputCommand, MigrateCommand, NetCommand, RateSpec, SnapshotCommand,
+};
 use super::CtlError;
 
 /// One API request.
@@ -123,6 +125,38 @@ pub fn request(cmd: &CtlCommand, cwd: Option<&Path>) -> Result<ApiCall, CtlError
             }
             ApiCall::with_body("PUT", "/snapshot/load".into(), body)
         }
+        CtlCommand::Migrate(MigrateCommand::Send {
+            url,
+            downtime_ms,
+            timeout_s,
+            no_auto_converge,
+            max_bandwidth,
+            max_rounds,
+            ..
+        }) => {
+            // Options not given are left out: the server's defaults apply.
+            let mut body = json!({ "url": url_text(url, cwd)? });
+            let mut set = |key: &str, value: Option<Value>| {
+                if let Some(v) = value {
+                    body[key] = v;
+                }
+            };
+            set("downtime_ms", downtime_ms.map(Value::from));
+            set("timeout_s", timeout_s.map(Value::from));
+            set(
+                "auto_converge",
+                no_auto_converge.then_some(Value::Bool(false)),
+            );
+            set("max_bandwidth", max_bandwidth.map(Value::from));
+            set("max_rounds", max_rounds.map(Value::from));
+            ApiCall::with_body("PUT", MIGRATION_SEND.into(), body)
+        }
+        CtlCommand::Migrate(MigrateCommand::Receive { url, .. }) => ApiCall::with_body(
+            "PUT",
+            MIGRATION_RECEIVE.into(),
+            json!({ "url": url_text(url, cwd)? }),
+        ),
+        CtlCommand::Migrate(MigrateCommand::Status) => ApiCall::get(MIGRATION),
         CtlCommand::Input { id, event } => {
             check_id("input device", id)?;
             let event = match event {
@@ -136,6 +170,20 @@ pub fn request(cmd: &CtlCommand, cwd: Option<&Path>) -> Result<ApiCall, CtlError
             ApiCall::with_body("PUT", format!("/input/{id}"), json!({ "events": [event] }))
         }
     })
+}
+
+/// `GET /migration`: the progress of the migration, polled while following it.
+pub const MIGRATION: &str = "/migration";
+const MIGRATION_SEND: &str = "/migration/send";
+const MIGRATION_RECEIVE: &str = "/migration/receive";
+
+/// A migration URL as the API takes it: `unix:PATH` with `PATH` made absolute (the VMM may
+/// run in another directory); anything else as given, for the server to judge.
+fn url_text(url: &str, cwd: Option<&Path>) -> Result<String, CtlError> {
+    match url.strip_prefix("unix:") {
+        Some(path) if !path.is_empty() => Ok(format!("unix:{}", path_text(Path::new(path), cwd)?)),
+        _ => Ok(url.to_owned()),
+    }
 }
 
 /// An id goes into the path, so it is checked here as the server would, rather than
@@ -188,8 +236,8 @@ mod tests {
     use super::*;
     use api::router::{route, Routed};
     use api::types::{
-        ActionType, DrivePatch, MemBackend, NetworkInterfacePatch, RateLimiter,
-        SnapshotCreateParams, SnapshotLoadParams, TokenBucket,
+        ActionType, DrivePatch, MemBackend, MigrationReceiveParams, MigrationSendParams,
+        NetworkInterfacePatch, RateLimiter, SnapshotCreateParams, SnapshotLoadParams, TokenBucket,
     };
     use api::ApiRequest;
 
@@ -350,6 +398,94 @@ mod tests {
                 resume_vm: Some(true),
             })
         );
+    }
+
+    fn send(url: &str) -> MigrateCommand {
+        MigrateCommand::Send {
+            url: url.into(),
+            downtime_ms: None,
+            timeout_s: None,
+            no_auto_converge: false,
+            max_bandwidth: None,
+            max_rounds: None,
+            no_wait: false,
+        }
+    }
+
+    #[test]
+    fn migrate_send_sends_only_the_options_given() {
+        let c = call(CtlCommand::Migrate(send("tcp:10.0.0.2:4444")));
+        assert_eq!((c.method, c.path.as_str()), ("PUT", "/migration/send"));
+        assert_eq!(c.body, Some(json!({"url": "tcp:10.0.0.2:4444"})));
+        let all = MigrateCommand::Send {
+            url: "tcp:[::1]:4444".into(),
+            downtime_ms: Some(20),
+            timeout_s: Some(5),
+            no_auto_converge: true,
+            max_bandwidth: Some(1 << 30),
+            max_rounds: Some(3),
+            no_wait: true,
+        };
+        assert_eq!(
+            routed(CtlCommand::Migrate(all)),
+            ApiRequest::MigrationSend(MigrationSendParams {
+                url: "tcp:[::1]:4444".into(),
+                downtime_ms: Some(20),
+                timeout_s: Some(5),
+                auto_converge: Some(false),
+                max_bandwidth: Some(1 << 30),
+                max_rounds: Some(3),
+            })
+        );
+        assert_eq!(
+            routed(CtlCommand::Migrate(send("unix:/run/m.sock"))),
+            ApiRequest::MigrationSend(MigrationSendParams {
+                url: "unix:/run/m.sock".into(),
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
+    fn migrate_receive_and_status_route_to_the_migration_requests() {
+        let receive = |url: &str, no_wait| {
+            CtlCommand::Migrate(MigrateCommand::Receive {
+                url: url.into(),
+                no_wait,
+            })
+        };
+        assert_eq!(
+            routed(receive("tcp:0.0.0.0:0", false)),
+            ApiRequest::MigrationReceive(MigrationReceiveParams {
+                url: "tcp:0.0.0.0:0".into()
+            })
+        );
+        assert_eq!(
+            call(receive("tcp:0.0.0.0:0", true)),
+            call(receive("tcp:0.0.0.0:0", false))
+        );
+        let status = CtlCommand::Migrate(MigrateCommand::Status);
+        assert_eq!(call(status.clone()), ApiCall::get("/migration"));
+        assert_eq!(routed(status), ApiRequest::GetMigration);
+    }
+
+    #[test]
+    fn migrate_unix_paths_are_made_absolute_and_other_urls_sent_as_typed() {
+        let url = |cmd: MigrateCommand| call(CtlCommand::Migrate(cmd)).body.unwrap()["url"].clone();
+        assert_eq!(url(send("unix:./run/m.sock")), "unix:/home/u/run/m.sock");
+        assert_eq!(url(send("unix:/abs.sock")), "unix:/abs.sock");
+        // The server judges the rest: a bad URL is its 400.
+        for typed in ["tcp:host:1", "unix:", "ftp://x", "m.sock"] {
+            assert_eq!(url(send(typed)), typed);
+        }
+        let relative = CtlCommand::Migrate(MigrateCommand::Receive {
+            url: "unix:m.sock".into(),
+            no_wait: false,
+        });
+        assert!(matches!(
+            request(&relative, None),
+            Err(CtlError::NoCurrentDir(_))
+        ));
     }
 
     #[test]

@@ -73,6 +73,19 @@ impl Migration {
     }
 }
 
+/// What the source's `State` message carries: the machine, and the times that let the
+/// destination report the whole migration's figures (the source exits once it is done).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinalState {
+    /// How long the source had been paused when it sent this, in milliseconds.
+    pub paused_ms: f64,
+    /// How long the migration had run on the source, in milliseconds.
+    pub elapsed_ms: f64,
+    /// The devices, vCPUs and VM.
+    pub machine: crate::persist::create::Captured,
+}
+
 /// The reason in an error reply, for a migration's error message.
 fn reason(response: ApiResponse) -> String {
     match response {

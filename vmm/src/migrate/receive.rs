@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use api::types::MigrationReceiveParams;
 use api::ApiResponse;
@@ -22,10 +22,9 @@ use migration::{MigrationUrl, PROTOCOL_VERSION};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::progress::{self, Progress};
-use super::{compat, reason};
+use super::{compat, reason, FinalState};
 use crate::config::VmConfig;
 use crate::machine::Machine;
-use crate::persist::create::Captured;
 use crate::persist::restore::{build_restored, restored_config};
 use crate::persist::SnapshotBook;
 
@@ -162,8 +161,10 @@ impl Receiving {
             .map_err(|e| format!("cannot allocate guest memory: {e}"))?;
         self.progress.set_state(progress::PRECOPY);
         let state = self.memory(conn, &mem)?;
-        let captured: Captured = serde_json::from_slice(&state)
+        let arrived = Instant::now();
+        let state: FinalState = serde_json::from_slice(&state)
             .map_err(|e| format!("the source's machine state does not parse: {e}"))?;
+        let captured = state.machine;
         if captured.vcpus.len() != vcpus {
             return Err(format!(
                 "the source sent {} vCPU states for a machine of {vcpus} vCPUs",
@@ -194,7 +195,13 @@ impl Receiving {
         }
         // The guest runs here now: from this point the source must stop.
         let sent = conn.send(&Message::Running);
+        let here = arrived.elapsed().as_secs_f64() * 1e3;
         self.progress.set_state(progress::COMPLETED);
+        // The whole migration as the source measured it until the state, then this side.
+        self.progress.update(|i| {
+            i.downtime_ms = Some(state.paused_ms + here);
+            i.elapsed_ms = state.elapsed_ms + here;
+        });
         if let Err(e) = sent {
             tracing::warn!(%e, "the VM runs here, but the source was not told: it may resume too");
         }

@@ -25,7 +25,7 @@ use migration::{Connection, Message, MigrationUrl, PagesSent, PROTOCOL_VERSION};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::progress::{self, Progress};
-use super::{compat, reason};
+use super::{compat, reason, FinalState};
 use crate::config::VmConfig;
 use crate::control::runtime::Runtime;
 use crate::persist::create::capture;
@@ -507,7 +507,7 @@ pub fn finish(rt: &Runtime, handover: Handover, progress: &Progress) {
     let result = rt
         .pause()
         .map_err(reason)
-        .and_then(|()| final_round(rt, &mut conn, dirty, round, progress));
+        .and_then(|()| final_round(rt, &mut conn, dirty, round, progress, stopped));
     match result {
         Ok(()) => {
             let downtime = stopped.elapsed().as_secs_f64() * 1e3;
@@ -540,14 +540,19 @@ fn final_round(
     mut dirty: Vec<u64>,
     round: u32,
     progress: &Progress,
+    stopped: Instant,
 ) -> Result<(), String> {
     let captured = capture(rt).map_err(reason)?;
     let last = take_dirty(rt)?;
     dirty.iter_mut().zip(&last).for_each(|(a, b)| *a |= b);
     let mut link = Link::new(None);
     send_round(conn, rt, round, &dirty, &mut link, progress, &|| Ok(()))?;
-    let json =
-        serde_json::to_vec(&captured).map_err(|e| format!("cannot encode the state: {e}"))?;
+    let state = FinalState {
+        paused_ms: stopped.elapsed().as_secs_f64() * 1e3,
+        elapsed_ms: progress.elapsed().as_secs_f64() * 1e3,
+        machine: captured,
+    };
+    let json = serde_json::to_vec(&state).map_err(|e| format!("cannot encode the state: {e}"))?;
     let bytes = conn
         .send(&Message::State { json })
         .map_err(|e| format!("sending the state: {e}"))?;
