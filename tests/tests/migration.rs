@@ -26,6 +26,11 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a source gets to exit once its migration completed.
 const EXIT: Duration = Duration::from_secs(60);
 
+/// The final pause asked for in the migrations that should converge, and the longest one
+/// accepted: ten times that (it is an estimate, and this machine is shared).
+const DOWNTIME_MS: u64 = 100;
+const DOWNTIME_LIMIT_MS: f64 = 10.0 * DOWNTIME_MS as f64;
+
 /// The source's states in the order they may come.
 const SEND_STATES: [&str; 4] = ["connecting", "precopy", "stopping", "completed"];
 
@@ -67,10 +72,20 @@ fn migrate(src: &mut ApiVm, dst: &ApiVm, body: Value) -> (Vec<Value>, Value) {
     let info = dst.wait_migration(&["completed", "failed"], MIGRATION_TIMEOUT);
     assert_eq!(info["state"], "completed", "{info}");
     assert_eq!(info["role"], "receive", "{info}");
+    assert!(
+        info["downtime_ms"].as_f64().is_some_and(|d| d > 0.0),
+        "no downtime reported: {info}"
+    );
     assert_eq!(dst.state(), "Running");
     let last = seen.last().expect("one GET /migration at least");
     eprintln!("source, last seen: {last}\ndestination: {info}");
     (seen, info)
+}
+
+/// The destination's final `GET /migration` reports a pause within [`DOWNTIME_LIMIT_MS`].
+fn assert_downtime(info: &Value) {
+    let downtime = info["downtime_ms"].as_f64().unwrap_or(f64::MAX);
+    assert!(downtime < DOWNTIME_LIMIT_MS, "paused too long: {info}");
 }
 
 /// The source's states seen while polling: known, never going back.
@@ -182,7 +197,12 @@ fn a_dirtying_guest_migrates_over_a_unix_socket() {
         400,
     );
 
-    let (seen, info) = migrate(&mut src, &dst, json!({"url": url, "downtime_ms": 100}));
+    let (seen, info) = migrate(
+        &mut src,
+        &dst,
+        json!({"url": url, "downtime_ms": DOWNTIME_MS}),
+    );
+    assert_downtime(&info);
     let last = seen.last().expect("seen");
     assert_eq!(last["total_pages"], json!(MEMORY_PAGES), "{last}");
     assert_eq!(info["total_pages"], json!(MEMORY_PAGES), "{info}");
@@ -214,11 +234,12 @@ fn a_dirtying_guest_migrates_over_tcp_on_loopback() {
         .unwrap_or_else(|| panic!("the destination listens at {url}"));
     assert_ne!(port, 0);
 
-    let (seen, _) = migrate(
+    let (seen, info) = migrate(
         &mut src,
         &dst,
-        json!({"url": url, "downtime_ms": 100, "timeout_s": 100}),
+        json!({"url": url, "downtime_ms": DOWNTIME_MS, "timeout_s": 100}),
     );
+    assert_downtime(&info);
     // The last round was short enough to pause for.
     let stopping = seen.iter().rev().find(|i| i["state"] != "completed");
     eprintln!("last before completing: {stopping:?}");
@@ -271,7 +292,11 @@ fn every_device_but_net_works_after_a_migration() {
     let dst = devs.spawn(&dst_args);
     assert_eq!(dst.state(), "Not started");
     let url = listen(&dst, &format!("unix:{}", devs.path("m.sock").display()));
-    migrate(&mut src, &dst, json!({"url": url, "downtime_ms": 100}));
+    migrate(
+        &mut src,
+        &dst,
+        json!({"url": url, "downtime_ms": DOWNTIME_MS}),
+    );
     guest.migrated(src.serial());
 
     let after = screenshot(&dst);
@@ -314,7 +339,7 @@ fn the_destination_killed_mid_migration_leaves_the_source_running() {
     let dst = destination(&["--memory", MEMORY]);
     let url = listen(&dst, &format!("unix:{}", dst.path("m.sock").display()));
     // 4 MiB/s: round 0 (16 MiB of region and more) takes seconds.
-    src.migrate_send(json!({"url": url, "downtime_ms": 100, "max_bandwidth": 4 << 20}));
+    src.migrate_send(json!({"url": url, "downtime_ms": DOWNTIME_MS, "max_bandwidth": 4 << 20}));
     let info = src.wait_migration(&["precopy", "failed", "completed"], MIGRATION_TIMEOUT);
     assert_eq!(info["state"], "precopy", "{info}");
 
@@ -342,7 +367,7 @@ fn a_destination_with_other_memory_or_devices_is_refused_at_the_handshake() {
     // 128 MiB against the source's 256 MiB.
     let dst = destination(&["--memory", "128M"]);
     let url = listen(&dst, &format!("unix:{}", dst.path("m.sock").display()));
-    src.migrate_send(json!({"url": url, "downtime_ms": 100}));
+    src.migrate_send(json!({"url": url, "downtime_ms": DOWNTIME_MS}));
     let error = source_fails(&src);
     eprintln!("memory size: {error}");
     assert!(
@@ -370,7 +395,7 @@ fn a_destination_with_other_memory_or_devices_is_refused_at_the_handshake() {
         &format!("path={},id=extra", disk.display()),
     ]);
     let url = listen(&dst, &format!("unix:{}", dst.path("m.sock").display()));
-    src.migrate_send(json!({"url": url, "downtime_ms": 100}));
+    src.migrate_send(json!({"url": url, "downtime_ms": DOWNTIME_MS}));
     let error = source_fails(&src);
     eprintln!("device set: {error}");
     assert!(
