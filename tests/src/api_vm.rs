@@ -210,6 +210,74 @@ impl ApiVm {
         self.ok("PUT", "/snapshot/load", load_body(state, mem));
     }
 
+    /// `PUT /migration/receive {"url": url}`: asserts a 204 (petrel listens from then on).
+    pub fn migrate_receive(&self, url: &str) {
+        self.ok("PUT", "/migration/receive", json!({ "url": url }));
+    }
+
+    /// `PUT /migration/send body` (`{"url": ..., "downtime_ms": ..., ...}`): asserts a 204
+    /// (the migration has started).
+    pub fn migrate_send(&self, body: Value) {
+        self.ok("PUT", "/migration/send", body);
+    }
+
+    /// `GET /migration`.
+    pub fn migration(&self) -> Value {
+        self.get("/migration")
+    }
+
+    /// Polls `GET /migration` until its state is one of `states`, and returns it; panics after
+    /// `timeout` or if petrel stops answering.
+    pub fn wait_migration(&self, states: &[&str], timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let info = self
+                .client
+                .request("GET", "/migration", None)
+                .map(|(_, body)| serde_json::from_str::<Value>(&body))
+                .unwrap_or_else(|e| panic!("GET /migration while waiting for {states:?}: {e}"))
+                .unwrap_or_else(|e| panic!("GET /migration: {e}"));
+            if info["state"].as_str().is_some_and(|s| states.contains(&s)) {
+                return info;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the migration was not {states:?} within {timeout:?}: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Polls `GET /migration` every few milliseconds and returns every answer, until `until`
+    /// holds for one (included) or petrel no longer answers (a source that completed exits:
+    /// its API answers 503 once the VMM thread has ended, then not at all); panics after
+    /// `timeout`.
+    pub fn watch_migration(&self, timeout: Duration, until: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        loop {
+            let Ok((status, body)) = self.client.request("GET", "/migration", None) else {
+                return seen;
+            };
+            if status == 503 {
+                return seen;
+            }
+            assert_eq!(status, 200, "GET /migration: {body}");
+            let info: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+            let done = until(&info);
+            seen.push(info);
+            if done {
+                return seen;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the migration did not end within {timeout:?}: {}",
+                seen.last().expect("one answer")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Kills petrel with SIGKILL and waits for it to exit: from then on only a snapshot has
     /// the guest. (`PUT /actions Kill` may end the process before its reply is sent.)
     pub fn kill(mut self) {

@@ -1,7 +1,14 @@
 //! The host side of the test guest's `snapshot` scenario (see
 //! `resources/guest/src/scenarios/snapshot.rs`): sends its commands through `PUT /serial`, waits
-//! for their answers in the serial log, keeps the generations the host commanded, and checks
-//! that `COUNT` lines go on without a gap or a repeat across pauses, snapshots and restores.
+//! for their answers in the serial log, keeps the generations the host commanded, follows the
+//! generations the guest printed (its `WROTE` lines, which steady dirtying adds to on its own),
+//! and checks that `COUNT` lines go on without a gap or a repeat across pauses, snapshots,
+//! restores and migrations.
+//!
+//! A `VERIFY ok` must name exactly the generations the guest's output printed before it, and
+//! each `WROTE k g` must be one generation above the last one printed for k: a guest restored
+//! or migrated from an older state than its output says verifies older generations, or writes
+//! one it already printed, and fails.
 //!
 //! ```no_run
 //! # use tests::snapshot_guest::SnapshotGuest;
@@ -36,9 +43,15 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The generations the host commanded, and where the guest's output stands.
 #[derive(Debug)]
 pub struct SnapshotGuest {
+    /// The generations the host commanded (`0`-`f`, `A`): while steady dirtying was never on,
+    /// what the guest holds; after, a floor (the guest wrote more on its own).
     gens: [u64; SUBREGIONS],
     /// The device commands' counters, as the guest keeps them.
     counters: DeviceCounters,
+    /// Steady dirtying as the host last set it.
+    dirtying: bool,
+    /// Whether steady dirtying was ever on: the printed generations may then exceed `gens`.
+    dirtied: bool,
     /// Serial output of the processes before the current one, up to the checkpoint the
     /// current one was restored from.
     earlier: String,
@@ -52,14 +65,24 @@ pub struct SnapshotGuest {
 pub struct Checkpoint {
     gens: [u64; SUBREGIONS],
     counters: DeviceCounters,
+    dirtying: bool,
+    dirtied: bool,
     output: String,
     answered: usize,
 }
 
 impl Checkpoint {
-    /// The generations at the checkpoint.
+    /// The generations the host had commanded at the checkpoint.
     pub fn generations(&self) -> [u64; SUBREGIONS] {
         self.gens
+    }
+
+    /// The generations the guest had printed at the checkpoint (what its region holds, once
+    /// the commands in flight are answered).
+    pub fn printed_generations(&self) -> [u64; SUBREGIONS] {
+        Printed::scan(&self.output)
+            .unwrap_or_else(|e| panic!("{e}\n--- output ---\n{}", self.output))
+            .gens
     }
 
     /// All the guest printed up to the checkpoint, across restores.
@@ -80,6 +103,8 @@ impl SnapshotGuest {
         SnapshotGuest {
             gens: [0; SUBREGIONS],
             counters: DeviceCounters::default(),
+            dirtying: false,
+            dirtied: false,
             earlier: String::new(),
             answered: 0,
         }
@@ -127,7 +152,19 @@ impl SnapshotGuest {
         self.gens
     }
 
-    /// The scenario's answer to `VERIFY` with the host's generations.
+    /// The generations the guest printed so far (its `WROTE` lines, from all its processes);
+    /// panics if the output contradicts itself (see [`Printed::scan`]).
+    pub fn printed_generations(&self, vm: &ApiVm) -> [u64; SUBREGIONS] {
+        self.printed(&self.output(vm)).gens
+    }
+
+    /// Scans `output`, panicking with it on a contradiction.
+    fn printed(&self, output: &str) -> Printed {
+        Printed::scan(output).unwrap_or_else(|e| panic!("{e}\n--- output ---\n{output}"))
+    }
+
+    /// The scenario's answer to `VERIFY` with the host's commanded generations (the right one
+    /// while steady dirtying was never on).
     pub fn expected_verify(&self) -> String {
         let gens: Vec<String> = self.gens.iter().map(u64::to_string).collect();
         format!("VERIFY ok {}", gens.join(","))
@@ -181,19 +218,19 @@ impl SnapshotGuest {
     }
 
     /// [`SnapshotGuest::answer`] for a line starting with any of `prefixes`.
+    /// Steady dirtying's `WROTE` lines are not answers and are skipped.
     pub fn answer_any(&mut self, vm: &ApiVm, prefixes: &[&str]) -> String {
         let start = Instant::now();
         loop {
             let log = self.output(vm);
-            let tail = log.get(self.answered..).unwrap_or("");
-            let mut offset = self.answered;
-            for line in tail.split_inclusive('\n') {
-                offset += line.len();
-                let Some(line) = line.strip_suffix('\n') else {
-                    break;
-                };
+            let printed = self.printed(&log);
+            for at in printed.lines.iter().filter(|l| l.start >= self.answered) {
+                let line = &log[at.start..at.end - 1];
+                if at.tick {
+                    continue;
+                }
                 if prefixes.iter().any(|p| line.starts_with(p)) {
-                    self.answered = offset;
+                    self.answered = at.end;
                     return line.to_string();
                 }
                 assert!(
@@ -209,28 +246,76 @@ impl SnapshotGuest {
         }
     }
 
-    /// `0`-`f`: bumps sub-region `k`'s generation and checks the guest's `WROTE k g`.
+    /// `0`-`f`: bumps sub-region `k`'s generation and checks the guest's `WROTE k g`: g is
+    /// the host's generation (at least that, once steady dirtying was on).
     pub fn write(&mut self, vm: &ApiVm, k: usize) {
         assert!(k < SUBREGIONS, "sub-region {k}");
-        let answer = self.send(vm, Command::Write(k));
-        assert_eq!(answer, Some(format!("WROTE {k} {}", self.gens[k])));
+        let answer = self.send(vm, Command::Write(k)).expect("WROTE");
+        let g = answer
+            .strip_prefix(&format!("WROTE {k} "))
+            .and_then(|g| g.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{answer:?} is not WROTE {k} <g>"));
+        if self.dirtied {
+            assert!(
+                g >= self.gens[k],
+                "{answer}: the host wrote {k} up to {}",
+                self.gens[k]
+            );
+        } else {
+            assert_eq!(answer, format!("WROTE {k} {}", self.gens[k]));
+        }
+        self.printed_generations(vm);
     }
 
     /// `A`: bumps every generation (16 MiB rewritten) and checks the guest's `WROTE all`.
     pub fn write_all(&mut self, vm: &ApiVm) {
         let answer = self.send(vm, Command::WriteAll);
         assert_eq!(answer.as_deref(), Some("WROTE all"));
+        self.printed_generations(vm);
     }
 
-    /// `v`: has the guest check every page and asserts `VERIFY ok` with exactly the host's
-    /// generations (a guest restored from an older snapshot verifies its own, older ones).
+    /// `v`: has the guest check every page and asserts `VERIFY ok` with exactly the
+    /// generations its output printed before (a guest restored from an older snapshot
+    /// verifies its own, older ones), which are the host's (while steady dirtying was never
+    /// on) or above them.
     pub fn verify(&mut self, vm: &ApiVm) {
-        let answer = self.send(vm, Command::Verify);
-        assert_eq!(
-            answer,
-            Some(self.expected_verify()),
-            "the guest's memory is not what the host wrote"
+        let answer = self.send(vm, Command::Verify).expect("VERIFY");
+        let output = self.output(vm);
+        assert!(
+            answer.starts_with("VERIFY ok "),
+            "the guest's memory is not what it wrote: {answer}\n--- output ---\n{output}"
         );
+        // Checks the answer against the generations printed before it, too.
+        let printed = self.printed(&output[..self.answered]).gens;
+        if self.dirtied {
+            assert!(
+                printed.iter().zip(&self.gens).all(|(p, g)| p >= g),
+                "{answer}: below the host's generations {:?}\n--- output ---\n{output}",
+                self.gens
+            );
+        } else {
+            assert_eq!(
+                answer,
+                self.expected_verify(),
+                "the guest's memory is not what the host wrote\n--- output ---\n{output}"
+            );
+        }
+    }
+
+    /// `D`: turns steady dirtying on or off (it must be the other way) and checks the answer.
+    /// While on, the guest rewrites a sub-region at every count and prints its `WROTE` line.
+    pub fn dirty(&mut self, vm: &ApiVm, on: bool) {
+        assert_ne!(self.dirtying, on, "steady dirtying is already {on}");
+        let answer = self.send(vm, Command::Dirty);
+        let expected = if on { "DIRTY on" } else { "DIRTY off" };
+        assert_eq!(answer.as_deref(), Some(expected));
+        self.dirtying = on;
+        self.dirtied |= on;
+    }
+
+    /// Whether steady dirtying is on, as the host last set it.
+    pub fn dirtying(&self) -> bool {
+        self.dirtying
     }
 
     /// `r`: the FNV-1a 64 of sectors 0..8 the guest read from its disk.
@@ -385,6 +470,8 @@ impl SnapshotGuest {
         Checkpoint {
             gens: self.gens,
             counters: self.counters,
+            dirtying: self.dirtying,
+            dirtied: self.dirtied,
             output: self.output(vm),
             answered: self.answered,
         }
@@ -396,8 +483,119 @@ impl SnapshotGuest {
     pub fn restored(&mut self, at: &Checkpoint) {
         self.gens = at.gens;
         self.counters = at.counters;
+        self.dirtying = at.dirtying;
+        self.dirtied = at.dirtied;
         self.earlier = at.output.clone();
         self.answered = at.answered;
+    }
+
+    /// The guest moved to a new petrel process by live migration: `source_output` is all the
+    /// source process printed (its serial log, complete once it exited), and the new
+    /// process's serial log goes on from there (a line cut by the move ends there). Nothing
+    /// is dropped: unlike [`SnapshotGuest::restored`], the guest went on from its last state.
+    pub fn migrated(&mut self, source_output: String) {
+        assert!(
+            self.answered <= self.earlier.len() + source_output.len(),
+            "the host consumed output the source did not print"
+        );
+        self.earlier.push_str(&source_output);
+    }
+}
+
+/// What a `snapshot` guest's output says it wrote.
+#[derive(Clone, Debug, Default)]
+pub struct Printed {
+    /// The generations after the last complete `WROTE` line.
+    pub gens: [u64; SUBREGIONS],
+    /// Whether steady dirtying is on after the last complete `DIRTY` line.
+    pub dirtying: bool,
+    /// The complete lines, in order.
+    pub lines: Vec<PrintedLine>,
+}
+
+/// A complete line of the output: `start..end` (with its `\n`), and whether it is steady
+/// dirtying's `WROTE` line (the one right after a `COUNT` line while dirtying is on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrintedLine {
+    pub start: usize,
+    pub end: usize,
+    pub tick: bool,
+}
+
+impl Printed {
+    /// Walks the complete lines of `output` (all generations 0 at start) and checks that it
+    /// agrees with itself: each `WROTE k g` is one generation above the last printed for k
+    /// (`WROTE all`: every one up by one), each `VERIFY ok` names exactly the generations
+    /// printed before it, and while steady dirtying is on each `COUNT n` is followed by
+    /// `WROTE <n % 16> <g>`. A `WROTE` or `DIRTY` line that does not parse is garbled.
+    pub fn scan(output: &str) -> Result<Printed, String> {
+        let mut printed = Printed::default();
+        let mut start = 0;
+        // The `COUNT n` just before, while dirtying is on: the next line is its tick.
+        let mut tick_due: Option<u64> = None;
+        for (i, line) in output.split_inclusive('\n').enumerate() {
+            let Some(text) = line.strip_suffix('\n') else {
+                break;
+            };
+            let at = format!("line {}: {text:?}", i + 1);
+            let mut tick = false;
+            if let Some(n) = tick_due.take() {
+                let k = (n % SUBREGIONS as u64) as usize;
+                if !text.starts_with(&format!("WROTE {k} ")) {
+                    return Err(format!(
+                        "{at}: steady dirtying is on, but COUNT {n} is not followed by WROTE {k}"
+                    ));
+                }
+                tick = true;
+            }
+            if text == "WROTE all" {
+                printed.gens.iter_mut().for_each(|g| *g += 1);
+            } else if text.contains("WROTE") {
+                let (k, g) = text
+                    .strip_prefix("WROTE ")
+                    .and_then(|rest| rest.split_once(' '))
+                    .and_then(|(k, g)| Some((k.parse::<usize>().ok()?, g.parse::<u64>().ok()?)))
+                    .filter(|&(k, _)| k < SUBREGIONS)
+                    .ok_or_else(|| format!("{at}: garbled WROTE line"))?;
+                let last = printed.gens[k];
+                if g != last + 1 {
+                    let what = if g <= last {
+                        "went backwards"
+                    } else {
+                        "skipped"
+                    };
+                    return Err(format!(
+                        "{at}: sub-region {k} was last printed at generation {last}: the generation {what}"
+                    ));
+                }
+                printed.gens[k] = g;
+            } else if text.contains("DIRTY") {
+                printed.dirtying = match text {
+                    "DIRTY on" => true,
+                    "DIRTY off" => false,
+                    _ => return Err(format!("{at}: garbled DIRTY line")),
+                };
+            } else if let Some(list) = text.strip_prefix("VERIFY ok ") {
+                let expected: Vec<String> = printed.gens.iter().map(u64::to_string).collect();
+                if list != expected.join(",") {
+                    return Err(format!(
+                        "{at}: the generations printed before are {}",
+                        expected.join(",")
+                    ));
+                }
+            } else if let Some(n) = text.strip_prefix("COUNT ") {
+                if printed.dirtying {
+                    tick_due = n.parse().ok();
+                }
+            }
+            printed.lines.push(PrintedLine {
+                start,
+                end: start + line.len(),
+                tick,
+            });
+            start += line.len();
+        }
+        Ok(printed)
     }
 }
 
@@ -430,6 +628,7 @@ pub fn answer_prefix(command: Command) -> Option<&'static str> {
     match command {
         Command::Write(_) | Command::WriteAll => Some("WROTE "),
         Command::Verify => Some("VERIFY "),
+        Command::Dirty => Some("DIRTY "),
         Command::Unknown(_) => Some("UNKNOWN "),
         Command::DiskRead | Command::DiskWrite => Some("DISK "),
         Command::Console => Some("CONSOLE "),
@@ -548,6 +747,46 @@ mod tests {
         assert!(err("COUNT 0\nCOUNCOUNT 1\n").contains("line 2: garbled"));
         assert!(err("COUNT 0\nCOUNT 1x\n").contains("garbled"));
         assert_eq!(err("PASS snapshot\nCOUNT 3"), "no COUNT line");
+    }
+
+    #[test]
+    fn printed_generations_follow_commands_and_steady_dirtying() {
+        let output = "SNAPSHOT ready region=0x4000000..0x5000000\nCOUNT 0\nWROTE 3 1\n\
+                      DIRTY on\nCOUNT 1\nWROTE 1 1\nWROTE 3 2\nCOUNT 2\nWROTE 2 1\nWROTE all\n\
+                      DIRTY off\nCOUNT 3\nVERIFY ok 1,2,2,3,1,1,1,1,1,1,1,1,1,1,1,1\nCOUNT 4\nWRO";
+        let printed = Printed::scan(output).unwrap();
+        assert_eq!(
+            printed.gens,
+            [1, 2, 2, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+        );
+        assert!(!printed.dirtying);
+        let ticks: Vec<&str> = printed
+            .lines
+            .iter()
+            .filter(|l| l.tick)
+            .map(|l| &output[l.start..l.end])
+            .collect();
+        assert_eq!(ticks, ["WROTE 1 1\n", "WROTE 2 1\n"]);
+        // A line cut between two processes reads as one.
+        let cut = "COUNT 0\nWROTE 3 1\nWRO".to_string() + "TE 3 2\nVERIFY ok 0,0,0,2";
+        assert_eq!(Printed::scan(&cut).unwrap().gens[3], 2);
+    }
+
+    #[test]
+    fn output_from_an_older_state_than_printed_fails() {
+        let err = |s: &str| Printed::scan(s).unwrap_err();
+        // Restored from before the first write: the guest writes generation 1 again.
+        assert!(err("WROTE 3 1\nWROTE 3 2\nWROTE 3 2\n").contains("went backwards"));
+        assert!(err("WROTE 3 2\n").contains("skipped"));
+        // Its region verifies, but at older generations than it printed.
+        assert!(
+            err("WROTE 3 1\nVERIFY ok 0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0\n")
+                .contains("the generations printed before are 0,0,0,1,")
+        );
+        // Steady dirtying lost: a count without its write.
+        assert!(err("DIRTY on\nCOUNT 5\nCOUNT 6\n").contains("COUNT 5 is not followed by WROTE 5"));
+        assert!(err("WROTE 3 1x\n").contains("garbled WROTE"));
+        assert!(err("DIRTY maybe\n").contains("garbled DIRTY"));
     }
 
     #[test]

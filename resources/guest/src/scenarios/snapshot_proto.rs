@@ -160,6 +160,10 @@ pub enum Command {
     Verify,
     /// `q`: end the scenario (`PASS snapshot`, power off).
     Quit,
+    /// `D`: toggle steady dirtying; answer `DIRTY on` or `DIRTY off`. While on, after each
+    /// `COUNT n` line (before reading commands) the guest bumps the generation of sub-region
+    /// `n % 16`, rewrites it and prints `WROTE <k> <g>` as [`Command::Write`] does.
+    Dirty,
     /// `r`: read sectors [`DISK_READ_SECTORS`] of the first block device; answer
     /// `DISK <16 hex digits>`, their FNV-1a 64 ([`fnv1a64`]).
     DiskRead,
@@ -200,6 +204,7 @@ impl Command {
             b'A' => Command::WriteAll,
             b'v' => Command::Verify,
             b'q' => Command::Quit,
+            b'D' => Command::Dirty,
             b'r' => Command::DiskRead,
             b'w' => Command::DiskWrite,
             b'p' => Command::Console,
@@ -227,6 +232,7 @@ impl Command {
             Command::WriteAll => Some(b'A'),
             Command::Verify => Some(b'v'),
             Command::Quit => Some(b'q'),
+            Command::Dirty => Some(b'D'),
             Command::DiskRead => Some(b'r'),
             Command::DiskWrite => Some(b'w'),
             Command::Console => Some(b'p'),
