@@ -150,6 +150,32 @@ impl Runtime {
         Ok(f(device))
     }
 
+    /// Gives up (`held` false) or takes back every disk image's lock: live migration hands
+    /// the images to the destination in its final phase, with the VM paused. Every disk is
+    /// tried; the error names those that failed.
+    pub fn set_disk_locks(&self, held: bool) -> Result<(), String> {
+        let mut failed = Vec::new();
+        for handle in &self.virtio {
+            let transport = lock(&handle.transport);
+            let Some(disk) = transport.device().as_any().downcast_ref::<Block>() else {
+                continue;
+            };
+            let result = if held {
+                disk.take_image_lock().map_err(|e| e.to_string())
+            } else {
+                disk.release_image_lock().map_err(|e| e.to_string())
+            };
+            if let Err(e) = result {
+                failed.push(format!("disk {}: {e}", handle.id));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
     /// `GET /display/screenshot`: a copy of the GPU's front buffer, for the API thread to
     /// encode. A 400 when the VM has no GPU or the guest has set no scanout yet.
     pub fn screenshot(&self) -> ApiResponse {

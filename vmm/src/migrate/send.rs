@@ -405,12 +405,30 @@ pub fn finish(rt: &Runtime, handover: Handover, progress: &Progress) {
             );
             rt.exit.signal(VmExit::Migrated);
         }
-        Err(e) => {
+        Err(mut e) => {
             let _ = conn.send(&Message::Abort { reason: e.clone() });
+            if let Err(locks) = relock_disks(rt) {
+                e = format!("{e}; and the disk images could not be locked again: {locks}");
+            }
             if !paused_before {
                 rt.resume();
             }
             progress.fail(e);
+        }
+    }
+}
+
+/// Takes the disk images' locks back, giving a destination that failed a second to let go
+/// of them.
+fn relock_disks(rt: &Runtime) -> Result<(), String> {
+    let mut tries = 50;
+    loop {
+        match rt.set_disk_locks(true) {
+            Err(e) if tries > 0 && e.contains("locked by another process") => {
+                tries -= 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
         }
     }
 }
@@ -442,6 +460,9 @@ fn final_round(
         machine: captured,
     };
     let json = serde_json::to_vec(&state).map_err(|e| format!("cannot encode the state: {e}"))?;
+    // The destination opens and locks the disk images when it builds the machine.
+    rt.set_disk_locks(false)
+        .map_err(|e| format!("cannot hand the disk images over: {e}"))?;
     tracing::debug!(
         ms = stopped.elapsed().as_secs_f64() * 1e3,
         pages = memory::count_pages(&dirty),

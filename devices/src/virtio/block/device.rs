@@ -119,6 +119,18 @@ impl Block {
         self.disk.capacity()
     }
 
+    /// Gives up the image's lock for live migration's final phase (the destination takes
+    /// it); the VM must stay paused until [`Block::take_image_lock`] or the end.
+    pub fn release_image_lock(&self) -> std::io::Result<()> {
+        self.disk.unlock()
+    }
+
+    /// Takes the image's lock back after [`Block::release_image_lock`] (the migration
+    /// failed): refused if another process took the image meanwhile.
+    pub fn take_image_lock(&self) -> Result<(), BlockError> {
+        self.disk.relock(self.config.readonly)
+    }
+
     /// Replaces the disk's backing file with the image at `path` (Firecracker's
     /// `PATCH /drives/{id}` with `path_on_host`), opened with the disk's read-only setting.
     ///

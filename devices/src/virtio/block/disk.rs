@@ -78,15 +78,7 @@ impl Disk {
             // The new open is closed here; the shared description keeps the lock.
             Some(disk) => disk.file.try_clone().map_err(open_error)?,
             None => {
-                lock(&file, readonly).map_err(|source| match source.raw_os_error() {
-                    Some(libc::EAGAIN) | Some(libc::EACCES) => BlockError::Locked {
-                        path: path.to_owned(),
-                    },
-                    _ => BlockError::Lock {
-                        path: path.to_owned(),
-                        source,
-                    },
-                })?;
+                lock(&file, readonly).map_err(|source| lock_error(path, source))?;
                 file
             }
         };
@@ -297,6 +289,18 @@ impl Disk {
         Ok(())
     }
 
+    /// Gives up the image's lock, keeping the file open: live migration hands the image to
+    /// the destination petrel, which locks it when it builds the machine. The disk must
+    /// serve no request until [`Disk::relock`] (the VM is paused).
+    pub(super) fn unlock(&self) -> io::Result<()> {
+        set_lock(&self.file, libc::F_UNLCK)
+    }
+
+    /// Takes the image's lock again after [`Disk::unlock`] (a migration that failed).
+    pub(super) fn relock(&self, readonly: bool) -> Result<(), BlockError> {
+        lock(&self.file, readonly).map_err(|source| lock_error(&self.path, source))
+    }
+
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
         let offset = i64::try_from(offset).map_err(|_| offset_overflow())?;
         let len = i64::try_from(len).map_err(|_| offset_overflow())?;
@@ -310,13 +314,32 @@ impl Disk {
     }
 }
 
+/// What a failed `lock` means.
+fn lock_error(path: &Path, source: io::Error) -> BlockError {
+    match source.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => BlockError::Locked {
+            path: path.to_owned(),
+        },
+        _ => BlockError::Lock {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
 /// Takes an open-file-description lock over the whole file. OFD locks belong to this open
 /// of the file (not to the process), so they conflict with a second open even in the same
 /// process, and they go away when the file is closed.
 fn lock(file: &File, shared: bool) -> io::Result<()> {
+    set_lock(file, if shared { libc::F_RDLCK } else { libc::F_WRLCK })
+}
+
+/// Sets the open file description's lock over the whole file to `l_type` (`F_RDLCK`,
+/// `F_WRLCK` or `F_UNLCK`).
+fn set_lock(file: &File, l_type: i32) -> io::Result<()> {
     // SAFETY: `flock` is a plain C struct for which all-zero is a valid value.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = if shared { libc::F_RDLCK } else { libc::F_WRLCK } as libc::c_short;
+    fl.l_type = l_type as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     // l_start = 0 and l_len = 0: the whole file, however it grows. l_pid must be 0.
     // SAFETY: F_OFD_SETLK reads one `flock` through the pointer, which is valid for the
