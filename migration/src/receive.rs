@@ -9,8 +9,9 @@ use crate::transport::Connection;
 /// What [`Connection::recv_into`] received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
-    /// A Pages frame, already written into RAM: its round and how many pages it held.
-    Pages { round: u32, pages: u64 },
+    /// A Pages frame, already written into RAM: its round, how many pages it held, and its
+    /// bytes on the wire (frame header and checksum included).
+    Pages { round: u32, pages: u64, bytes: u64 },
     /// Any other message.
     Message(Message),
 }
@@ -74,7 +75,12 @@ impl Connection {
             pages += count;
         }
         r.finish()?;
-        Ok(Incoming::Pages { round, pages })
+        let bytes = (frame::HEADER_LEN + frame::CHECKSUM_LEN) as u64 + len;
+        Ok(Incoming::Pages {
+            round,
+            pages,
+            bytes,
+        })
     }
 }
 
@@ -106,6 +112,7 @@ mod tests {
             PageRecord::Data { first: 1, data },
             PageRecord::Zero { first: 0, count: 1 },
         ]);
+        let frame_len = bytes.len() as u64;
         bytes.extend(encode_frame(Kind::Running, &[]).unwrap());
         let mut c = reading(&bytes);
         let mut r0 = vec![9u8; 2 * PAGE_SIZE];
@@ -113,7 +120,11 @@ mod tests {
         let mut ram: Vec<&mut [u8]> = vec![&mut r0, &mut r1];
         assert_eq!(
             c.recv_into(&mut ram).unwrap(),
-            Incoming::Pages { round: 2, pages: 3 }
+            Incoming::Pages {
+                round: 2,
+                pages: 3,
+                bytes: frame_len
+            }
         );
         assert_eq!(
             c.recv_into(&mut ram).unwrap(),

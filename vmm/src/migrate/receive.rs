@@ -256,9 +256,17 @@ impl Receiving {
         // SAFETY: `mem` was just allocated for the machine being received; no vCPU or device
         // exists yet to touch it, and the slices are dropped when this returns.
         let mut ram = unsafe { memory::ram_slices_mut(mem) };
+        let started = Instant::now();
         loop {
             match conn.recv_into(&mut ram) {
-                Ok(Received::Pages { pages, .. }) => self.progress.update(|i| i.pages += pages),
+                Ok(Received::Pages { pages, bytes, .. }) => self.progress.update(|i| {
+                    i.pages += pages;
+                    i.bytes += bytes;
+                    let secs = started.elapsed().as_secs_f64();
+                    if secs > 0.0 {
+                        i.bandwidth = (i.bytes as f64 / secs) as u64;
+                    }
+                }),
                 Ok(Received::Message(Message::RoundEnd { round, .. })) => {
                     self.progress.update(|i| i.round = round)
                 }
