@@ -44,6 +44,8 @@ fn destination(args: &[&str]) -> ApiVm {
 /// Has `dst` listen at `url` and returns the URL it reports (the bound port for TCP port 0).
 fn listen(dst: &ApiVm, url: &str) -> String {
     dst.migrate_receive(url);
+    // A destination keeps listening however long the source takes to come.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let info = dst.migration();
     assert_eq!(info["role"], "receive", "{info}");
     assert_eq!(info["state"], "listening", "{info}");

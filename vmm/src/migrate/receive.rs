@@ -129,7 +129,7 @@ impl Receiving {
             }
             match listener.accept(ACCEPT_POLL) {
                 Ok(conn) => break conn,
-                Err(MigrationError::Timeout) => continue,
+                Err(MigrationError::AcceptTimeout(_)) => continue,
                 Err(e) => return Err(format!("accepting the source: {e}")),
             }
         };
