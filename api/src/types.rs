@@ -47,6 +47,9 @@ pub struct MachineConfig {
     /// Whether to track dirty pages (needed for diff snapshots).
     #[serde(default)]
     pub track_dirty_pages: Option<bool>,
+    /// petrel: guest RAM in a memfd mapped shared (for local live migration).
+    #[serde(default)]
+    pub shared_memory: Option<bool>,
 }
 
 /// `PATCH /machine-config`: only the fields given change.
@@ -68,6 +71,9 @@ pub struct MachineConfigPatch {
     /// Whether to track dirty pages.
     #[serde(default)]
     pub track_dirty_pages: Option<bool>,
+    /// petrel: guest RAM in a memfd mapped shared.
+    #[serde(default)]
+    pub shared_memory: Option<bool>,
 }
 
 /// A token bucket: `size` tokens refilled every `refill_time` milliseconds.
@@ -316,6 +322,11 @@ pub struct MigrationSendParams {
     /// true); without it, a guest that never converges makes the migration time out.
     #[serde(default)]
     pub auto_converge: Option<bool>,
+    /// Same host only: hand the guest's memory over as its memfd on the Unix socket instead
+    /// of copying it (the VM must have `shared_memory`); only the state is sent, with the VM
+    /// paused (default false).
+    #[serde(default)]
+    pub local: Option<bool>,
     /// At most this many bytes a second on the link (default: no limit).
     #[serde(default)]
     pub max_bandwidth: Option<u64>,

@@ -22,6 +22,36 @@ impl MemoryLayout {
     /// file must not be truncated while the memory lives: touching a page past its new end
     /// would raise SIGBUS.
     pub fn map_file(&self, file: &File, data_offset: u64) -> Result<GuestMemoryMmap, MemoryError> {
+        self.map_file_with(file, data_offset, libc::MAP_PRIVATE)
+    }
+
+    /// Guest memory in a new memfd, mapped `MAP_SHARED`: another process given the memfd
+    /// (live migration on one host, vhost-user back ends) sees the same pages. Pages are
+    /// not touched, so the host commits only what the guest uses.
+    pub fn allocate_shared(&self) -> Result<GuestMemoryMmap, MemoryError> {
+        // SAFETY: the name is a NUL-terminated string; memfd_create only reads it.
+        let fd = unsafe { libc::memfd_create(c"petrel-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        file.set_len(self.size()).map_err(MemoryError::Memfd)?;
+        self.map_shared(&file)
+    }
+
+    /// Guest memory for this layout in `file` (a memfd from [`MemoryLayout::allocate_shared`]
+    /// of another process), mapped `MAP_SHARED` from offset 0.
+    pub fn map_shared(&self, file: &File) -> Result<GuestMemoryMmap, MemoryError> {
+        self.map_file_with(file, 0, libc::MAP_SHARED)
+    }
+
+    fn map_file_with(
+        &self,
+        file: &File,
+        data_offset: u64,
+        sharing: i32,
+    ) -> Result<GuestMemoryMmap, MemoryError> {
         if !data_offset.is_multiple_of(PAGE_SIZE as u64) {
             return Err(MemoryError::UnalignedFileOffset {
                 offset: data_offset,
@@ -50,11 +80,30 @@ impl MemoryLayout {
             MmapRegionBuilder::new_with_bitmap(r.len as usize, bitmap)
                 .with_file_offset(FileOffset::from_arc(file.clone(), offset))
                 .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .with_mmap_flags(sharing | libc::MAP_NORESERVE)
                 .build()
                 .map_err(map_err)
         })
     }
+}
+
+/// The file every region of `mem` is mapped `MAP_SHARED` from (memory from
+/// [`MemoryLayout::allocate_shared`] or `map_shared`), or `None` when it is not all one
+/// shared file.
+pub fn shared_file(mem: &GuestMemoryMmap) -> Option<&File> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let mut file: Option<&File> = None;
+    for region in mem.iter() {
+        let offset = region.file_offset()?;
+        if region.flags() & libc::MAP_SHARED == 0 {
+            return None;
+        }
+        match file {
+            Some(f) if !std::ptr::eq(f, offset.file()) => return None,
+            _ => file = Some(offset.file()),
+        }
+    }
+    file
 }
 
 #[cfg(test)]
@@ -146,5 +195,37 @@ mod tests {
         mem.read_slice(&mut got, GuestAddress((4 << 30) + 0x10))
             .unwrap();
         assert_eq!(&got, b"high");
+    }
+
+    #[test]
+    fn shared_memory_is_one_memfd_another_mapping_of_which_sees_the_guests_writes() {
+        let layout = MemoryLayout::new(16 * MIB).unwrap();
+        let mem = layout.allocate_shared().unwrap();
+        mem.write_slice(b"moved", GuestAddress(5 * MIB)).unwrap();
+        let file = shared_file(&mem).expect("one shared file");
+        assert_eq!(file.metadata().unwrap().len(), 16 * MIB);
+
+        let other = layout.map_shared(file).unwrap();
+        let mut buf = [0u8; 5];
+        other.read_slice(&mut buf, GuestAddress(5 * MIB)).unwrap();
+        assert_eq!(&buf, b"moved");
+        other.write_slice(b"back", GuestAddress(MIB)).unwrap();
+        let mut buf = [0u8; 4];
+        mem.read_slice(&mut buf, GuestAddress(MIB)).unwrap();
+        assert_eq!(&buf, b"back");
+        // What the guest touched is what a full snapshot or a migration's first round sends.
+        let touched = crate::resident_pages(&mem).unwrap();
+        assert_eq!(
+            crate::pages_in(&touched).collect::<Vec<_>>(),
+            vec![256, 1280]
+        );
+
+        // Anonymous and private file memory have no shared file.
+        assert!(shared_file(&layout.allocate().unwrap()).is_none());
+        let f = file_of(16 * MIB, &[]);
+        assert!(shared_file(&layout.map_file(&f, 0).unwrap()).is_none());
+        // A file too short for the layout is refused.
+        let short = file_of(MIB, &[]);
+        assert!(layout.map_shared(&short).is_err());
     }
 }

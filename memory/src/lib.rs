@@ -22,6 +22,7 @@ pub use dirty::{
     count_pages, empty_page_set, or_page_set_at, pages_in, ram_pages, region_pages_in_ram,
     take_vmm_dirty,
 };
+pub use file::shared_file;
 pub use layout::{MemoryLayout, RamRange};
 pub use resident::resident_pages;
 pub use slices::{ram_slices, ram_slices_mut};
@@ -80,6 +81,9 @@ pub enum MemoryError {
     /// The memory file's length could not be read.
     #[error("cannot read the memory file's length: {0}")]
     FileMetadata(#[source] std::io::Error),
+    /// A memfd for shared guest memory could not be made.
+    #[error("cannot create shared guest memory (memfd): {0}")]
+    Memfd(#[source] std::io::Error),
     /// A region of the memory file could not be mapped.
     #[error("cannot map {size} bytes of the memory file at offset {offset}: {source}")]
     MapFile {

@@ -102,7 +102,11 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     // What boots is loaded before KVM is touched, so bad files are reported as such even on
     // a host without KVM.
     let layout = MemoryLayout::new(machine.memory.0)?;
-    let mem = layout.allocate()?;
+    let mem = if machine.shared_memory {
+        layout.allocate_shared()?
+    } else {
+        layout.allocate()?
+    };
     let mut allocator = ResourceAllocator::new(memory::MMIO32_START);
     let planned = virtio::open_devices(config, &mut allocator)?;
     let cmdline = guest_cmdline(config, &planned);

@@ -104,6 +104,10 @@ pub struct RunArgs {
     /// taken.
     #[arg(long)]
     pub track_dirty_pages: bool,
+    /// Put guest RAM in a memfd mapped shared, so that a live migration to a petrel on the
+    /// same host can hand the memory over (`"local": true`) instead of copying it.
+    #[arg(long)]
+    pub shared_memory: bool,
     /// Restore the VM of this snapshot state file and run it, instead of booting. The
     /// machine and its devices come from the snapshot; --serial, --api-sock, --id and
     /// --web-console still apply.
@@ -203,6 +207,9 @@ impl RunArgs {
         }
         if self.track_dirty_pages {
             config.machine.track_dirty_pages = true;
+        }
+        if self.shared_memory {
+            config.machine.shared_memory = true;
         }
         if let Some(s) = &self.serial {
             config.serial = s.clone();

@@ -184,6 +184,10 @@ pub struct MachineConfig {
     /// Log the pages the guest and the VMM write, for incremental (Diff) snapshots.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub track_dirty_pages: bool,
+    /// Guest RAM in a memfd mapped shared (another process may map it: a live migration on
+    /// the same host hands it over instead of copying it); else anonymous private memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_memory: bool,
 }
 
 fn default_vcpus() -> u32 {
@@ -201,6 +205,7 @@ impl Default for MachineConfig {
             memory: default_memory(),
             cpu_template: CpuTemplate::default(),
             track_dirty_pages: false,
+            shared_memory: false,
         }
     }
 }

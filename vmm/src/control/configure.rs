@@ -91,6 +91,7 @@ pub fn machine_config(config: &VmConfig) -> MachineConfig {
             .to_string(),
         ),
         track_dirty_pages: Some(config.machine.track_dirty_pages),
+        shared_memory: Some(config.machine.shared_memory),
     }
 }
 
@@ -141,6 +142,9 @@ pub fn patch_machine_config(
         if let Some(track) = patch.track_dirty_pages {
             c.machine.track_dirty_pages = track;
         }
+        if let Some(shared) = patch.shared_memory {
+            c.machine.shared_memory = shared;
+        }
         Ok(())
     })
     .map_err(|e| match e {
@@ -162,6 +166,7 @@ pub fn put_machine_config(config: &mut VmConfig, m: MachineConfig) -> Result<(),
             smt: m.smt,
             cpu_template: Some(m.cpu_template.unwrap_or_else(|| "host".into())),
             track_dirty_pages: m.track_dirty_pages,
+            shared_memory: m.shared_memory,
         },
     )
 }
