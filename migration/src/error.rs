@@ -38,6 +38,10 @@ pub enum MigrationError {
     Timeout,
     #[error("the peer closed the connection")]
     Closed,
+    #[error("guest memory can be handed over only on a Unix socket (the same host)")]
+    NotLocal,
+    #[error("handing over guest memory: {0}")]
+    MemoryFd(String),
     #[error("the peer closed the connection mid-frame (in the {part}, {missing} bytes missing)")]
     Truncated { part: &'static str, missing: u64 },
     #[error("bad frame magic {0:02x?}")]

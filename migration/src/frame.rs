@@ -37,6 +37,7 @@ pub enum Kind {
     State = 7,
     Running = 8,
     Abort = 9,
+    MemoryFd = 10,
 }
 
 impl Kind {
@@ -51,6 +52,7 @@ impl Kind {
             7 => Kind::State,
             8 => Kind::Running,
             9 => Kind::Abort,
+            10 => Kind::MemoryFd,
             other => return Err(MigrationError::UnknownType(other)),
         })
     }
@@ -66,6 +68,7 @@ impl Kind {
             Kind::State => "State",
             Kind::Running => "Running",
             Kind::Abort => "Abort",
+            Kind::MemoryFd => "MemoryFd",
         }
     }
 

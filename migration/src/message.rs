@@ -7,6 +7,7 @@
 //! - Refuse, Abort: the reason, UTF-8.
 //! - Config, State: the opaque JSON bytes.
 //! - RoundEnd: round u32 ‖ pages u64.
+//! - MemoryFd: size u64; one more byte follows the frame, carrying the descriptor.
 //! - Pages: round u32 ‖ record count u32 ‖ records; a record is
 //!   tag u8 (0 zero run, 1 data run) ‖ first page u64 ‖ page count u32 ‖ (data run only)
 //!   count × 4096 bytes.
@@ -51,6 +52,9 @@ pub enum Message {
     Running,
     /// Either side gives up, with the reason.
     Abort { reason: String },
+    /// Same host only: the guest's memory, `size` bytes, is handed over as a file descriptor
+    /// sent with the frame's last byte (`SCM_RIGHTS`); see [`crate::Connection::send_memory_fd`].
+    MemoryFd { size: u64 },
 }
 
 /// A run of contiguous guest pages; page indices count 4 KiB pages across the RAM regions
@@ -113,6 +117,7 @@ impl Message {
             Message::State { .. } => Kind::State,
             Message::Running => Kind::Running,
             Message::Abort { .. } => Kind::Abort,
+            Message::MemoryFd { .. } => Kind::MemoryFd,
         }
     }
 
@@ -135,6 +140,7 @@ impl Message {
             Message::HelloAck | Message::Running => Vec::new(),
             Message::Refuse { reason } | Message::Abort { reason } => reason.as_bytes().to_vec(),
             Message::Config { json } | Message::State { json } => json.clone(),
+            Message::MemoryFd { size } => size.to_le_bytes().to_vec(),
             Message::RoundEnd { round, pages } => {
                 let mut p = round.to_le_bytes().to_vec();
                 p.extend_from_slice(&pages.to_le_bytes());
@@ -213,6 +219,9 @@ impl Message {
             }
             Kind::Config => Message::Config { json: r.rest()? },
             Kind::State => Message::State { json: r.rest()? },
+            Kind::MemoryFd => Message::MemoryFd {
+                size: r.u64("memory size")?,
+            },
             Kind::RoundEnd => Message::RoundEnd {
                 round: r.u32("round")?,
                 pages: r.u64("page count")?,
@@ -301,6 +310,7 @@ pub(crate) mod tests {
             Message::Abort {
                 reason: "downtime cannot be met".into(),
             },
+            Message::MemoryFd { size: 256 << 20 },
         ]
     }
 

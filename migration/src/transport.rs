@@ -1,5 +1,6 @@
 //! Connections and listeners over Unix and TCP stream sockets.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::FileTypeExt;
@@ -7,6 +8,8 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::error::MigrationError;
 use crate::frame::{self, PayloadReader, STAGING};
@@ -72,6 +75,39 @@ impl Connection {
             stream: Stream::Tcp(stream),
             staging: Vec::new(),
         })
+    }
+
+    /// Same host only: hands `file`, the guest's memory of `size` bytes, to the peer: a
+    /// MemoryFd message, then one byte that carries the descriptor (`SCM_RIGHTS`). The peer
+    /// takes it with [`Connection::recv_memory_fd`] after it received the message.
+    pub fn send_memory_fd(&mut self, file: &File, size: u64) -> Result<u64, MigrationError> {
+        if !matches!(self.stream, Stream::Unix(_)) {
+            return Err(MigrationError::NotLocal);
+        }
+        let sent = self.send(&Message::MemoryFd { size })?;
+        let Stream::Unix(s) = &self.stream else {
+            return Err(MigrationError::NotLocal);
+        };
+        s.send_with_fd(&[0u8][..], file.as_raw_fd())
+            .map_err(|e| MigrationError::MemoryFd(e.to_string()))?;
+        Ok(sent + 1)
+    }
+
+    /// The descriptor that follows a MemoryFd message just received.
+    pub fn recv_memory_fd(&mut self) -> Result<File, MigrationError> {
+        let Stream::Unix(s) = &self.stream else {
+            return Err(MigrationError::NotLocal);
+        };
+        let mut byte = [0u8; 1];
+        match s.recv_with_fd(&mut byte) {
+            Ok((1, Some(file))) => Ok(file),
+            Ok((0, _)) => Err(MigrationError::Closed),
+            Ok(_) => Err(MigrationError::MemoryFd(
+                "no descriptor came with the MemoryFd message".into(),
+            )),
+            Err(e) if e.errno() == libc::EAGAIN => Err(MigrationError::Timeout),
+            Err(e) => Err(MigrationError::MemoryFd(e.to_string())),
+        }
     }
 
     /// Connects to `url`. For TCP, `timeout` bounds each address tried; a Unix connect does
@@ -642,5 +678,42 @@ mod tests {
             })
         ));
         assert_eq!(reading(&f).recv().unwrap(), msg);
+    }
+
+    #[test]
+    fn memory_handed_over_on_a_unix_socket_is_the_same_file_and_tcp_refuses() {
+        let (mut tx, mut rx) = pair();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"guest ram").unwrap();
+        tx.send_memory_fd(&file, 9).unwrap();
+        tx.send(&Message::Running).unwrap();
+        assert_eq!(rx.recv().unwrap(), Message::MemoryFd { size: 9 });
+        let mut got = rx.recv_memory_fd().unwrap();
+        // The very file: a write through one shows through the other.
+        use std::io::Seek;
+        got.seek(std::io::SeekFrom::Start(0)).unwrap();
+        let mut text = String::new();
+        got.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "guest ram");
+        // The stream goes on after the descriptor's byte.
+        assert_eq!(rx.recv().unwrap(), Message::Running);
+
+        // A MemoryFd message without its descriptor (a peer that lies) is an error.
+        let (mut tx, mut rx) = pair();
+        tx.send(&Message::MemoryFd { size: 9 }).unwrap();
+        tx.send(&Message::Running).unwrap();
+        rx.recv().unwrap();
+        assert!(matches!(
+            rx.recv_memory_fd(),
+            Err(MigrationError::MemoryFd(_))
+        ));
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut tcp = Connection::from_tcp(a).unwrap();
+        assert!(matches!(
+            tcp.send_memory_fd(&file, 9),
+            Err(MigrationError::NotLocal)
+        ));
     }
 }

@@ -167,11 +167,24 @@ impl Receiving {
                 "the source's configuration does not match the machine it shook hands as".into(),
             );
         }
-        let mem = layout
-            .allocate()
-            .map_err(|e| format!("cannot allocate guest memory: {e}"))?;
+        let alloc_error = |e| format!("cannot allocate guest memory: {e}");
+        // Untouched until pages come: a source that hands its memory over costs nothing here.
+        let mut mem = if config.machine.shared_memory {
+            layout.allocate_shared().map_err(alloc_error)?
+        } else {
+            layout.allocate().map_err(alloc_error)?
+        };
         self.progress.set_state(progress::PRECOPY);
-        let state = self.memory(conn, &mem)?;
+        let state = match self.memory(conn, &mem)? {
+            Arrived::State(json) => json,
+            Arrived::Memory { size } => {
+                mem = self.handed_over(conn, &layout, size)?;
+                match conn.recv() {
+                    Ok(Message::State { json }) => json,
+                    other => return Err(unexpected("State", other)),
+                }
+            }
+        };
         let arrived = Instant::now();
         let state: FinalState = serde_json::from_slice(&state)
             .map_err(|e| format!("the source's machine state does not parse: {e}"))?;
@@ -247,12 +260,35 @@ impl Receiving {
         }
     }
 
-    /// Receives the memory rounds into `mem`, until the state (returned).
+    /// The guest memory the source hands over (a memfd on the same host), mapped shared.
+    fn handed_over(
+        &self,
+        conn: &mut Connection,
+        layout: &memory::MemoryLayout,
+        size: u64,
+    ) -> Result<memory::GuestMemoryMmap, String> {
+        let file = conn
+            .recv_memory_fd()
+            .map_err(|e| format!("receiving the memory: {e}"))?;
+        if size != layout.size() {
+            return Err(format!(
+                "the source handed over {size} bytes of memory for a machine of {}",
+                layout.size()
+            ));
+        }
+        let mem = layout
+            .map_shared(&file)
+            .map_err(|e| format!("cannot map the memory the source handed over: {e}"))?;
+        self.progress.update(|i| i.pages = i.total_pages);
+        Ok(mem)
+    }
+
+    /// Receives the memory rounds into `mem`, until the state, or the memory itself.
     fn memory(
         &self,
         conn: &mut Connection,
         mem: &memory::GuestMemoryMmap,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Arrived, String> {
         // SAFETY: `mem` was just allocated for the machine being received; no vCPU or device
         // exists yet to touch it, and the slices are dropped when this returns.
         let mut ram = unsafe { memory::ram_slices_mut(mem) };
@@ -270,7 +306,12 @@ impl Receiving {
                 Ok(Received::Message(Message::RoundEnd { round, .. })) => {
                     self.progress.update(|i| i.round = round)
                 }
-                Ok(Received::Message(Message::State { json })) => return Ok(json),
+                Ok(Received::Message(Message::State { json })) => return Ok(Arrived::State(json)),
+                Ok(Received::Message(Message::MemoryFd { size }))
+                    if self.progress.info().pages == 0 =>
+                {
+                    return Ok(Arrived::Memory { size })
+                }
                 Ok(Received::Message(Message::Abort { reason })) => {
                     return Err(format!("the source gave up: {reason}"))
                 }
@@ -281,6 +322,14 @@ impl Receiving {
             }
         }
     }
+}
+
+/// How the memory came.
+enum Arrived {
+    /// In rounds of pages, then the state.
+    State(Vec<u8>),
+    /// As a descriptor that follows: `size` bytes.
+    Memory { size: u64 },
 }
 
 /// What to say when `got` came where `wanted` was due.

@@ -51,6 +51,8 @@ pub struct SendOptions {
     pub auto_converge: bool,
     pub max_bandwidth: Option<u64>,
     pub max_rounds: u32,
+    /// Hand the memory over as its memfd instead of copying it.
+    pub local: bool,
 }
 
 fn bad(message: impl Into<String>) -> ApiResponse {
@@ -93,6 +95,7 @@ impl SendOptions {
             auto_converge: params.auto_converge.unwrap_or(true),
             max_bandwidth: params.max_bandwidth,
             max_rounds,
+            local: params.local.unwrap_or(false),
         })
     }
 }
@@ -108,12 +111,13 @@ pub struct Outgoing {
 /// What pre-copy hands the VMM thread for the final phase.
 pub struct Handover {
     conn: Connection,
-    /// Pages dirtied in the last round, not sent yet.
-    dirty: Vec<u64>,
+    /// Pages dirtied in the last round, not sent yet; `None` when the memory itself was
+    /// handed over (`local`).
+    dirty: Option<Vec<u64>>,
     /// The round the final pages go in.
     round: u32,
     /// Turns KVM's dirty log off again if the migration turned it on.
-    _log: DirtyLog,
+    _log: Option<DirtyLog>,
 }
 
 /// Starts sending the machine behind `rt` (configured as `config`) as `params` asks; `wake`
@@ -125,6 +129,18 @@ pub fn start(
     wake: Arc<EventFd>,
 ) -> Result<(Progress, Outgoing), ApiResponse> {
     let options = SendOptions::from_api(params)?;
+    if options.local {
+        if !matches!(options.url, MigrationUrl::Unix(_)) {
+            return Err(bad(
+                "local: the memory can be handed over only on the same host: use a unix: URL",
+            ));
+        }
+        if memory::shared_file(&rt.memory).is_none() {
+            return Err(bad(
+                "local: this VM's memory is not shared: start it with --shared-memory (machine-config shared_memory) to hand the memory over",
+            ));
+        }
+    }
     let config_json = serde_json::to_vec(config)
         .map_err(|e| ApiResponse::error(500, format!("cannot encode the configuration: {e}")))?;
     let config = config.clone();
@@ -276,6 +292,20 @@ impl Precopy {
         let mut conn = self.connect(config)?;
         conn.send(&Message::Config { json: config_json })
             .map_err(|e| format!("sending the configuration: {e}"))?;
+        if self.options.local {
+            let mem = &self.rt.memory;
+            let file = memory::shared_file(mem).ok_or("the VM's memory is not shared")?;
+            let bytes = conn
+                .send_memory_fd(file, self.rt.layout.size())
+                .map_err(|e| format!("handing the memory over: {e}"))?;
+            self.progress.update(|i| i.bytes += bytes);
+            return Ok(Handover {
+                conn,
+                dirty: None,
+                round: 0,
+                _log: None,
+            });
+        }
         self.progress.set_state(progress::PRECOPY);
         let log = DirtyLog::start(&self.rt)?;
         let mut throttle = Throttle::new(self.rt.clone());
@@ -284,9 +314,9 @@ impl Precopy {
         let (dirty, round) = result?;
         Ok(Handover {
             conn,
-            dirty,
+            dirty: Some(dirty),
             round,
-            _log: log,
+            _log: Some(log),
         })
     }
 
@@ -436,7 +466,7 @@ fn relock_disks(rt: &Runtime) -> Result<(), String> {
 fn final_round(
     rt: &Runtime,
     conn: &mut Connection,
-    mut dirty: Vec<u64>,
+    dirty: Option<Vec<u64>>,
     round: u32,
     progress: &Progress,
     stopped: Instant,
@@ -450,10 +480,15 @@ fn final_round(
         ms = stopped.elapsed().as_secs_f64() * 1e3,
         "migration: captured"
     );
-    let last = take_dirty(rt)?;
-    dirty.iter_mut().zip(&last).for_each(|(a, b)| *a |= b);
-    let mut link = Link::new(None);
-    send_round(conn, rt, round, &dirty, &mut link, progress, &|| Ok(()))?;
+    // Handed-over memory is the destination's already.
+    let mut pages = 0;
+    if let Some(mut dirty) = dirty {
+        let last = take_dirty(rt)?;
+        dirty.iter_mut().zip(&last).for_each(|(a, b)| *a |= b);
+        pages = memory::count_pages(&dirty);
+        let mut link = Link::new(None);
+        send_round(conn, rt, round, &dirty, &mut link, progress, &|| Ok(()))?;
+    }
     let state = FinalState {
         paused_ms: stopped.elapsed().as_secs_f64() * 1e3,
         elapsed_ms: progress.elapsed().as_secs_f64() * 1e3,
@@ -465,7 +500,7 @@ fn final_round(
         .map_err(|e| format!("cannot hand the disk images over: {e}"))?;
     tracing::debug!(
         ms = stopped.elapsed().as_secs_f64() * 1e3,
-        pages = memory::count_pages(&dirty),
+        pages,
         state_bytes = json.len(),
         "migration: last pages sent"
     );
