@@ -251,6 +251,60 @@ fn a_dirtying_guest_migrates_over_tcp_on_loopback() {
 }
 
 #[test]
+fn a_shared_memory_guest_hands_its_memory_over_on_the_same_host() {
+    if !kvm_available() {
+        return;
+    }
+    let (mut src, mut guest) = dirtying_source(&["--shared-memory"]);
+    let dst = destination(&["--memory", MEMORY]);
+    let url = listen(
+        &dst,
+        &format!("unix:{}", dst.path("migrate.sock").display()),
+    );
+    // Handing the memory over needs a Unix socket.
+    let msg = src.fails(
+        "PUT",
+        "/migration/send",
+        Some(json!({"url": "tcp:127.0.0.1:1", "local": true})),
+        400,
+    );
+    assert!(msg.contains("unix:"), "{msg}");
+
+    let (seen, info) = migrate(&mut src, &dst, json!({"url": url, "local": true}));
+    assert_downtime(&info);
+    // No page was copied: the destination maps the source's memory.
+    for i in &seen {
+        assert!(i["bytes"].as_u64() < Some(1 << 20), "{i}");
+    }
+    assert_eq!(info["bytes"], json!(0), "{info}");
+    assert_eq!(info["pages"], json!(MEMORY_PAGES), "{info}");
+    assert_eq!(
+        dst.get("/vm/config")["machine"]["shared_memory"],
+        json!(true)
+    );
+    guest.migrated(src.serial());
+    goes_on(dst, &mut guest);
+}
+
+#[test]
+fn local_needs_shared_memory() {
+    if !kvm_available() {
+        return;
+    }
+    let (mut src, mut guest) = SnapshotGuest::boot(MEMORY, &[]);
+    let url = format!("unix:{}", src.path("nobody.sock").display());
+    let msg = src.fails(
+        "PUT",
+        "/migration/send",
+        Some(json!({"url": url, "local": true})),
+        400,
+    );
+    assert!(msg.contains("--shared-memory"), "{msg}");
+    assert_eq!(src.migration()["state"], "idle");
+    source_runs_on(&mut src, &mut guest);
+}
+
+#[test]
 fn every_device_but_net_works_after_a_migration() {
     if !kvm_available() {
         return;
