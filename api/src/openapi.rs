@@ -220,6 +220,7 @@ mod tests {
             smt: Some(true),
             cpu_template: Some(s("minimal")),
             track_dirty_pages: Some(true),
+            shared_memory: Some(true),
         };
         check("MachineConfig", mc);
         check(
@@ -230,6 +231,7 @@ mod tests {
                 smt: Some(false),
                 cpu_template: Some(s("None")),
                 track_dirty_pages: Some(false),
+                shared_memory: Some(false),
             },
         );
         check("TokenBucket", bucket());
@@ -359,6 +361,7 @@ mod tests {
                 auto_converge: Some(true),
                 max_bandwidth: Some(1 << 30),
                 max_rounds: Some(30),
+                local: Some(false),
             },
         );
         check(

@@ -154,6 +154,10 @@ pub enum MigrateCommand {
         /// Pre-copy rounds before the final pause, whatever the estimate [default: 30].
         #[arg(long, value_name = "N")]
         max_rounds: Option<u32>,
+        /// Same host: hand the memory over (the VM needs --shared-memory) instead of
+        /// copying it; only the state is sent, with the VM paused.
+        #[arg(long)]
+        local: bool,
         /// Return once the migration has started instead of following it.
         #[arg(long)]
         no_wait: bool,
@@ -379,6 +383,7 @@ mod tests {
             "100M",
             "--max-rounds",
             "5",
+            "--local",
             "--no-wait",
         ])
         .unwrap();
@@ -391,6 +396,7 @@ mod tests {
                 no_auto_converge: true,
                 max_bandwidth: Some(100 << 20),
                 max_rounds: Some(5),
+                local: true,
                 no_wait: true,
             })
         );
@@ -411,6 +417,7 @@ mod tests {
             no_auto_converge: false,
             max_bandwidth: None,
             max_rounds: None,
+            local: false,
             no_wait: false,
         };
         assert_eq!(a.command, CtlCommand::Migrate(expected.clone()));

@@ -132,6 +132,7 @@ pub fn request(cmd: &CtlCommand, cwd: Option<&Path>) -> Result<ApiCall, CtlError
             no_auto_converge,
             max_bandwidth,
             max_rounds,
+            local,
             ..
         }) => {
             // Options not given are left out: the server's defaults apply.
@@ -149,6 +150,7 @@ pub fn request(cmd: &CtlCommand, cwd: Option<&Path>) -> Result<ApiCall, CtlError
             );
             set("max_bandwidth", max_bandwidth.map(Value::from));
             set("max_rounds", max_rounds.map(Value::from));
+            set("local", local.then_some(Value::Bool(true)));
             ApiCall::with_body("PUT", MIGRATION_SEND.into(), body)
         }
         CtlCommand::Migrate(MigrateCommand::Receive { url, .. }) => ApiCall::with_body(
@@ -408,6 +410,7 @@ mod tests {
             no_auto_converge: false,
             max_bandwidth: None,
             max_rounds: None,
+            local: false,
             no_wait: false,
         }
     }
@@ -424,6 +427,7 @@ mod tests {
             no_auto_converge: true,
             max_bandwidth: Some(1 << 30),
             max_rounds: Some(3),
+            local: true,
             no_wait: true,
         };
         assert_eq!(
@@ -435,6 +439,7 @@ mod tests {
                 auto_converge: Some(false),
                 max_bandwidth: Some(1 << 30),
                 max_rounds: Some(3),
+                local: Some(true),
             })
         );
         assert_eq!(
