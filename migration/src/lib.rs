@@ -4,7 +4,9 @@
 //! 1. `Hello { version, compat }`; the destination checks [`Compat::check`] and answers
 //!    `HelloAck` or `Refuse { reason }` (destination → source). No memory moves before.
 //! 2. `Config { json }`.
-//! 3. Rounds: `Pages` frames (see [`Connection::send_pages`]) then `RoundEnd { round, pages }`.
+//! 3. Rounds: `Pages` frames (see [`Connection::send_pages`]) then `RoundEnd { round, pages }`,
+//!    which the destination echoes once the round is in RAM. On one host the source may
+//!    instead hand its memory over: `MemoryFd { size }` with the descriptor (no rounds).
 //! 4. With the vCPUs paused: the last `Pages` and `RoundEnd`, then `State { json }`.
 //! 5. `Running` (destination → source): the source may exit.
 //!

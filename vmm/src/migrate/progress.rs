@@ -52,6 +52,15 @@ impl Progress {
         }
     }
 
+    /// Ends in `completed`, with `f`'s last changes made in the same step: nobody sees
+    /// `completed` without them. `f` may replace the elapsed time.
+    pub fn complete(&self, f: impl FnOnce(&mut MigrationInfo)) {
+        let mut info = self.lock();
+        info.state = COMPLETED.into();
+        info.elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        f(&mut info);
+    }
+
     /// Ends in `failed` with `error` (and logs it).
     pub fn fail(&self, error: String) {
         tracing::warn!(%error, "migration failed");

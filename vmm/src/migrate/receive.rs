@@ -23,9 +23,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::progress::{self, Progress};
 use super::{compat, reason, FinalState};
+use crate::builder::BuildError;
 use crate::config::VmConfig;
 use crate::machine::Machine;
-use crate::persist::restore::{build_restored, restored_config};
+use crate::persist::restore::{build_restored, restored_config, restored_vm};
 use crate::persist::SnapshotBook;
 
 /// How often the listening thread looks whether it should stop.
@@ -174,11 +175,17 @@ impl Receiving {
         } else {
             layout.allocate().map_err(alloc_error)?
         };
+        // Made while memory arrives: the final pause need not wait for it.
+        let build_error = |e: BuildError| format!("cannot build the machine: {e}");
+        let mut vm = restored_vm(&config, &mem).map_err(build_error)?;
         self.progress.set_state(progress::PRECOPY);
         let state = match self.memory(conn, &mem)? {
             Arrived::State(json) => json,
             Arrived::Memory { size } => {
-                mem = self.handed_over(conn, &layout, size)?;
+                let mapped = self.handed_over(conn, &layout, size)?;
+                // The first VM (around the unused allocation) goes before its memory.
+                vm = restored_vm(&config, &mapped).map_err(build_error)?;
+                mem = mapped;
                 match conn.recv() {
                     Ok(Message::State { json }) => json,
                     other => return Err(unexpected("State", other)),
@@ -197,13 +204,14 @@ impl Receiving {
         }
         let machine = build_restored(
             captured.saved(),
+            vm,
             config,
             layout,
             mem,
             SnapshotBook::default(),
             false,
         )
-        .map_err(|e| format!("cannot build the machine: {e}"))?;
+        .map_err(build_error)?;
         tracing::debug!(
             ms = arrived.elapsed().as_secs_f64() * 1e3,
             "migration: machine built"
@@ -224,9 +232,8 @@ impl Receiving {
         // The guest runs here now: from this point the source must stop.
         let sent = conn.send(&Message::Running);
         let here = arrived.elapsed().as_secs_f64() * 1e3;
-        self.progress.set_state(progress::COMPLETED);
         // The whole migration as the source measured it until the state, then this side.
-        self.progress.update(|i| {
+        self.progress.complete(|i| {
             i.downtime_ms = Some(state.paused_ms + here);
             i.elapsed_ms = state.elapsed_ms + here;
         });
@@ -303,8 +310,11 @@ impl Receiving {
                         i.bandwidth = (i.bytes as f64 / secs) as u64;
                     }
                 }),
-                Ok(Received::Message(Message::RoundEnd { round, .. })) => {
-                    self.progress.update(|i| i.round = round)
+                Ok(Received::Message(Message::RoundEnd { round, pages })) => {
+                    self.progress.update(|i| i.round = round);
+                    // Everything of the round is in RAM: the source may count it as sent.
+                    conn.send(&Message::RoundEnd { round, pages })
+                        .map_err(|e| format!("acknowledging round {round}: {e}"))?;
                 }
                 Ok(Received::Message(Message::State { json })) => return Ok(Arrived::State(json)),
                 Ok(Received::Message(Message::MemoryFd { size }))

@@ -374,6 +374,7 @@ impl Precopy {
         let touched = memory::resident_pages(&rt.memory)
             .map_err(|e| format!("cannot find the guest's pages: {e}"))?;
         send_round(conn, rt, 0, &touched, &mut link, &self.progress, &check)?;
+        await_ack(conn, 0, &mut link)?;
         let mut round = 1;
         let mut last_dirty = usize::MAX;
         loop {
@@ -396,6 +397,7 @@ impl Precopy {
             }
             last_dirty = pages;
             send_round(conn, rt, round, &dirty, &mut link, &self.progress, &check)?;
+            await_ack(conn, round, &mut link)?;
             round += 1;
         }
     }
@@ -422,8 +424,7 @@ pub fn finish(rt: &Runtime, handover: Handover, progress: &Progress) {
     match result {
         Ok(()) => {
             let downtime = stopped.elapsed().as_secs_f64() * 1e3;
-            progress.update(|i| i.downtime_ms = Some(downtime));
-            progress.set_state(progress::COMPLETED);
+            progress.complete(|i| i.downtime_ms = Some(downtime));
             let info = progress.info();
             tracing::info!(
                 downtime_ms = downtime,
@@ -489,15 +490,15 @@ fn final_round(
         let mut link = Link::new(None);
         send_round(conn, rt, round, &dirty, &mut link, progress, &|| Ok(()))?;
     }
+    // The destination opens and locks the disk images when it builds the machine.
+    rt.set_disk_locks(false)
+        .map_err(|e| format!("cannot hand the disk images over: {e}"))?;
     let state = FinalState {
         paused_ms: stopped.elapsed().as_secs_f64() * 1e3,
         elapsed_ms: progress.elapsed().as_secs_f64() * 1e3,
         machine: captured,
     };
     let json = serde_json::to_vec(&state).map_err(|e| format!("cannot encode the state: {e}"))?;
-    // The destination opens and locks the disk images when it builds the machine.
-    rt.set_disk_locks(false)
-        .map_err(|e| format!("cannot hand the disk images over: {e}"))?;
     tracing::debug!(
         ms = stopped.elapsed().as_secs_f64() * 1e3,
         pages,
@@ -510,14 +511,38 @@ fn final_round(
     progress.update(|i| i.bytes += bytes);
     conn.set_timeout(Some(RUNNING_TIMEOUT))
         .map_err(|e| e.to_string())?;
+    loop {
+        return match conn.recv() {
+            Ok(Message::Running) => Ok(()),
+            // The last round's, not waited for.
+            Ok(Message::RoundEnd { .. }) => continue,
+            Ok(Message::Abort { reason }) => Err(format!("the destination gave up: {reason}")),
+            Ok(other) => Err(format!(
+                "the destination answered {} instead of Running",
+                other.kind().name()
+            )),
+            Err(e) => Err(format!("waiting for the destination to run the VM: {e}")),
+        };
+    }
+}
+
+/// Waits until the destination has taken in all of `round`: what is still in the sockets'
+/// buffers counts as not sent yet, for the bandwidth and for what the final pause must carry.
+fn await_ack(conn: &mut Connection, round: u32, link: &mut Link) -> Result<(), String> {
+    let started = Instant::now();
     match conn.recv() {
-        Ok(Message::Running) => Ok(()),
+        Ok(Message::RoundEnd { round: r, .. }) if r == round => {
+            link.sent(0, started.elapsed());
+            Ok(())
+        }
         Ok(Message::Abort { reason }) => Err(format!("the destination gave up: {reason}")),
         Ok(other) => Err(format!(
-            "the destination answered {} instead of Running",
+            "the destination answered {} to the end of round {round}",
             other.kind().name()
         )),
-        Err(e) => Err(format!("waiting for the destination to run the VM: {e}")),
+        Err(e) => Err(format!(
+            "waiting for the destination to take round {round}: {e}"
+        )),
     }
 }
 

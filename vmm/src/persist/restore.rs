@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use api::types::SnapshotLoadParams;
 use api::ApiResponse;
+use kvm_ioctls::VmFd;
 use snapshot::hex;
 
 use super::{MachineState, Saved, SnapshotBook};
@@ -125,7 +126,16 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
         last: Some((mem_path.clone(), chain.top_hash())),
         pending_dirty: Vec::new(),
     };
-    let machine = build_restored(state.saved(), config, layout, mem, book, !request.resume)?;
+    let vm = restored_vm(&config, &mem)?;
+    let machine = build_restored(
+        state.saved(),
+        vm,
+        config,
+        layout,
+        mem,
+        book,
+        !request.resume,
+    )?;
     tracing::info!(
         ms = started.elapsed().as_secs_f64() * 1e3,
         layers = chain.files().len(),
@@ -159,18 +169,26 @@ pub fn restored_config(
     Ok((config, layout))
 }
 
-/// The machine `saved` describes, around guest memory `mem` that already holds the saved
-/// RAM: the VM and its irqchip, PIT and clock, the vCPUs, then the devices.
+/// The VM of a machine `config` describes, with `mem` registered and the irqchip and PIT
+/// created: what a restore can make before it has the saved state (a migration's
+/// destination makes it while memory arrives).
+pub fn restored_vm(config: &VmConfig, mem: &memory::GuestMemoryMmap) -> Result<VmFd, BuildError> {
+    let kvm = vm::open_kvm(config.machine.vcpus)?;
+    Ok(vm::create_vm(&kvm, mem, config.machine.track_dirty_pages)?)
+}
+
+/// The machine `saved` describes, on `vm` (from [`restored_vm`]) around guest memory `mem`
+/// that already holds the saved RAM: the irqchip's, PIT's and clock's state, the vCPUs,
+/// then the devices.
 pub fn build_restored(
     saved: Saved<'_>,
+    vm: VmFd,
     config: VmConfig,
     layout: memory::MemoryLayout,
     mem: memory::GuestMemoryMmap,
     book: SnapshotBook,
     start_paused: bool,
 ) -> Result<Machine, BuildError> {
-    let kvm = vm::open_kvm(config.machine.vcpus)?;
-    let vm = vm::create_vm(&kvm, &mem, config.machine.track_dirty_pages)?;
     restore_vm_state(&vm, saved.vm)?;
     let exit = std::sync::Arc::new(
         devices::ExitSignal::new()
