@@ -6,7 +6,8 @@
 //!
 //! - an idle guest (the `idle` scenario: it prints `IDLE` and halts) of 256 MiB and 1 GiB over
 //!   a Unix socket, and of 256 MiB over TCP on loopback (`tcp:127.0.0.1:0`, the port the
-//!   destination bound read back from its `GET /migration`);
+//!   destination bound read back from its `GET /migration`), and handed over on one host
+//!   (`--shared-memory` and `"local": true`) at 256 MiB and 1 GiB;
 //! - a guest dirtying memory at a steady rate (the `snapshot` scenario with steady dirtying on)
 //!   of 256 MiB, with `downtime_ms` 50.
 //!
@@ -60,6 +61,9 @@ enum Guest {
 enum Transport {
     Unix,
     Tcp,
+    /// A Unix socket, the source with `--shared-memory`, and `"local": true`: the memory is
+    /// handed over, not copied.
+    Local,
 }
 
 struct Case {
@@ -214,14 +218,18 @@ fn phases(source: &str, destination: &str, downtime: f64) -> Option<Phases> {
 fn source(case: &Case) -> ApiVm {
     match case.guest {
         Guest::Idle => {
-            let vm = ApiVm::spawn(&[
+            let mut args = vec![
                 "--kernel",
                 tests::test_guest().to_str().expect("UTF-8 path"),
                 "--cmdline",
                 "petrel.test=idle",
                 "--memory",
                 case.memory,
-            ]);
+            ];
+            if matches!(case.transport, Transport::Local) {
+                args.push("--shared-memory");
+            }
+            let vm = ApiVm::spawn(&args);
             vm.wait_serial(Duration::from_secs(60), |l| (l == "IDLE").then_some(()));
             vm
         }
@@ -239,7 +247,9 @@ fn run(case: &Case) -> Run {
     let mut src = source(case);
     let dst = ApiVm::spawn(&["--memory", case.memory]);
     let url = match case.transport {
-        Transport::Unix => format!("unix:{}", dst.path("migrate.sock").display()),
+        Transport::Unix | Transport::Local => {
+            format!("unix:{}", dst.path("migrate.sock").display())
+        }
         Transport::Tcp => "tcp:127.0.0.1:0".to_string(),
     };
     dst.migrate_receive(&url);
@@ -249,6 +259,9 @@ fn run(case: &Case) -> Run {
     let mut body = json!({ "url": url });
     if let Some(ms) = case.downtime_ms {
         body["downtime_ms"] = json!(ms);
+    }
+    if matches!(case.transport, Transport::Local) {
+        body["local"] = json!(true);
     }
 
     let start = Instant::now();
@@ -402,6 +415,14 @@ fn main() {
             Transport::Tcp,
             "<= 11 ms total, <= 1 ms downtime",
         ));
+        for memory in ["256M", "1G"] {
+            cases.push(idle(
+                "idle, local (memfd)",
+                memory,
+                Transport::Local,
+                "no page copied: the same whatever the size",
+            ));
+        }
         cases.push(Case {
             name: "dirtying (downtime 50), unix",
             guest: Guest::Dirtying,
