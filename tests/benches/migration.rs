@@ -380,14 +380,9 @@ fn report(case: &Case, runs: &[Run], json_lines: &mut Vec<Value>) {
 }
 
 fn main() {
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    if !tests::kvm_available() {
+    let Some((smoke, runs)) = tests::bench_plan(10) else {
         return;
-    }
-    let runs = std::env::var("PETREL_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if smoke { 2 } else { 10 });
+    };
     let idle = |name, memory, transport, target| Case {
         name,
         guest: Guest::Idle,

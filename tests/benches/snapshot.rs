@@ -160,14 +160,9 @@ fn load(state: &Path, mem: &Path) -> Duration {
 }
 
 fn main() {
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    if !tests::kvm_available() {
+    let Some((smoke, runs)) = tests::bench_plan(20) else {
         return;
-    }
-    let runs = std::env::var("PETREL_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if smoke { 2 } else { 20 });
+    };
     let sizes: &[&str] = if smoke { &["256M"] } else { &["256M", "1G"] };
     let mut report = Report { json: Vec::new() };
     println!(

@@ -28,6 +28,21 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// How one of this crate's benchmarks runs: `None` without KVM (it skips); else whether it
+/// is a short smoke run (no `--bench` argument, as `cargo test --benches` runs it) and the
+/// runs per case: `PETREL_BENCH_RUNS`, else `full`, or 2 for a smoke run.
+pub fn bench_plan(full: usize) -> Option<(bool, usize)> {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    if !kvm_available() {
+        return None;
+    }
+    let runs = std::env::var("PETREL_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if smoke { 2 } else { full });
+    Some((smoke, runs))
+}
+
 /// Whether KVM can be used. Without it, a test returns early outside CI and fails in CI.
 pub fn kvm_available() -> bool {
     let ok = std::fs::OpenOptions::new()

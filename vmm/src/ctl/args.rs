@@ -185,6 +185,21 @@ impl MigrateCommand {
             MigrateCommand::Status => false,
         }
     }
+
+    /// `migrate send URL` with no option: what the tests start from.
+    #[cfg(test)]
+    pub fn send_to(url: &str) -> MigrateCommand {
+        MigrateCommand::Send {
+            url: url.into(),
+            downtime_ms: None,
+            timeout_s: None,
+            no_auto_converge: false,
+            max_bandwidth: None,
+            max_rounds: None,
+            local: false,
+            no_wait: false,
+        }
+    }
 }
 
 /// A byte count: digits, then optionally K, M or G (powers of 1024; `B`/`iB` allowed).
@@ -410,16 +425,7 @@ mod tests {
     #[test]
     fn migrate_send_and_receive_follow_by_default() {
         let a = ctl(&["--api-sock", "/s", "migrate", "send", "unix:m.sock"]).unwrap();
-        let expected = MigrateCommand::Send {
-            url: "unix:m.sock".into(),
-            downtime_ms: None,
-            timeout_s: None,
-            no_auto_converge: false,
-            max_bandwidth: None,
-            max_rounds: None,
-            local: false,
-            no_wait: false,
-        };
+        let expected = MigrateCommand::send_to("unix:m.sock");
         assert_eq!(a.command, CtlCommand::Migrate(expected.clone()));
         assert!(expected.follows());
         let a = ctl(&["migrate", "receive", "tcp:0.0.0.0:0", "--api-sock", "/d"]).unwrap();

@@ -402,22 +402,11 @@ mod tests {
         );
     }
 
-    fn send(url: &str) -> MigrateCommand {
-        MigrateCommand::Send {
-            url: url.into(),
-            downtime_ms: None,
-            timeout_s: None,
-            no_auto_converge: false,
-            max_bandwidth: None,
-            max_rounds: None,
-            local: false,
-            no_wait: false,
-        }
-    }
-
     #[test]
     fn migrate_send_sends_only_the_options_given() {
-        let c = call(CtlCommand::Migrate(send("tcp:10.0.0.2:4444")));
+        let c = call(CtlCommand::Migrate(MigrateCommand::send_to(
+            "tcp:10.0.0.2:4444",
+        )));
         assert_eq!((c.method, c.path.as_str()), ("PUT", "/migration/send"));
         assert_eq!(c.body, Some(json!({"url": "tcp:10.0.0.2:4444"})));
         let all = MigrateCommand::Send {
@@ -443,7 +432,9 @@ mod tests {
             })
         );
         assert_eq!(
-            routed(CtlCommand::Migrate(send("unix:/run/m.sock"))),
+            routed(CtlCommand::Migrate(MigrateCommand::send_to(
+                "unix:/run/m.sock"
+            ))),
             ApiRequest::MigrationSend(MigrationSendParams {
                 url: "unix:/run/m.sock".into(),
                 ..Default::default()
@@ -477,11 +468,17 @@ mod tests {
     #[test]
     fn migrate_unix_paths_are_made_absolute_and_other_urls_sent_as_typed() {
         let url = |cmd: MigrateCommand| call(CtlCommand::Migrate(cmd)).body.unwrap()["url"].clone();
-        assert_eq!(url(send("unix:./run/m.sock")), "unix:/home/u/run/m.sock");
-        assert_eq!(url(send("unix:/abs.sock")), "unix:/abs.sock");
+        assert_eq!(
+            url(MigrateCommand::send_to("unix:./run/m.sock")),
+            "unix:/home/u/run/m.sock"
+        );
+        assert_eq!(
+            url(MigrateCommand::send_to("unix:/abs.sock")),
+            "unix:/abs.sock"
+        );
         // The server judges the rest: a bad URL is its 400.
         for typed in ["tcp:host:1", "unix:", "ftp://x", "m.sock"] {
-            assert_eq!(url(send(typed)), typed);
+            assert_eq!(url(MigrateCommand::send_to(typed)), typed);
         }
         let relative = CtlCommand::Migrate(MigrateCommand::Receive {
             url: "unix:m.sock".into(),

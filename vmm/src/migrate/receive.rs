@@ -175,17 +175,22 @@ impl Receiving {
         } else {
             layout.allocate().map_err(alloc_error)?
         };
-        // Made while memory arrives: the final pause need not wait for it.
+        // The VM is made while memory arrives (so the final pause need not wait for it), once
+        // it is known to be around this memory: at the first pages, or when the memory is
+        // handed over. Not before: destroying a VM takes KVM milliseconds.
         let build_error = |e: BuildError| format!("cannot build the machine: {e}");
-        let mut vm = restored_vm(&config, &mem).map_err(build_error)?;
+        let make_vm =
+            |mem: &memory::GuestMemoryMmap| restored_vm(&config, mem).map_err(build_error);
+        let mut vm = None;
         self.progress.set_state(progress::PRECOPY);
-        let state = match self.memory(conn, &mem)? {
+        let state = match self.memory(conn, &mem, &mut || {
+            vm = Some(make_vm(&mem)?);
+            Ok(())
+        })? {
             Arrived::State(json) => json,
             Arrived::Memory { size } => {
-                let mapped = self.handed_over(conn, &layout, size)?;
-                // The first VM (around the unused allocation) goes before its memory.
-                vm = restored_vm(&config, &mapped).map_err(build_error)?;
-                mem = mapped;
+                mem = self.handed_over(conn, &layout, size)?;
+                vm = Some(make_vm(&mem)?);
                 match conn.recv() {
                     Ok(Message::State { json }) => json,
                     other => return Err(unexpected("State", other)),
@@ -202,6 +207,10 @@ impl Receiving {
                 captured.vcpus.len()
             ));
         }
+        let vm = match vm {
+            Some(vm) => vm,
+            None => make_vm(&mem)?,
+        };
         let machine = build_restored(
             captured.saved(),
             vm,
@@ -290,26 +299,35 @@ impl Receiving {
         Ok(mem)
     }
 
-    /// Receives the memory rounds into `mem`, until the state, or the memory itself.
+    /// Receives the memory rounds into `mem`, until the state, or the memory itself;
+    /// `first_pages` runs when the first pages have come.
     fn memory(
         &self,
         conn: &mut Connection,
         mem: &memory::GuestMemoryMmap,
+        first_pages: &mut dyn FnMut() -> Result<(), String>,
     ) -> Result<Arrived, String> {
         // SAFETY: `mem` was just allocated for the machine being received; no vCPU or device
         // exists yet to touch it, and the slices are dropped when this returns.
         let mut ram = unsafe { memory::ram_slices_mut(mem) };
         let started = Instant::now();
+        let mut received = 0;
         loop {
             match conn.recv_into(&mut ram) {
-                Ok(Received::Pages { pages, bytes, .. }) => self.progress.update(|i| {
-                    i.pages += pages;
-                    i.bytes += bytes;
-                    let secs = started.elapsed().as_secs_f64();
-                    if secs > 0.0 {
-                        i.bandwidth = (i.bytes as f64 / secs) as u64;
+                Ok(Received::Pages { pages, bytes, .. }) => {
+                    if received == 0 {
+                        first_pages()?;
                     }
-                }),
+                    received += pages;
+                    self.progress.update(|i| {
+                        i.pages += pages;
+                        i.bytes += bytes;
+                        let secs = started.elapsed().as_secs_f64();
+                        if secs > 0.0 {
+                            i.bandwidth = (i.bytes as f64 / secs) as u64;
+                        }
+                    })
+                }
                 Ok(Received::Message(Message::RoundEnd { round, pages })) => {
                     self.progress.update(|i| i.round = round);
                     // Everything of the round is in RAM: the source may count it as sent.
@@ -317,9 +335,7 @@ impl Receiving {
                         .map_err(|e| format!("acknowledging round {round}: {e}"))?;
                 }
                 Ok(Received::Message(Message::State { json })) => return Ok(Arrived::State(json)),
-                Ok(Received::Message(Message::MemoryFd { size }))
-                    if self.progress.info().pages == 0 =>
-                {
+                Ok(Received::Message(Message::MemoryFd { size })) if received == 0 => {
                     return Ok(Arrived::Memory { size })
                 }
                 Ok(Received::Message(Message::Abort { reason })) => {
