@@ -98,6 +98,11 @@ pub fn pages_in(set: &[u64]) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
+/// Adds the pages of `src` to `dst` (page sets of the same RAM; a shorter one ends early).
+pub fn union_into(dst: &mut [u64], src: &[u64]) {
+    dst.iter_mut().zip(src).for_each(|(a, b)| *a |= b);
+}
+
 /// The number of pages in a page set.
 pub fn count_pages(set: &[u64]) -> usize {
     set.iter().map(|w| w.count_ones() as usize).sum()

@@ -20,7 +20,7 @@ mod slices;
 
 pub use dirty::{
     count_pages, empty_page_set, or_page_set_at, pages_in, ram_pages, region_pages_in_ram,
-    take_vmm_dirty,
+    take_vmm_dirty, union_into,
 };
 pub use file::shared_file;
 pub use layout::{MemoryLayout, RamRange};

@@ -5,7 +5,7 @@ use api::types::{MigrationInfo, MigrationReceiveParams, MigrationSendParams};
 use api::ApiResponse;
 
 use super::{ControlHandler, Pending};
-use crate::migrate::{receive, send, Migration, Role};
+use crate::migrate::{finish, receive, send, Migration, Role};
 
 impl ControlHandler {
     /// `PUT /migration/send`: starts sending the running machine.
@@ -73,9 +73,14 @@ impl ControlHandler {
                     return;
                 };
                 match (outcome, &self.runtime) {
-                    (Ok(handover), Some(rt)) => send::finish(rt, handover, &migration.progress),
-                    // Pre-copy failed: it reported why, and the machine ran on all along.
-                    (Err(_), _) => {}
+                    (Ok(handover), Some(rt)) => finish(rt, handover, &migration.progress),
+                    // Pre-copy failed (and said why, unless its thread vanished); the machine
+                    // ran on all along.
+                    (Err(e), _) => {
+                        if migration.progress.is_active() {
+                            migration.progress.fail(e);
+                        }
+                    }
                     (Ok(_), None) => migration.progress.fail("the VM has no machine".into()),
                 }
             }

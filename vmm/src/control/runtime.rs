@@ -8,7 +8,7 @@ use api::image::RawImage;
 use api::types::{DrivePatch, NetworkInterfacePatch, SerialLog};
 use api::ApiResponse;
 use devices::legacy::{Rtc, Serial, SharedSerialLog, I8042};
-use devices::virtio::block::Block;
+use devices::virtio::block::{Block, BlockError};
 use devices::virtio::gpu::Gpu;
 use devices::virtio::net::Net;
 use devices::ExitSignal;
@@ -29,6 +29,23 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why disk locks could not be taken back.
+#[derive(Debug)]
+pub struct DiskLockError {
+    /// Another process holds at least one of the images.
+    pub held_elsewhere: bool,
+    /// Which disks failed, and why.
+    pub message: String,
+}
+
+fn disk_errors<E: std::fmt::Display>(failed: &[(String, E)]) -> String {
+    failed
+        .iter()
+        .map(|(id, e)| format!("disk {id}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// What the control handler holds of a started machine: shared handles, never the
@@ -150,30 +167,43 @@ impl Runtime {
         Ok(f(device))
     }
 
-    /// Gives up (`held` false) or takes back every disk image's lock: live migration hands
-    /// the images to the destination in its final phase, with the VM paused. Every disk is
-    /// tried; the error names those that failed.
-    pub fn set_disk_locks(&self, held: bool) -> Result<(), String> {
+    /// Runs `f` on every disk; the error names the disks it failed on.
+    fn each_disk<E: std::fmt::Display>(
+        &self,
+        mut f: impl FnMut(&Block) -> Result<(), E>,
+    ) -> Result<(), Vec<(String, E)>> {
         let mut failed = Vec::new();
         for handle in &self.virtio {
             let transport = lock(&handle.transport);
-            let Some(disk) = transport.device().as_any().downcast_ref::<Block>() else {
-                continue;
-            };
-            let result = if held {
-                disk.take_image_lock().map_err(|e| e.to_string())
-            } else {
-                disk.release_image_lock().map_err(|e| e.to_string())
-            };
-            if let Err(e) = result {
-                failed.push(format!("disk {}: {e}", handle.id));
+            if let Some(disk) = transport.device().as_any().downcast_ref::<Block>() {
+                if let Err(e) = f(disk) {
+                    failed.push((handle.id.clone(), e));
+                }
             }
         }
         if failed.is_empty() {
             Ok(())
         } else {
-            Err(failed.join("; "))
+            Err(failed)
         }
+    }
+
+    /// Gives up every disk image's lock: live migration hands the images to the
+    /// destination in its final phase, with the VM paused.
+    pub fn release_disk_locks(&self) -> Result<(), String> {
+        self.each_disk(Block::release_image_lock)
+            .map_err(|failed| disk_errors(&failed))
+    }
+
+    /// Takes every disk image's lock back (a migration that failed).
+    pub fn take_disk_locks(&self) -> Result<(), DiskLockError> {
+        self.each_disk(Block::take_image_lock)
+            .map_err(|failed| DiskLockError {
+                held_elsewhere: failed
+                    .iter()
+                    .any(|(_, e)| matches!(e, BlockError::Locked { .. })),
+                message: disk_errors(&failed),
+            })
     }
 
     /// `GET /display/screenshot`: a copy of the GPU's front buffer, for the API thread to

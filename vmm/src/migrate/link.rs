@@ -34,6 +34,11 @@ impl Link {
         }
     }
 
+    /// Sends at full speed from now on (the final pause).
+    pub fn lift_limit(&mut self) {
+        self.limit = None;
+    }
+
     /// Bytes a second, measured over the time spent sending (and waiting for the limit).
     pub fn bandwidth(&self) -> f64 {
         let secs = self.busy.as_secs_f64();

@@ -14,6 +14,7 @@
 //! `GET /migration` reports either side's [`Progress`].
 
 pub mod compat;
+pub mod finish;
 mod link;
 pub mod progress;
 pub mod receive;
@@ -24,6 +25,7 @@ use api::{ApiRequest, ApiResponse};
 
 use crate::control::state::{allowed_states, Lifecycle};
 
+pub use finish::finish;
 pub use progress::Progress;
 
 /// A migration this petrel sends or receives, or the last one.

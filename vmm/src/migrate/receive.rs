@@ -26,7 +26,7 @@ use super::{compat, reason, FinalState};
 use crate::builder::BuildError;
 use crate::config::VmConfig;
 use crate::machine::Machine;
-use crate::persist::restore::{build_restored, restored_config, restored_vm};
+use crate::persist::restore::{build_restored, restored_vm};
 use crate::persist::SnapshotBook;
 
 /// How often the listening thread looks whether it should stop.
@@ -34,8 +34,6 @@ const ACCEPT_POLL: Duration = Duration::from_millis(200);
 /// How long one read or write on the connection may block (the source's rounds may be
 /// far apart with a slow link).
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the VMM thread may take to start the received machine.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A migration being received, as the VMM thread holds it.
 pub struct Incoming {
@@ -93,12 +91,15 @@ pub fn start(
         progress::LISTENING,
         listener.local_url().to_string(),
     );
-    progress.update(|i| i.total_pages = ours.memory.iter().map(|r| r.1).sum::<u64>() / 4096);
+    progress.update(|i| {
+        i.total_pages = ours.memory.iter().map(|r| r.1).sum::<u64>() / memory::PAGE_SIZE as u64
+    });
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, arrival) = mpsc::channel();
     let receiver = Receiving {
         host: config.clone(),
         ours,
+        kvm,
         progress: progress.clone(),
         cancel: cancel.clone(),
     };
@@ -115,9 +116,10 @@ pub fn start(
 
 /// The listening thread's work.
 struct Receiving {
-    /// This petrel's configuration: what the source must match, and the host-side settings.
+    /// This petrel's configuration: what the source must match, and what is built.
     host: VmConfig,
     ours: Compat,
+    kvm: kvm_ioctls::Kvm,
     progress: Progress,
     cancel: Arc<AtomicBool>,
 }
@@ -159,15 +161,19 @@ impl Receiving {
         };
         let source: VmConfig = serde_json::from_slice(&json)
             .map_err(|e| format!("the source's configuration does not parse: {e}"))?;
-        let vcpus = source.machine.vcpus as usize;
-        let (config, layout) = restored_config(&source, vcpus, &self.host, false, "the source")
-            .map_err(|e| e.to_string())?;
-        let regions: Vec<(u64, u64)> = layout.ram.iter().map(|r| (r.start, r.len)).collect();
-        if regions != self.ours.memory {
-            return Err(
-                "the source's configuration does not match the machine it shook hands as".into(),
-            );
-        }
+        // The machine is built from this petrel's own configuration (its disk images, TAP
+        // devices and sockets: nothing on this host is opened because a peer named it), which
+        // the source's must match as the handshake said.
+        let theirs = compat::of(&self.kvm, &source).map_err(|e| e.to_string())?;
+        theirs.check(&self.ours).map_err(|reason| {
+            format!(
+                "the source's configuration differs from the machine it shook hands as: {reason}"
+            )
+        })?;
+        let mut config = self.host.clone();
+        let vcpus = config.machine.vcpus as usize;
+        let layout =
+            memory::MemoryLayout::new(config.machine.memory.0).map_err(|e| e.to_string())?;
         let alloc_error = |e| format!("cannot allocate guest memory: {e}");
         // Untouched until pages come: a source that hands its memory over costs nothing here.
         let mut mem = if config.machine.shared_memory {
@@ -182,6 +188,7 @@ impl Receiving {
         let make_vm =
             |mem: &memory::GuestMemoryMmap| restored_vm(&config, mem).map_err(build_error);
         let mut vm = None;
+        let mut handed_over = false;
         self.progress.set_state(progress::PRECOPY);
         let state = match self.memory(conn, &mem, &mut || {
             vm = Some(make_vm(&mem)?);
@@ -191,6 +198,7 @@ impl Receiving {
             Arrived::Memory { size } => {
                 mem = self.handed_over(conn, &layout, size)?;
                 vm = Some(make_vm(&mem)?);
+                handed_over = true;
                 match conn.recv() {
                     Ok(Message::State { json }) => json,
                     other => return Err(unexpected("State", other)),
@@ -211,6 +219,8 @@ impl Receiving {
             Some(vm) => vm,
             None => make_vm(&mem)?,
         };
+        // The source's memfd is shared memory, and can be handed on again.
+        config.machine.shared_memory |= handed_over;
         let machine = build_restored(
             captured.saved(),
             vm,
@@ -233,10 +243,12 @@ impl Receiving {
         .map_err(|_| "this petrel stopped before the VM could start".to_string())?;
         wake.write(1)
             .map_err(|e| format!("cannot wake the VMM thread: {e}"))?;
-        match started_rx.recv_timeout(START_TIMEOUT) {
+        // No time limit: once the VMM thread has the machine, only it knows whether it ran,
+        // and it always answers (or is gone, the machine with it).
+        match started_rx.recv() {
             Ok(ApiResponse::NoContent) => {}
             Ok(other) => return Err(format!("the VM did not start here: {}", reason(other))),
-            Err(_) => return Err("the VM did not start here in time".into()),
+            Err(_) => return Err("this petrel stopped before the VM could start".into()),
         }
         // The guest runs here now: from this point the source must stop.
         let sent = conn.send(&Message::Running);
@@ -247,7 +259,8 @@ impl Receiving {
             i.elapsed_ms = state.elapsed_ms + here;
         });
         if let Err(e) = sent {
-            tracing::warn!(%e, "the VM runs here, but the source was not told: it may resume too");
+            // The source stays paused when it hears nothing: stop it by hand.
+            tracing::warn!(%e, "the VM runs here, but the source was not told: it stays paused there and must be killed");
         }
         Ok(())
     }

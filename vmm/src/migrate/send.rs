@@ -19,25 +19,21 @@ use std::time::{Duration, Instant};
 
 use api::types::MigrationSendParams;
 use api::ApiResponse;
-use devices::VmExit;
 use migration::{Connection, Message, MigrationUrl, PagesSent, PROTOCOL_VERSION};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::compat;
 use super::link::Link;
 use super::progress::{self, Progress};
 use super::throttle::Throttle;
-use super::{compat, reason, FinalState};
 use crate::config::VmConfig;
 use crate::control::runtime::Runtime;
-use crate::persist::create::capture;
 use crate::vstate::vm;
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one read or write on the connection may block.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the destination may take to build and start the machine after the state.
-const RUNNING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pages per `send_pages` call: between two, progress is reported, the bandwidth limit
 /// applied and the deadline checked.
 const CHUNK_PAGES: usize = 512;
@@ -110,14 +106,16 @@ pub struct Outgoing {
 
 /// What pre-copy hands the VMM thread for the final phase.
 pub struct Handover {
-    conn: Connection,
+    pub(super) conn: Connection,
     /// Pages dirtied in the last round, not sent yet; `None` when the memory itself was
     /// handed over (`local`).
-    dirty: Option<Vec<u64>>,
+    pub(super) dirty: Option<Vec<u64>>,
     /// The round the final pages go in.
-    round: u32,
+    pub(super) round: u32,
+    /// What the link carried in pre-copy.
+    pub(super) link: Link,
     /// Turns KVM's dirty log off again if the migration turned it on.
-    _log: Option<DirtyLog>,
+    pub(super) _log: Option<DirtyLog>,
 }
 
 /// Starts sending the machine behind `rt` (configured as `config`) as `params` asks; `wake`
@@ -156,7 +154,11 @@ pub fn start(
                 options,
                 progress: thread_progress,
             };
-            let outcome = precopy.run(&config, config_json);
+            // A panic must still end the migration (and resume nothing it did not pause).
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                precopy.run(&config, config_json)
+            }))
+            .unwrap_or_else(|_| Err("the migration thread panicked (a bug in petrel)".into()));
             if let Err(e) = &outcome {
                 precopy.progress.fail(e.clone());
             }
@@ -176,7 +178,11 @@ pub fn start(
 impl Outgoing {
     /// Pre-copy's outcome, once its thread is done.
     pub fn take_handover(&mut self) -> Option<Result<Handover, String>> {
-        let outcome = self.handover.try_recv().ok()?;
+        let outcome = match self.handover.try_recv() {
+            Ok(outcome) => outcome,
+            Err(mpsc::TryRecvError::Empty) => return None,
+            Err(mpsc::TryRecvError::Disconnected) => Err("the migration thread ended".into()),
+        };
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -186,7 +192,7 @@ impl Outgoing {
 
 /// KVM's dirty log, turned on for the migration if the machine does not keep it on anyway
 /// (for Diff snapshots); off again when dropped.
-struct DirtyLog {
+pub(super) struct DirtyLog {
     rt: Arc<Runtime>,
     turned_on: bool,
 }
@@ -217,17 +223,14 @@ impl Drop for DirtyLog {
 /// The pages written since the last call. When the machine logs dirty pages for Diff
 /// snapshots, they are kept for the next snapshot too: a migration that fails must not
 /// make it miss them.
-fn take_dirty(rt: &Runtime) -> Result<Vec<u64>, String> {
+pub(super) fn take_dirty(rt: &Runtime) -> Result<Vec<u64>, String> {
     let set = vm::take_dirty(&rt.vm, &rt.memory).map_err(|e| e.to_string())?;
     if rt.track_dirty {
         let mut book = rt.book();
         if book.pending_dirty.is_empty() {
             book.pending_dirty = set.clone();
         } else {
-            book.pending_dirty
-                .iter_mut()
-                .zip(&set)
-                .for_each(|(a, b)| *a |= b);
+            memory::union_into(&mut book.pending_dirty, &set);
         }
     }
     Ok(set)
@@ -236,7 +239,7 @@ fn take_dirty(rt: &Runtime) -> Result<Vec<u64>, String> {
 /// Sends the pages of `set` as one round's Pages frames and its RoundEnd, `CHUNK_PAGES` at a
 /// time: between chunks the progress is updated, the bandwidth limit applied, and `check`
 /// may stop the round.
-fn send_round(
+pub(super) fn send_round(
     conn: &mut Connection,
     rt: &Runtime,
     round: u32,
@@ -303,19 +306,24 @@ impl Precopy {
                 conn,
                 dirty: None,
                 round: 0,
+                link: Link::new(None),
                 _log: None,
             });
         }
         self.progress.set_state(progress::PRECOPY);
         let log = DirtyLog::start(&self.rt)?;
         let mut throttle = Throttle::new(self.rt.clone());
-        let result = self.rounds(&mut conn, &mut throttle);
-        throttle.stop();
+        let mut link = Link::new(self.options.max_bandwidth);
+        let result = self
+            .rounds(&mut conn, &mut throttle, &mut link)
+            .map_err(|e| peer_reason(&mut conn).unwrap_or(e));
+        drop(throttle);
         let (dirty, round) = result?;
         Ok(Handover {
             conn,
             dirty: Some(dirty),
             round,
+            link,
             _log: Some(log),
         })
     }
@@ -352,6 +360,7 @@ impl Precopy {
         &self,
         conn: &mut Connection,
         throttle: &mut Throttle,
+        link: &mut Link,
     ) -> Result<(Vec<u64>, u32), String> {
         let rt = &self.rt;
         let deadline = Instant::now() + self.options.timeout;
@@ -368,13 +377,12 @@ impl Precopy {
             }
             Ok(())
         };
-        let mut link = Link::new(self.options.max_bandwidth);
         // From here on every write is in the log: round 0 sends what was touched before.
         take_dirty(rt)?;
         let touched = memory::resident_pages(&rt.memory)
             .map_err(|e| format!("cannot find the guest's pages: {e}"))?;
-        send_round(conn, rt, 0, &touched, &mut link, &self.progress, &check)?;
-        await_ack(conn, 0, &mut link)?;
+        send_round(conn, rt, 0, &touched, link, &self.progress, &check)?;
+        await_ack(conn, 0, link)?;
         let mut round = 1;
         let mut last_dirty = usize::MAX;
         loop {
@@ -396,133 +404,22 @@ impl Precopy {
                 self.progress.update(|i| i.throttle_percent = percent);
             }
             last_dirty = pages;
-            send_round(conn, rt, round, &dirty, &mut link, &self.progress, &check)?;
-            await_ack(conn, round, &mut link)?;
+            send_round(conn, rt, round, &dirty, link, &self.progress, &check)?;
+            await_ack(conn, round, link)?;
             round += 1;
         }
     }
 }
 
-/// The final phase, on the VMM thread (which serves the devices, so none of them moves
-/// while it runs): pauses the machine, sends the last dirty pages and the machine's state,
-/// and waits for the destination to run it. Then this petrel exits; on failure the machine
-/// resumes (unless it was paused before) and runs on here.
-pub fn finish(rt: &Runtime, handover: Handover, progress: &Progress) {
-    let Handover {
-        mut conn,
-        dirty,
-        round,
-        _log,
-    } = handover;
-    progress.set_state(progress::STOPPING);
-    let paused_before = rt.pause.is_paused();
-    let stopped = Instant::now();
-    let result = rt
-        .pause()
-        .map_err(reason)
-        .and_then(|()| final_round(rt, &mut conn, dirty, round, progress, stopped));
-    match result {
-        Ok(()) => {
-            let downtime = stopped.elapsed().as_secs_f64() * 1e3;
-            progress.complete(|i| i.downtime_ms = Some(downtime));
-            let info = progress.info();
-            tracing::info!(
-                downtime_ms = downtime,
-                total_ms = info.elapsed_ms,
-                rounds = info.round + 1,
-                bytes = info.bytes,
-                "migration completed: the VM runs at {}",
-                info.url.unwrap_or_default()
-            );
-            rt.exit.signal(VmExit::Migrated);
+/// Why the destination gave up, if it said so: a write that failed because it closed the
+/// connection is better reported with its reason.
+fn peer_reason(conn: &mut Connection) -> Option<String> {
+    conn.set_timeout(Some(Duration::from_millis(50))).ok()?;
+    match conn.recv() {
+        Ok(Message::Abort { reason }) | Ok(Message::Refuse { reason }) => {
+            Some(format!("the destination gave up: {reason}"))
         }
-        Err(mut e) => {
-            let _ = conn.send(&Message::Abort { reason: e.clone() });
-            if let Err(locks) = relock_disks(rt) {
-                e = format!("{e}; and the disk images could not be locked again: {locks}");
-            }
-            if !paused_before {
-                rt.resume();
-            }
-            progress.fail(e);
-        }
-    }
-}
-
-/// Takes the disk images' locks back, giving a destination that failed a second to let go
-/// of them.
-fn relock_disks(rt: &Runtime) -> Result<(), String> {
-    let mut tries = 50;
-    loop {
-        match rt.set_disk_locks(true) {
-            Err(e) if tries > 0 && e.contains("locked by another process") => {
-                tries -= 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
-}
-
-fn final_round(
-    rt: &Runtime,
-    conn: &mut Connection,
-    dirty: Option<Vec<u64>>,
-    round: u32,
-    progress: &Progress,
-    stopped: Instant,
-) -> Result<(), String> {
-    tracing::debug!(
-        ms = stopped.elapsed().as_secs_f64() * 1e3,
-        "migration: paused"
-    );
-    let captured = capture(rt).map_err(reason)?;
-    tracing::debug!(
-        ms = stopped.elapsed().as_secs_f64() * 1e3,
-        "migration: captured"
-    );
-    // Handed-over memory is the destination's already.
-    let mut pages = 0;
-    if let Some(mut dirty) = dirty {
-        let last = take_dirty(rt)?;
-        dirty.iter_mut().zip(&last).for_each(|(a, b)| *a |= b);
-        pages = memory::count_pages(&dirty);
-        let mut link = Link::new(None);
-        send_round(conn, rt, round, &dirty, &mut link, progress, &|| Ok(()))?;
-    }
-    // The destination opens and locks the disk images when it builds the machine.
-    rt.set_disk_locks(false)
-        .map_err(|e| format!("cannot hand the disk images over: {e}"))?;
-    let state = FinalState {
-        paused_ms: stopped.elapsed().as_secs_f64() * 1e3,
-        elapsed_ms: progress.elapsed().as_secs_f64() * 1e3,
-        machine: captured,
-    };
-    let json = serde_json::to_vec(&state).map_err(|e| format!("cannot encode the state: {e}"))?;
-    tracing::debug!(
-        ms = stopped.elapsed().as_secs_f64() * 1e3,
-        pages,
-        state_bytes = json.len(),
-        "migration: last pages sent"
-    );
-    let bytes = conn
-        .send(&Message::State { json })
-        .map_err(|e| format!("sending the state: {e}"))?;
-    progress.update(|i| i.bytes += bytes);
-    conn.set_timeout(Some(RUNNING_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    loop {
-        return match conn.recv() {
-            Ok(Message::Running) => Ok(()),
-            // The last round's, not waited for.
-            Ok(Message::RoundEnd { .. }) => continue,
-            Ok(Message::Abort { reason }) => Err(format!("the destination gave up: {reason}")),
-            Ok(other) => Err(format!(
-                "the destination answered {} instead of Running",
-                other.kind().name()
-            )),
-            Err(e) => Err(format!("waiting for the destination to run the VM: {e}")),
-        };
+        _ => None,
     }
 }
 

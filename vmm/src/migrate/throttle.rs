@@ -15,7 +15,8 @@ const FIRST: u32 = 20;
 const STEP: u32 = 10;
 const MAX: u32 = 99;
 
-/// The throttle of one migration; its thread starts at the first [`Throttle::step_up`].
+/// The throttle of one migration; its thread starts at the first [`Throttle::step_up`] and
+/// stops when the throttle is dropped (the vCPUs run freely again then).
 pub struct Throttle {
     rt: Arc<Runtime>,
     percent: Arc<AtomicU32>,
@@ -63,9 +64,11 @@ impl Throttle {
         }
         next
     }
+}
 
-    /// Stops throttling: the vCPUs run freely again when this returns.
-    pub fn stop(mut self) {
+impl Drop for Throttle {
+    /// However the migration ends (a panic included), the guest is not left throttled.
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -91,7 +91,7 @@ pub fn create(
     let dirty = if rt.track_dirty {
         match vm::take_dirty(&rt.vm, &rt.memory) {
             Ok(mut now) => {
-                now.iter_mut().zip(&pending).for_each(|(a, b)| *a |= b);
+                memory::union_into(&mut now, &pending);
                 now
             }
             Err(e) => {

@@ -83,18 +83,7 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
     let mismatch = BuildError::SnapshotMismatch;
     let state: MachineState = snapshot::read_state(&request.state)?;
     let what = request.state.display().to_string();
-    let (config, layout) = restored_config(
-        &state.config,
-        state.vcpus.len(),
-        host,
-        request.track_dirty,
-        &what,
-    )?;
-    if layout != state.layout {
-        return Err(mismatch(format!(
-            "{what}: the memory layout does not match the machine's memory size"
-        )));
-    }
+    let (config, layout) = restored_config(&state, host, request.track_dirty, &what)?;
 
     let mem_path = request
         .mem
@@ -147,22 +136,28 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
 
 /// The configuration of a restored machine: the saved one, with this process's host-side
 /// settings (where the serial console writes; dirty page tracking if asked here), checked
-/// against the number of saved vCPU states. `what` names the state's source in errors.
+/// against the saved state. `what` names the state's source in errors.
 pub fn restored_config(
-    saved: &VmConfig,
-    vcpu_states: usize,
+    state: &MachineState,
     host: &VmConfig,
     track_dirty: bool,
     what: &str,
 ) -> Result<(VmConfig, memory::MemoryLayout), BuildError> {
-    let mut config = saved.clone();
+    let mismatch = BuildError::SnapshotMismatch;
+    let mut config = state.config.clone();
     config.serial = host.serial.clone();
     config.machine.track_dirty_pages |= track_dirty || host.machine.track_dirty_pages;
     config.validate()?;
     let layout = memory::MemoryLayout::new(config.machine.memory.0)?;
-    if vcpu_states != config.machine.vcpus as usize {
-        return Err(BuildError::SnapshotMismatch(format!(
-            "{what}: {vcpu_states} vCPU states for a machine of {} vCPUs",
+    if layout != state.layout {
+        return Err(mismatch(format!(
+            "{what}: the memory layout does not match the machine's memory size"
+        )));
+    }
+    if state.vcpus.len() != config.machine.vcpus as usize {
+        return Err(mismatch(format!(
+            "{what}: {} vCPU states for a machine of {} vCPUs",
+            state.vcpus.len(),
             config.machine.vcpus
         )));
     }
