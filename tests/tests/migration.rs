@@ -305,20 +305,12 @@ fn local_needs_shared_memory() {
 }
 
 #[test]
-fn every_device_but_net_works_after_a_migration() {
+fn every_device_but_net_works_after_a_migration_with_its_own_host_side() {
     if !kvm_available() {
         return;
     }
     let devs = EveryDevice::new(false);
-    // The vsock device's host side is a listening socket path that two processes cannot
-    // both own: left out here, like the network device.
-    let dev_args: Vec<String> = devs
-        .args()
-        .chunks(2)
-        .filter(|flag| flag[0] != "--vsock")
-        .flatten()
-        .cloned()
-        .collect();
+    let dev_args = devs.args();
     let mut args = SnapshotGuest::args(MEMORY);
     args.extend(dev_args.iter().cloned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -328,7 +320,7 @@ fn every_device_but_net_works_after_a_migration() {
     assert!(
         src.serial()
             .lines()
-            .any(|l| l == "SNAPSHOT devices=blk,console,gpu,input"),
+            .any(|l| l == "SNAPSHOT devices=blk,console,vsock,gpu,input"),
         "{}",
         src.serial()
     );
@@ -338,13 +330,32 @@ fn every_device_but_net_works_after_a_migration() {
     assert_eq!(devs.sector(DISK_WRITE_SECTOR), disk_sector(n));
     assert_eq!(guest.console(&src), 1);
     assert_eq!(guest.draw(&src), 1);
+    assert_eq!(guest.vsock(&src), 1);
     guest.write(&src, 2);
     // The guest is quiet (no command, no dirtying): the picture to find on the other side.
     let before = screenshot(&src);
     assert_screen(&before, 1);
 
+    // The destination is configured with its own host side: the vsock device listens at
+    // another path (the source's is still its own), whose port 5000 leads to the same echo
+    // server.
+    let uds = devs.path("v2.sock");
+    std::os::unix::fs::symlink(
+        format!("{}_5000", devs.vsock_uds.display()),
+        format!("{}_5000", uds.display()),
+    )
+    .expect("symlink the echo server");
+    let dst_dev_args: Vec<String> = dev_args
+        .iter()
+        .map(|a| {
+            a.replace(
+                &devs.vsock_uds.display().to_string(),
+                &uds.display().to_string(),
+            )
+        })
+        .collect();
     let mut dst_args = vec!["--memory", MEMORY];
-    dst_args.extend(dev_args.iter().map(String::as_str));
+    dst_args.extend(dst_dev_args.iter().map(String::as_str));
     let dst = devs.spawn(&dst_args);
     assert_eq!(dst.state(), "Not started");
     let url = listen(&dst, &format!("unix:{}", devs.path("m.sock").display()));
@@ -373,6 +384,7 @@ fn every_device_but_net_works_after_a_migration() {
     assert_eq!(devs.console_lines(), ["CONSOLE 1", "CONSOLE 2"]);
     assert_eq!(guest.draw(&dst), 2);
     assert_screen(&screenshot(&dst), 2);
+    assert_eq!(guest.vsock(&dst), 2);
     goes_on(dst, &mut guest);
 }
 

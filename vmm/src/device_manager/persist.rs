@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::allocator::DeviceSlot;
 use super::virtio::VirtioHandle;
 use super::DeviceError;
+use crate::config::VmConfig;
 
 /// A virtio device's own state, by kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +80,69 @@ pub struct DevicesState {
     pub rtc: RtcState,
     /// In the order the guest sees them.
     pub virtio: Vec<VirtioState>,
+}
+
+impl DevicesState {
+    /// Puts this host's side of every virtio device into the saved states: the disk image,
+    /// TAP device, console output and vsock socket that `config` (the machine as configured
+    /// here) gives the device of the same id. What the guest sees stays as saved (a disk's
+    /// read-only flag and serial, a MAC, a CID). A live migration's destination opens its own
+    /// files this way, never paths its peer named; a saved device that `config` lacks, or
+    /// has as another kind, is refused.
+    pub fn use_host_side(&mut self, config: &VmConfig) -> Result<(), String> {
+        for v in &mut self.virtio {
+            let (id, kind) = (v.id.as_str(), v.device.kind());
+            let missing = || format!("device {id} ({kind}) is not configured here");
+            match &mut v.device {
+                DeviceState::Block(s) => {
+                    let here = config
+                        .disks
+                        .iter()
+                        .find(|d| d.id == id)
+                        .ok_or_else(missing)?;
+                    s.config.path = here.path.clone();
+                    s.config.rate_limiter = here.rate_limiter.clone();
+                }
+                DeviceState::Net(s) => {
+                    let here = config
+                        .nets
+                        .iter()
+                        .find(|n| n.id == id)
+                        .ok_or_else(missing)?;
+                    s.config.tap = here.tap.clone();
+                    s.config.rx_rate_limiter = here.rx_rate_limiter.clone();
+                    s.config.tx_rate_limiter = here.tx_rate_limiter.clone();
+                }
+                DeviceState::Console(s) => {
+                    let here = config
+                        .consoles
+                        .iter()
+                        .find(|c| c.id == id)
+                        .ok_or_else(missing)?;
+                    s.config.output = here.output.clone();
+                }
+                DeviceState::Vsock(s) => {
+                    let here = config
+                        .vsock
+                        .iter()
+                        .find(|c| c.id == id)
+                        .ok_or_else(missing)?;
+                    s.config.uds_path = here.uds_path.clone();
+                }
+                DeviceState::Input(_) => {
+                    config
+                        .inputs
+                        .iter()
+                        .find(|i| i.id == id)
+                        .ok_or_else(missing)?;
+                }
+                DeviceState::Gpu(_) => {
+                    config.gpu.iter().find(|g| g.id == id).ok_or_else(missing)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Saves one virtio device: the device first (a disk finishes its requests in flight and

@@ -208,7 +208,11 @@ impl Receiving {
         let arrived = Instant::now();
         let state: FinalState = serde_json::from_slice(&state)
             .map_err(|e| format!("the source's machine state does not parse: {e}"))?;
-        let captured = state.machine;
+        let mut captured = state.machine;
+        captured
+            .devices
+            .use_host_side(&config)
+            .map_err(|e| format!("the source's machine state: {e}"))?;
         if captured.vcpus.len() != vcpus {
             return Err(format!(
                 "the source sent {} vCPU states for a machine of {vcpus} vCPUs",
