@@ -84,6 +84,14 @@ pub enum MemoryError {
     /// A memfd for shared guest memory could not be made.
     #[error("cannot create shared guest memory (memfd): {0}")]
     Memfd(#[source] std::io::Error),
+    /// A file offered as shared guest memory could be resized under the mapping (it lacks
+    /// `F_SEAL_SHRINK` or `F_SEAL_GROW`) or is not exactly the guest's memory size.
+    #[error(
+        "refusing shared guest memory file: it must be sealed with F_SEAL_SHRINK | F_SEAL_GROW \
+         (has seals {seals:#x}) and be exactly {size} bytes (is {len}); a file its sender could \
+         truncate would make guest memory accesses fault with SIGBUS"
+    )]
+    SharedFileRefused { seals: i32, len: u64, size: u64 },
     /// A region of the memory file could not be mapped.
     #[error("cannot map {size} bytes of the memory file at offset {offset}: {source}")]
     MapFile {
