@@ -4,7 +4,7 @@
 //! For snapshots: guest RAM as one flat "RAM offset space" (the regions in order) with page
 //! sets over it (`dirty`), the pages ever touched (`resident_pages`), the VMM's own writes
 //! (`take_vmm_dirty`; KVM's log of the guest's writes is read in `vmm::vstate::vm`), RAM as
-//! byte slices (`ram_slices`), and guest memory mapped copy-on-write from a snapshot's memory
+//! byte slices (`ram_slices`) or raw regions (`ram_regions`), and guest memory mapped copy-on-write from a snapshot's memory
 //! file (`MemoryLayout::map_file`).
 //!
 //! Later issues add memfd backing and NUMA zones with host binding.
@@ -25,7 +25,7 @@ pub use dirty::{
 pub use file::shared_file;
 pub use layout::{MemoryLayout, RamRange};
 pub use resident::resident_pages;
-pub use slices::{ram_slices, ram_slices_mut};
+pub use slices::{ram_regions, ram_slices, ram_slices_mut};
 
 pub use vm_memory;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::error::MigrationError;
-use crate::frame::{self, PayloadReader, STAGING};
+use crate::frame::{self, PayloadReader};
 use crate::message::Message;
 use crate::url::MigrationUrl;
 
@@ -207,10 +207,8 @@ impl Connection {
         })
     }
 
+    /// The stream and the staging buffer, which `FrameWriter::begin` sizes on first use.
     pub(crate) fn staging(&mut self) -> (&mut Stream, &mut Vec<u8>) {
-        if self.staging.capacity() < STAGING {
-            self.staging.reserve_exact(STAGING);
-        }
         (&mut self.stream, &mut self.staging)
     }
 }
