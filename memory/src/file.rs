@@ -1,6 +1,7 @@
 //! Guest memory backed by a snapshot's memory file, mapped copy-on-write.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use vm_memory::bitmap::AtomicBitmap;
@@ -28,21 +29,55 @@ impl MemoryLayout {
     /// Guest memory in a new memfd, mapped `MAP_SHARED`: another process given the memfd
     /// (live migration on one host, vhost-user back ends) sees the same pages. Pages are
     /// not touched, so the host commits only what the guest uses.
+    ///
+    /// The memfd is sealed against shrinking and growing (`F_SEAL_SHRINK | F_SEAL_GROW`)
+    /// once it has the guest's size: no process holding it can truncate it under a mapping,
+    /// which would make the next access to a page past the new end raise SIGBUS.
     pub fn allocate_shared(&self) -> Result<GuestMemoryMmap, MemoryError> {
         // SAFETY: the name is a NUL-terminated string; memfd_create only reads it.
-        let fd = unsafe { libc::memfd_create(c"petrel-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"petrel-guest-ram".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
         }
         // SAFETY: `fd` was just created and is owned by nothing else.
         let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         file.set_len(self.size()).map_err(MemoryError::Memfd)?;
+        // SAFETY: `file` owns the memfd for this call; F_ADD_SEALS takes an int of seal bits
+        // and only changes which operations the file allows from now on.
+        let sealed = unsafe {
+            libc::fcntl(
+                file.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            )
+        };
+        if sealed < 0 {
+            return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+        }
         self.map_shared(&file)
     }
 
     /// Guest memory for this layout in `file` (a memfd from [`MemoryLayout::allocate_shared`]
     /// of another process), mapped `MAP_SHARED` from offset 0.
+    ///
+    /// The file must be sealed with `F_SEAL_SHRINK` and `F_SEAL_GROW` and be exactly
+    /// `size()` bytes long, else `SharedFileRefused`: an unsealed file could be truncated by
+    /// the peer that sent it, and the guest or the VMM would then fault (SIGBUS) on its pages.
     pub fn map_shared(&self, file: &File) -> Result<GuestMemoryMmap, MemoryError> {
+        let seals = seals_of(file)?;
+        let len = file.metadata().map_err(MemoryError::FileMetadata)?.len();
+        if seals & REQUIRED_SEALS != REQUIRED_SEALS || len != self.size() {
+            return Err(MemoryError::SharedFileRefused {
+                seals,
+                len,
+                size: self.size(),
+            });
+        }
         self.map_file_with(file, 0, libc::MAP_SHARED)
     }
 
@@ -84,6 +119,24 @@ impl MemoryLayout {
                 .build()
                 .map_err(map_err)
         })
+    }
+}
+
+/// The seals shared guest memory must have: its size can never change.
+const REQUIRED_SEALS: i32 = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+
+/// `file`'s seals; 0 for a file that cannot be sealed at all (not a memfd or tmpfs file).
+fn seals_of(file: &File) -> Result<i32, MemoryError> {
+    // SAFETY: `file` owns its descriptor for this call; F_GET_SEALS only reads the seals.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals >= 0 {
+        return Ok(seals);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EINVAL) {
+        Ok(0)
+    } else {
+        Err(MemoryError::FileMetadata(err))
     }
 }
 
@@ -227,5 +280,70 @@ mod tests {
         // A file too short for the layout is refused.
         let short = file_of(MIB, &[]);
         assert!(layout.map_shared(&short).is_err());
+    }
+
+    /// A memfd that allows sealing, `len` bytes long, with `seals` added.
+    fn memfd(len: u64, seals: i32) -> File {
+        // SAFETY: the name is NUL-terminated; memfd_create only reads it.
+        let fd = unsafe {
+            libc::memfd_create(
+                c"test".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: `fd` was just created and nothing else owns it.
+        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        file.set_len(len).unwrap();
+        // SAFETY: `file` owns the memfd; F_ADD_SEALS only restricts later operations.
+        let added = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+        assert_eq!(added, 0);
+        file
+    }
+
+    #[test]
+    fn shared_memory_is_sealed_so_no_holder_can_resize_it() {
+        let layout = MemoryLayout::new(16 * MIB).unwrap();
+        let mem = layout.allocate_shared().unwrap();
+        let file = shared_file(&mem).unwrap();
+        assert_eq!(seals_of(file).unwrap() & REQUIRED_SEALS, REQUIRED_SEALS);
+        assert!(layout.map_shared(file).is_ok());
+
+        let shrink = file.set_len(MIB).unwrap_err();
+        assert_eq!(shrink.raw_os_error(), Some(libc::EPERM));
+        let grow = file.set_len(32 * MIB).unwrap_err();
+        assert_eq!(grow.raw_os_error(), Some(libc::EPERM));
+        assert_eq!(file.metadata().unwrap().len(), 16 * MIB);
+    }
+
+    #[test]
+    fn map_shared_refuses_unsealed_files_and_wrong_lengths() {
+        let layout = MemoryLayout::new(16 * MIB).unwrap();
+        let refused = |f: &File| match layout.map_shared(f) {
+            Err(MemoryError::SharedFileRefused { seals, len, size }) => (seals, len, size),
+            other => panic!("not refused: {:?}", other.map(|_| ())),
+        };
+
+        // A memfd of the right size without seals, or with only one of the two.
+        assert_eq!(refused(&memfd(16 * MIB, 0)), (0, 16 * MIB, 16 * MIB));
+        let (seals, ..) = refused(&memfd(16 * MIB, libc::F_SEAL_SHRINK));
+        assert_eq!(seals, libc::F_SEAL_SHRINK);
+        // A regular file cannot be sealed at all.
+        assert_eq!(refused(&file_of(16 * MIB, &[])), (0, 16 * MIB, 16 * MIB));
+        // Sealed, but longer or shorter than the guest's memory.
+        assert_eq!(refused(&memfd(32 * MIB, REQUIRED_SEALS)).1, 32 * MIB);
+        assert_eq!(refused(&memfd(MIB, REQUIRED_SEALS)).1, MIB);
+        // Sealed and exactly the right size.
+        assert!(layout.map_shared(&memfd(16 * MIB, REQUIRED_SEALS)).is_ok());
+
+        let msg = layout
+            .map_shared(&memfd(16 * MIB, 0))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("F_SEAL_SHRINK") && msg.contains("SIGBUS"),
+            "{msg}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! For snapshots: guest RAM as one flat "RAM offset space" (the regions in order) with page
 //! sets over it (`dirty`), the pages ever touched (`resident_pages`), the VMM's own writes
 //! (`take_vmm_dirty`; KVM's log of the guest's writes is read in `vmm::vstate::vm`), RAM as
-//! byte slices (`ram_slices`), and guest memory mapped copy-on-write from a snapshot's memory
+//! byte slices (`ram_slices`) or raw regions (`ram_regions`), and guest memory mapped copy-on-write from a snapshot's memory
 //! file (`MemoryLayout::map_file`).
 //!
 //! Later issues add memfd backing and NUMA zones with host binding.
@@ -25,7 +25,7 @@ pub use dirty::{
 pub use file::shared_file;
 pub use layout::{MemoryLayout, RamRange};
 pub use resident::resident_pages;
-pub use slices::{ram_slices, ram_slices_mut};
+pub use slices::{ram_regions, ram_slices, ram_slices_mut};
 
 pub use vm_memory;
 
@@ -84,6 +84,14 @@ pub enum MemoryError {
     /// A memfd for shared guest memory could not be made.
     #[error("cannot create shared guest memory (memfd): {0}")]
     Memfd(#[source] std::io::Error),
+    /// A file offered as shared guest memory could be resized under the mapping (it lacks
+    /// `F_SEAL_SHRINK` or `F_SEAL_GROW`) or is not exactly the guest's memory size.
+    #[error(
+        "refusing shared guest memory file: it must be sealed with F_SEAL_SHRINK | F_SEAL_GROW \
+         (has seals {seals:#x}) and be exactly {size} bytes (is {len}); a file its sender could \
+         truncate would make guest memory accesses fault with SIGBUS"
+    )]
+    SharedFileRefused { seals: i32, len: u64, size: u64 },
     /// A region of the memory file could not be mapped.
     #[error("cannot map {size} bytes of the memory file at offset {offset}: {source}")]
     MapFile {

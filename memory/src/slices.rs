@@ -10,6 +10,16 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::GuestMemoryMmap;
 
+/// The host address and length of every region, in RAM order (the order of `ram_slices`):
+/// the input for `migration::RamView::from_raw`, which reads guest RAM with volatile reads
+/// while vCPUs and devices write it. Only produces pointers; they are valid while `mem` (or
+/// a clone of it, which shares the mappings) lives.
+pub fn ram_regions(mem: &GuestMemoryMmap) -> Vec<(*const u8, usize)> {
+    mem.iter()
+        .map(|r| (r.as_ptr() as *const u8, r.len() as usize))
+        .collect()
+}
+
 /// The host memory of every region as a byte slice, in RAM order (slice `i` is region `i`,
 /// the RAM offset space is their concatenation).
 ///
@@ -76,6 +86,15 @@ mod tests {
         );
         assert_eq!(slices[0][0x1234], 0x11);
         assert_eq!(slices[1][0x10], 0x22);
+    }
+
+    #[test]
+    fn regions_are_the_slices_addresses_and_lengths() {
+        let mem = MemoryLayout::new(5 << 30).unwrap().allocate().unwrap();
+        // SAFETY: this test is the only user of `mem`.
+        let slices = unsafe { ram_slices(&mem) };
+        let want: Vec<_> = slices.iter().map(|s| (s.as_ptr(), s.len())).collect();
+        assert_eq!(ram_regions(&mem), want);
     }
 
     #[test]

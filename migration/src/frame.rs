@@ -125,14 +125,18 @@ pub fn encode_frame(kind: Kind, payload: &[u8]) -> Result<Vec<u8>, MigrationErro
 /// cannot make the checksum disagree with what went out.
 pub struct FrameWriter<'a, W: Write> {
     out: &'a mut W,
+    /// The staging buffer, initialised to its full length once and reused: `used` bytes of
+    /// it hold the frame's bytes not yet written.
     buf: &'a mut Vec<u8>,
+    used: usize,
     hasher: blake3::Hasher,
     remaining: u64,
     written: u64,
 }
 
 impl<'a, W: Write> FrameWriter<'a, W> {
-    /// Writes the header; `buf` is the staging buffer (its capacity is kept between frames).
+    /// Writes the header; `buf` is the staging buffer, grown to [`STAGING`] bytes the first
+    /// time and kept between frames.
     pub fn begin(
         out: &'a mut W,
         buf: &'a mut Vec<u8>,
@@ -140,44 +144,62 @@ impl<'a, W: Write> FrameWriter<'a, W> {
         len: u64,
     ) -> Result<Self, MigrationError> {
         debug_assert!(len <= kind.max_payload());
+        if buf.len() < STAGING {
+            buf.resize(STAGING, 0);
+        }
         let h = header(kind, len);
-        buf.clear();
-        buf.extend_from_slice(&h);
+        buf[..HEADER_LEN].copy_from_slice(&h);
         Ok(FrameWriter {
             out,
             buf,
+            used: HEADER_LEN,
             hasher: hasher_for(&h),
             remaining: len,
             written: 0,
         })
     }
 
-    fn flush_buf(&mut self, hash_from: usize) -> Result<(), MigrationError> {
-        self.hasher.update(&self.buf[hash_from..]);
+    /// Hashes and writes the staged bytes.
+    fn flush_buf(&mut self) -> Result<(), MigrationError> {
+        // The header (first 16 bytes of the first chunk) is hashed separately.
+        let from = self.header_in_buf();
+        self.hasher.update(&self.buf[from..self.used]);
         self.out
-            .write_all(self.buf)
+            .write_all(&self.buf[..self.used])
             .map_err(MigrationError::from_io)?;
-        self.written += self.buf.len() as u64;
-        self.buf.clear();
+        self.written += self.used as u64;
+        self.used = 0;
         Ok(())
     }
 
     /// Appends payload bytes.
-    pub fn put(&mut self, mut bytes: &[u8]) -> Result<(), MigrationError> {
+    pub fn put(&mut self, bytes: &[u8]) -> Result<(), MigrationError> {
+        self.put_with(bytes.len(), |at, dst| {
+            dst.copy_from_slice(&bytes[at..at + dst.len()])
+        })
+    }
+
+    /// Appends `len` payload bytes that `fill` copies into the staging buffer piece by piece:
+    /// `fill(at, dst)` writes bytes `at..at + dst.len()` of the `len` into `dst`. For sources
+    /// that must not be borrowed as a slice (guest RAM read with volatile reads).
+    pub fn put_with(
+        &mut self,
+        len: usize,
+        mut fill: impl FnMut(usize, &mut [u8]),
+    ) -> Result<(), MigrationError> {
         assert!(
-            bytes.len() as u64 <= self.remaining,
+            len as u64 <= self.remaining,
             "frame payload longer than declared"
         );
-        self.remaining -= bytes.len() as u64;
-        let cap = self.buf.capacity().max(STAGING);
-        while !bytes.is_empty() {
-            // The header (first 16 bytes of the first chunk) is hashed separately.
-            let take = (cap - self.buf.len()).min(bytes.len());
-            self.buf.extend_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
-            if self.buf.len() == cap {
-                let from = self.header_in_buf();
-                self.flush_buf(from)?;
+        self.remaining -= len as u64;
+        let mut at = 0;
+        while at < len {
+            let take = (self.buf.len() - self.used).min(len - at);
+            fill(at, &mut self.buf[self.used..self.used + take]);
+            self.used += take;
+            at += take;
+            if self.used == self.buf.len() {
+                self.flush_buf()?;
             }
         }
         Ok(())
@@ -194,15 +216,19 @@ impl<'a, W: Write> FrameWriter<'a, W> {
     /// Writes the rest of the staged bytes and the checksum; returns the frame's size.
     pub fn finish(mut self) -> Result<u64, MigrationError> {
         assert_eq!(self.remaining, 0, "frame payload shorter than declared");
+        if self.used + CHECKSUM_LEN > self.buf.len() {
+            self.flush_buf()?;
+        }
         let from = self.header_in_buf();
-        self.hasher.update(&self.buf[from..]);
+        self.hasher.update(&self.buf[from..self.used]);
         let sum = checksum(&self.hasher);
-        self.buf.extend_from_slice(&sum);
+        self.buf[self.used..self.used + CHECKSUM_LEN].copy_from_slice(&sum);
+        self.used += CHECKSUM_LEN;
         self.out
-            .write_all(self.buf)
+            .write_all(&self.buf[..self.used])
             .map_err(MigrationError::from_io)?;
-        self.written += self.buf.len() as u64;
-        self.buf.clear();
+        self.written += self.used as u64;
+        self.used = 0;
         Ok(self.written)
     }
 }

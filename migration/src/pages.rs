@@ -9,6 +9,7 @@ use crate::message::{
     pages_header, record_header, PageRecord, MAX_RECORDS, PAGES_HEADER_LEN, PAGE_SIZE,
     RECORD_HEADER_LEN,
 };
+use crate::ram::RamView;
 use crate::transport::Connection;
 
 /// Payload size of the Pages frames `send_pages` builds: small enough that the destination
@@ -65,7 +66,8 @@ impl Layout {
 }
 
 /// Whether a page is all zeros: a whole 512-byte block is OR-ed at a time (the compiler
-/// vectorises it), leaving early at the first block with a set bit.
+/// vectorises it), leaving early at the first block with a set bit. For memory this thread
+/// owns (the receiving side); guest RAM being sent is tested with `RamView::is_zero_page`.
 pub(crate) fn is_zero(page: &[u8]) -> bool {
     page.chunks_exact(512).all(|block| {
         block
@@ -86,13 +88,14 @@ struct Run {
 
 impl Connection {
     /// Sends `pages` (page indices, best ascending so that neighbours join into runs) of
-    /// `ram` as Pages frames of `round`, reading each page once: an all-zero page travels as
-    /// part of a zero-run record only, contiguous non-zero pages as one data record copied
-    /// straight from `ram` through a 1 MiB staging buffer. Sends no RoundEnd.
+    /// `ram` as Pages frames of `round`: an all-zero page travels as part of a zero-run
+    /// record only, contiguous non-zero pages as one data record copied from `ram` into a
+    /// 1 MiB staging buffer. Guest bytes are read only with volatile reads (see [`RamView`]),
+    /// so the guest may keep running. Sends no RoundEnd.
     pub fn send_pages(
         &mut self,
         round: u32,
-        ram: &[&[u8]],
+        ram: &RamView<'_>,
         pages: impl IntoIterator<Item = u64>,
     ) -> Result<PagesSent, MigrationError> {
         self.send_pages_framed(round, ram, pages, DEFAULT_PAGES_FRAME)
@@ -103,7 +106,7 @@ impl Connection {
     pub fn send_pages_framed(
         &mut self,
         round: u32,
-        ram: &[&[u8]],
+        ram: &RamView<'_>,
         pages: impl IntoIterator<Item = u64>,
         max_payload: usize,
     ) -> Result<PagesSent, MigrationError> {
@@ -111,14 +114,16 @@ impl Connection {
             PAGES_HEADER_LEN + RECORD_HEADER_LEN + PAGE_SIZE,
             MAX_BULK_PAYLOAD as usize,
         );
-        let layout = Layout::new(ram.iter().map(|r| r.len()))?;
+        let layout = Layout::new(ram.region_lens())?;
         let mut sent = PagesSent::default();
         let mut runs: Vec<Run> = Vec::new();
         let mut len = PAGES_HEADER_LEN;
         for index in pages {
             let (region, page, _) = layout.locate(index)?;
             let off = page as usize * PAGE_SIZE;
-            let zero = is_zero(&ram[region][off..off + PAGE_SIZE]);
+            // A running guest may write the page after this test: if it was zero here it is
+            // sent as zero now and, being dirty, whole in a later round.
+            let zero = ram.is_zero_page(region, off);
             let data = if zero { 0 } else { PAGE_SIZE };
             let extends = runs.last().is_some_and(|r| {
                 r.zero == zero
@@ -157,7 +162,7 @@ impl Connection {
     fn write_pages_frame(
         &mut self,
         round: u32,
-        ram: &[&[u8]],
+        ram: &RamView<'_>,
         runs: &[Run],
         len: usize,
         sent: &mut PagesSent,
@@ -168,8 +173,13 @@ impl Connection {
         for r in runs {
             w.put(&record_header(r.zero, r.first, r.count))?;
             if !r.zero {
+                // Volatile copies into the staging buffer; the checksum is computed over
+                // the staged bytes, which are also the bytes written, so a page the guest
+                // changes during the send cannot make the frame's checksum wrong.
                 let off = r.page as usize * PAGE_SIZE;
-                w.put(&ram[r.region][off..off + r.count as usize * PAGE_SIZE])?;
+                w.put_with(r.count as usize * PAGE_SIZE, |at, dst| {
+                    ram.read_into(r.region, off + at, dst)
+                })?;
             }
         }
         sent.bytes += w.finish()?;
@@ -256,7 +266,7 @@ mod tests {
         let sender = std::thread::spawn(move || {
             let regions: Vec<&[u8]> = ram.iter().map(|r| r.as_slice()).collect();
             let sent = tx
-                .send_pages_framed(7, &regions, pages, max_payload)
+                .send_pages_framed(7, &RamView::from_slices(&regions), pages, max_payload)
                 .unwrap();
             tx.send(&Message::RoundEnd {
                 round: 7,
@@ -370,11 +380,60 @@ mod tests {
     }
 
     #[test]
+    fn pages_written_while_they_are_sent_still_arrive_in_frames_that_check() {
+        const PAGES: usize = 256;
+        // u64 words: the region is 8-byte aligned, as guest RAM is.
+        let mut ram = vec![1u64; PAGES * PAGE_SIZE / 8];
+        let (base, words) = (ram.as_mut_ptr() as usize, ram.len());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let at = (n as usize * 509) % words;
+                    // SAFETY: `at < words`: inside `ram`, which outlives this thread (joined
+                    // below); the sender only reads it, with volatile reads.
+                    unsafe { (base as *mut u64).add(at).write_volatile(n) };
+                    n += 1;
+                }
+            })
+        };
+        let (mut tx, mut rx) = pair();
+        // SAFETY: `ram` stays allocated until after the writer and this scope end; it is
+        // written concurrently only by the writer thread, read only through the view.
+        let view = unsafe { RamView::from_raw(&[(base as *const u8, words * 8)]) };
+        let sender = std::thread::scope(|scope| {
+            let sender = scope.spawn(|| {
+                for round in 0..8 {
+                    tx.send_pages_framed(round, &view, 0..PAGES as u64, 64 << 10)
+                        .unwrap();
+                }
+                tx.send(&Message::Running).unwrap();
+            });
+            let mut frames = 0;
+            loop {
+                match rx.recv().unwrap() {
+                    Message::Pages { .. } => frames += 1,
+                    Message::Running => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(frames >= 8 * 16, "every frame's checksum matched: {frames}");
+            sender.join()
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        sender.unwrap();
+        drop(ram);
+    }
+
+    #[test]
     fn send_pages_refuses_an_index_past_ram() {
         let (mut tx, _rx) = pair();
         let ram = [0u8; 2 * PAGE_SIZE];
         assert!(matches!(
-            tx.send_pages(0, &[&ram[..]], [0, 2]),
+            tx.send_pages(0, &RamView::from_slices(&[&ram[..]]), [0, 2]),
             Err(MigrationError::PageOutOfRange { index: 2, pages: 2 })
         ));
     }
@@ -472,7 +531,10 @@ mod tests {
         let mut ram = vec![1u8; SIZE];
         ram.fill(0);
         let scan = Instant::now();
-        assert!(ram.chunks_exact(PAGE_SIZE).all(is_zero));
+        let view = RamView::from_slices(&[&ram[..]]);
+        assert!((0..SIZE)
+            .step_by(PAGE_SIZE)
+            .all(|off| view.is_zero_page(0, off)));
         let scan = scan.elapsed();
         // A fresh destination, as in round 0: untouched (calloc'd) memory.
         let mut dest = vec![vec![0u8; SIZE]];
@@ -513,7 +575,9 @@ mod tests {
         let start = Instant::now();
         let sender = std::thread::spawn(move || {
             let pages = (SIZE / PAGE_SIZE) as u64;
-            let sent = tx.send_pages(0, &[&ram[..]], 0..pages).unwrap();
+            let sent = tx
+                .send_pages(0, &RamView::from_slices(&[&ram[..]]), 0..pages)
+                .unwrap();
             tx.send(&Message::RoundEnd { round: 0, pages }).unwrap();
             sent
         });

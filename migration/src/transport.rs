@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::error::MigrationError;
-use crate::frame::{self, PayloadReader, STAGING};
+use crate::frame::{self, PayloadReader};
 use crate::message::Message;
 use crate::url::MigrationUrl;
 
@@ -81,33 +81,44 @@ impl Connection {
     /// MemoryFd message, then one byte that carries the descriptor (`SCM_RIGHTS`). The peer
     /// takes it with [`Connection::recv_memory_fd`] after it received the message.
     pub fn send_memory_fd(&mut self, file: &File, size: u64) -> Result<u64, MigrationError> {
-        if !matches!(self.stream, Stream::Unix(_)) {
-            return Err(MigrationError::NotLocal);
-        }
-        let sent = self.send(&Message::MemoryFd { size })?;
-        let Stream::Unix(s) = &self.stream else {
+        let Stream::Unix(s) = &mut self.stream else {
             return Err(MigrationError::NotLocal);
         };
+        let frame = encode(&Message::MemoryFd { size })?;
+        s.write_all(&frame).map_err(MigrationError::from_io)?;
         s.send_with_fd(&[0u8][..], file.as_raw_fd())
             .map_err(|e| MigrationError::MemoryFd(e.to_string()))?;
-        Ok(sent + 1)
+        Ok(frame.len() as u64 + 1)
     }
 
-    /// The descriptor that follows a MemoryFd message just received.
+    /// The descriptor that follows a MemoryFd message just received, close-on-exec (like
+    /// every descriptor petrel opens: a child the VMM starts must not keep guest RAM).
     pub fn recv_memory_fd(&mut self) -> Result<File, MigrationError> {
         let Stream::Unix(s) = &self.stream else {
             return Err(MigrationError::NotLocal);
         };
         let mut byte = [0u8; 1];
-        match s.recv_with_fd(&mut byte) {
-            Ok((1, Some(file))) => Ok(file),
-            Ok((0, _)) => Err(MigrationError::Closed),
-            Ok(_) => Err(MigrationError::MemoryFd(
-                "no descriptor came with the MemoryFd message".into(),
-            )),
-            Err(e) if e.errno() == libc::EAGAIN => Err(MigrationError::Timeout),
-            Err(e) => Err(MigrationError::MemoryFd(e.to_string())),
+        let file = match s.recv_with_fd(&mut byte) {
+            Ok((1, Some(file))) => file,
+            Ok((0, _)) => return Err(MigrationError::Closed),
+            Ok(_) => {
+                return Err(MigrationError::MemoryFd(
+                    "no descriptor came with the MemoryFd message".into(),
+                ))
+            }
+            Err(e) if e.errno() == libc::EAGAIN => return Err(MigrationError::Timeout),
+            Err(e) => return Err(MigrationError::MemoryFd(e.to_string())),
+        };
+        // recvmsg without MSG_CMSG_CLOEXEC (vmm-sys-util passes no flags) leaves it inheritable.
+        // SAFETY: `file` owns the open descriptor for this call; F_SETFD only changes its
+        // descriptor flags.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            return Err(MigrationError::MemoryFd(format!(
+                "cannot make the received descriptor close-on-exec: {}",
+                io::Error::last_os_error()
+            )));
         }
+        Ok(file)
     }
 
     /// Connects to `url`. For TCP, `timeout` bounds each address tried; a Unix connect does
@@ -158,8 +169,7 @@ impl Connection {
 
     /// Sends one message; returns the bytes it took on the wire.
     pub fn send(&mut self, msg: &Message) -> Result<u64, MigrationError> {
-        let payload = msg.encode_payload()?;
-        let frame = frame::encode_frame(msg.kind(), &payload)?;
+        let frame = encode(msg)?;
         self.stream
             .write_all(&frame)
             .map_err(MigrationError::from_io)?;
@@ -197,12 +207,15 @@ impl Connection {
         })
     }
 
+    /// The stream and the staging buffer, which `FrameWriter::begin` sizes on first use.
     pub(crate) fn staging(&mut self) -> (&mut Stream, &mut Vec<u8>) {
-        if self.staging.capacity() < STAGING {
-            self.staging.reserve_exact(STAGING);
-        }
         (&mut self.stream, &mut self.staging)
     }
+}
+
+/// `msg` as one whole frame.
+fn encode(msg: &Message) -> Result<Vec<u8>, MigrationError> {
+    frame::encode_frame(msg.kind(), &msg.encode_payload()?)
 }
 
 /// Send buffer asked for on Unix streams.
@@ -689,6 +702,9 @@ mod tests {
         tx.send(&Message::Running).unwrap();
         assert_eq!(rx.recv().unwrap(), Message::MemoryFd { size: 9 });
         let mut got = rx.recv_memory_fd().unwrap();
+        // SAFETY: F_GETFD only reads the flags of the descriptor `got` owns.
+        let flags = unsafe { libc::fcntl(got.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC, "close-on-exec");
         // The very file: a write through one shows through the other.
         use std::io::Seek;
         got.seek(std::io::SeekFrom::Start(0)).unwrap();
