@@ -101,7 +101,7 @@ impl DevicesState {
                         .find(|d| d.id == id)
                         .ok_or_else(missing)?;
                     s.config.path = here.path.clone();
-                    s.config.rate_limiter = here.rate_limiter.clone();
+                    s.config.rate_limiter = here.rate_limiter;
                 }
                 DeviceState::Net(s) => {
                     let here = config
@@ -110,8 +110,8 @@ impl DevicesState {
                         .find(|n| n.id == id)
                         .ok_or_else(missing)?;
                     s.config.tap = here.tap.clone();
-                    s.config.rx_rate_limiter = here.rx_rate_limiter.clone();
-                    s.config.tx_rate_limiter = here.tx_rate_limiter.clone();
+                    s.config.rx_rate_limiter = here.rx_rate_limiter;
+                    s.config.tx_rate_limiter = here.tx_rate_limiter;
                 }
                 DeviceState::Console(s) => {
                     let here = config

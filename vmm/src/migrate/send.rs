@@ -248,11 +248,12 @@ pub(super) fn send_round(
     progress: &Progress,
     check: &dyn Fn() -> Result<(), String>,
 ) -> Result<PagesSent, String> {
-    // SAFETY: the slices cover guest RAM, mapped for as long as `rt` holds the memory. While
-    // the guest runs it may write a page as it is read here: the bytes are only copied, and
-    // the page is in the next round's dirty set (the log was cleared before this round read
-    // it), so the destination gets it whole in the end. Nothing here writes through them.
-    let ram = unsafe { memory::ram_slices(&rt.memory) };
+    // SAFETY: the regions are guest RAM, mapped for as long as `rt` holds the memory, which
+    // outlives `ram` (a local of this function). The guest and device threads may write them
+    // while they are sent: RamView reads them only with volatile reads and copies what it
+    // reads; a page written meanwhile is in the next round's dirty set (the log was cleared
+    // before this round read it), so the destination gets it whole in the end.
+    let ram = unsafe { migration::RamView::from_raw(&memory::ram_regions(&rt.memory)) };
     let pages: Vec<u64> = memory::pages_in(set).map(|p| p as u64).collect();
     let mut total = PagesSent::default();
     for chunk in pages.chunks(CHUNK_PAGES) {
