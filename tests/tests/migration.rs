@@ -553,3 +553,71 @@ fn auto_converge_throttles_a_guest_dirtying_faster_than_the_link_until_it_moves(
     guest.migrated(src.serial());
     goes_on(dst, &mut guest);
 }
+
+/// Bad peers: bytes that are not the protocol, a Hello of another protocol version, and a
+/// source killed while memory is on its way. Each fails the receive with its reason, and
+/// the destination stays Not started and receives the next source.
+#[test]
+fn a_destination_survives_bad_and_vanishing_sources_and_receives_again() {
+    use std::io::Write;
+    if !kvm_available() {
+        return;
+    }
+    let dst = destination(&["--memory", MEMORY]);
+    let sock = dst.path("migrate.sock");
+    let url = format!("unix:{}", sock.display());
+    let failed = |what: &str| {
+        let info = dst.wait_migration(&["failed", "completed"], MIGRATION_TIMEOUT);
+        assert_eq!(info["state"], "failed", "{what}: {info}");
+        assert_eq!(dst.state(), "Not started", "{what}");
+        info["error"].as_str().unwrap_or_default().to_string()
+    };
+
+    listen(&dst, &url);
+    let mut junk = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let error = failed("junk");
+    assert!(error.contains("magic"), "{error}");
+
+    listen(&dst, &url);
+    let peer: migration::MigrationUrl = url.parse().expect("url");
+    let mut conn = migration::Connection::connect(&peer, Duration::from_secs(5)).expect("connect");
+    conn.set_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let hello = migration::Message::Hello {
+        version: migration::PROTOCOL_VERSION + 1,
+        compat: migration::Compat {
+            cpuid_hash: [0; 32],
+            memory: vec![(0, 256 << 20)],
+            vcpus: 1,
+            devices: Vec::new(),
+        },
+    };
+    conn.send(&hello).expect("send Hello");
+    match conn.recv() {
+        Ok(migration::Message::Refuse { reason }) => {
+            assert!(reason.contains("protocol version 2"), "{reason}")
+        }
+        other => panic!("a Hello of version 2 got {other:?}"),
+    }
+    let error = failed("version");
+    assert!(error.contains("refused the source"), "{error}");
+
+    // A real source, slowed down, killed while its memory is on the way.
+    let (mut src, _guest) = dirtying_source(&[]);
+    listen(&dst, &url);
+    src.migrate_send(json!({"url": url, "max_bandwidth": 4 << 20}));
+    dst.wait_migration(&["precopy"], MIGRATION_TIMEOUT);
+    src.signal(libc::SIGKILL);
+    let error = failed("killed source");
+    assert!(error.contains("receiving memory"), "{error}");
+    let _ = src.finish(EXIT);
+
+    // And the next source moves in.
+    let (mut src, mut guest) = dirtying_source(&[]);
+    listen(&dst, &url);
+    migrate(&mut src, &dst, json!({"url": url}));
+    guest.migrated(src.serial());
+    goes_on(dst, &mut guest);
+}
