@@ -325,7 +325,9 @@ impl Receiving {
         first_pages: &mut dyn FnMut() -> Result<(), String>,
     ) -> Result<Arrived, String> {
         // SAFETY: `mem` was just allocated for the machine being received; no vCPU or device
-        // exists yet to touch it, and the slices are dropped when this returns.
+        // exists yet to touch it (the KVM VM that `first_pages` may register it with has no
+        // vCPU, and KVM itself does not write guest memory), so only these slices do, and
+        // they are dropped when this returns.
         let mut ram = unsafe { memory::ram_slices_mut(mem) };
         let started = Instant::now();
         let mut received = 0;
