@@ -534,8 +534,10 @@ fn auto_converge_throttles_a_guest_dirtying_faster_than_the_link_until_it_moves(
             "downtime_ms": 1,
             "timeout_s": 600,
             "auto_converge": true,
-            "max_bandwidth": 16 << 20,
-            "max_rounds": 8,
+            // Well below the guest's dirty rate even when the host is busy and the guest
+            // runs at half speed: without a throttle the rounds do not shrink.
+            "max_bandwidth": 8 << 20,
+            "max_rounds": 6,
         }),
     );
     let throttle = seen
@@ -549,7 +551,7 @@ fn auto_converge_throttles_a_guest_dirtying_faster_than_the_link_until_it_moves(
         "the source never throttled the guest: {:?}",
         seen.last()
     );
-    assert!(rounds <= Some(8), "more rounds than max_rounds: {rounds:?}");
+    assert!(rounds <= Some(6), "more rounds than max_rounds: {rounds:?}");
     guest.migrated(src.serial());
     goes_on(dst, &mut guest);
 }
