@@ -31,7 +31,7 @@ fn expected_e820(size: u64) -> Vec<String> {
     let mut map = vec![
         line(0, 0x9fc00, "usable"),
         line(0x9fc00, 0xa0000, "reserved"),
-        line(0xf0000, 0x100000, "reserved"),
+        line(0xe0000, 0x100000, "reserved"),
         line(0x100000, size.min(3 << 30), "usable"),
     ];
     if size > 3 << 30 {
