@@ -239,27 +239,36 @@ impl Parser<'_> {
         Ok(name)
     }
 
-    /// An integer data object (for a buffer's size or a package's element).
+    /// An integer constant (a buffer's size, a variable package's count): no nesting.
     fn integer(&mut self) -> Result<u64, String> {
-        match self.data_object(MAX_DEPTH)? {
-            Object::Integer(v) => Ok(v),
-            _ => self.err("expected an integer"),
-        }
+        let op = self.byte()?;
+        Ok(match op {
+            ZERO_OP => 0,
+            ONE_OP => 1,
+            ONES_OP => u64::MAX,
+            BYTE_PREFIX => u64::from(self.byte()?),
+            WORD_PREFIX => u64::from(u16_at(self.bytes(2)?, 0).unwrap_or(0)),
+            DWORD_PREFIX => u64::from(u32_at(self.bytes(4)?, 0).unwrap_or(0)),
+            QWORD_PREFIX => u64_at(self.bytes(8)?, 0).unwrap_or(0),
+            _ => {
+                self.at -= 1;
+                return self.err(&format!("expected an integer, found opcode {op:#04x}"));
+            }
+        })
     }
 
     fn data_object(&mut self, depth: usize) -> Result<Object, String> {
         if depth == 0 {
             return self.err("objects nest too deeply");
         }
-        let op = self.byte()?;
+        let op = *self.aml.get(self.at).ok_or("AML ends early")?;
+        if let ZERO_OP | ONE_OP | ONES_OP | BYTE_PREFIX | WORD_PREFIX | DWORD_PREFIX
+        | QWORD_PREFIX = op
+        {
+            return self.integer().map(Object::Integer);
+        }
+        self.at += 1;
         Ok(match op {
-            ZERO_OP => Object::Integer(0),
-            ONE_OP => Object::Integer(1),
-            ONES_OP => Object::Integer(u64::MAX),
-            BYTE_PREFIX => Object::Integer(u64::from(self.byte()?)),
-            WORD_PREFIX => Object::Integer(u64::from(u16_at(self.bytes(2)?, 0).unwrap_or(0))),
-            DWORD_PREFIX => Object::Integer(u64::from(u32_at(self.bytes(4)?, 0).unwrap_or(0))),
-            QWORD_PREFIX => Object::Integer(u64_at(self.bytes(8)?, 0).unwrap_or(0)),
             STRING_PREFIX => {
                 let rest = &self.aml[self.at..];
                 let Some(len) = rest.iter().position(|&c| c == 0) else {
