@@ -198,6 +198,16 @@ pub(crate) mod tests {
         assert_eq!(listed, [b"FACP", b"APIC"]);
         let fadt = table_at(&t, u64_at(xsdt, 36));
         assert_eq!(&table_at(&t, u64_at(fadt, 140))[..4], b"DSDT");
+        let mut placed: Vec<_> = t
+            .tables
+            .iter()
+            .map(|(a, b)| (*a, *a + b.len() as u64))
+            .collect();
+        placed.sort();
+        assert!(
+            placed.windows(2).all(|w| w[0].1 <= w[1].0),
+            "tables overlap: {placed:x?}"
+        );
         for (addr, table) in &t.tables[1..] {
             assert_eq!(addr % 16, 0);
             let len = u32::from_le_bytes(table[4..8].try_into().unwrap());
