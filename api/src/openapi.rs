@@ -221,6 +221,7 @@ mod tests {
             cpu_template: Some(s("minimal")),
             track_dirty_pages: Some(true),
             shared_memory: Some(true),
+            acpi: Some(false),
         };
         check("MachineConfig", mc);
         check(
@@ -232,6 +233,7 @@ mod tests {
                 cpu_template: Some(s("None")),
                 track_dirty_pages: Some(false),
                 shared_memory: Some(false),
+                acpi: Some(true),
             },
         );
         check("TokenBucket", bucket());

@@ -50,6 +50,9 @@ pub struct MachineConfig {
     /// petrel: guest RAM in a memfd mapped shared (for local live migration).
     #[serde(default)]
     pub shared_memory: Option<bool>,
+    /// petrel: ACPI tables for the guest (default true).
+    #[serde(default)]
+    pub acpi: Option<bool>,
 }
 
 /// `PATCH /machine-config`: only the fields given change.
@@ -74,6 +77,9 @@ pub struct MachineConfigPatch {
     /// petrel: guest RAM in a memfd mapped shared.
     #[serde(default)]
     pub shared_memory: Option<bool>,
+    /// petrel: ACPI tables for the guest.
+    #[serde(default)]
+    pub acpi: Option<bool>,
 }
 
 /// A token bucket: `size` tokens refilled every `refill_time` milliseconds.

@@ -11,7 +11,7 @@ fn expected_e820(size: u64) -> Vec<String> {
     let mut map = vec![
         "E820 0x0 0x9fc00 1".to_string(),
         "E820 0x9fc00 0x400 2".to_string(),
-        "E820 0xf0000 0x10000 2".to_string(),
+        "E820 0xe0000 0x20000 2".to_string(),
         format!("E820 0x100000 {:#x} 1", low_end - 0x100000),
     ];
     if size > 3 << 30 {

@@ -18,11 +18,13 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use memory::{GuestMemoryMmap, MemoryLayout};
 use vm_memory::GuestAddress;
 
+use crate::arch::x86_64::acpi::{self, AcpiError, AcpiInput};
 use crate::arch::x86_64::{bootparams, layout, mptable, regs};
 use crate::config::{ConfigError, SerialOutput, VmConfig};
 use crate::control::ControlQueue;
+use crate::device_manager::allocator::DeviceSlot;
 use crate::device_manager::allocator::ResourceAllocator;
-use crate::device_manager::virtio::{self, PlannedDevice};
+use crate::device_manager::virtio;
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::loader::{self, LoadError};
 use crate::machine::{Machine, Subscriber};
@@ -49,6 +51,8 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("cannot write boot structures: {0}")]
     Boot(String),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     #[error("cannot read KVM's supported CPUID: {0}")]
     Cpuid(kvm_ioctls::Error),
     #[error("{what}: {source}")]
@@ -109,9 +113,14 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     };
     let mut allocator = ResourceAllocator::new(memory::MMIO32_START);
     let planned = virtio::open_devices(config, &mut allocator)?;
-    let cmdline = guest_cmdline(config, &planned);
+    let slots: Vec<DeviceSlot> = planned.iter().map(|p| p.slot).collect();
+    let cmdline = guest_cmdline(config, &slots);
     tracing::debug!(%cmdline, "guest command line");
-    let entry = load_guest(&mem, &layout, config, &cmdline)?;
+    let acpi_rsdp = match machine.acpi {
+        true => Some(write_acpi_tables(&mem, config, &slots)?),
+        false => None,
+    };
+    let entry = load_guest(&mem, &layout, config, &cmdline, acpi_rsdp)?;
     let kvm = vm::open_kvm(machine.vcpus)?;
     let vm = vm::create_vm(&kvm, &mem, machine.track_dirty_pages)?;
 
@@ -205,17 +214,36 @@ pub(crate) fn assemble(parts: Parts) -> Result<Machine, BuildError> {
     })
 }
 
-/// The guest's command line: the configured one plus a `virtio_mmio.device=` entry per
-/// virtio device, so Linux finds them without ACPI.
-fn guest_cmdline(config: &VmConfig, planned: &[PlannedDevice]) -> String {
+/// Writes the ACPI tables describing the machine; returns the RSDP's address.
+fn write_acpi_tables(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    slots: &[DeviceSlot],
+) -> Result<u64, BuildError> {
+    let input = AcpiInput {
+        vcpus: config.machine.vcpus,
+        virtio: slots,
+        // The SRAT and SLIT of a NUMA machine go here.
+        extra: &[],
+    };
+    Ok(acpi::setup(mem, &input)?)
+}
+
+/// The guest's command line: the configured one plus, without ACPI, a `virtio_mmio.device=`
+/// entry per virtio device so Linux finds them. With ACPI the DSDT describes them, and
+/// listing them on the command line too would make Linux register each twice.
+fn guest_cmdline(config: &VmConfig, slots: &[DeviceSlot]) -> String {
     let mut cmdline = config.cmdline().to_string();
     if let Some(root) = config.root_param() {
         cmdline.push(' ');
         cmdline.push_str(&root);
     }
-    for device in planned {
+    if config.machine.acpi {
+        return cmdline;
+    }
+    for slot in slots {
         cmdline.push(' ');
-        cmdline.push_str(&device.slot.virtio_cmdline_param());
+        cmdline.push_str(&slot.virtio_cmdline_param());
     }
     cmdline
 }
@@ -237,13 +265,15 @@ fn demo_guest() -> Result<File, BuildError> {
     Ok(file)
 }
 
-/// Loads the kernel (or the demo guest), initrd and command line, and writes the zero page,
-/// boot page tables and MP table. Returns the entry point.
+/// Loads the kernel (or the demo guest), initrd and command line, and writes the zero page
+/// (pointing at the ACPI tables' `acpi_rsdp`, if any), boot page tables and MP table.
+/// Returns the entry point.
 fn load_guest(
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     config: &VmConfig,
     cmdline: &str,
+    acpi_rsdp: Option<u64>,
 ) -> Result<u64, BuildError> {
     let kernel = match &config.boot.kernel {
         Some(path) => loader::load_kernel(mem, layout, path)?,
@@ -265,6 +295,7 @@ fn load_guest(
         cmdline_addr,
         initrd,
         e820: &e820,
+        acpi_rsdp,
     })
     .map_err(|e| BuildError::Boot(e.to_string()))?;
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
@@ -300,4 +331,34 @@ fn create_vcpus(
             Ok(Vcpu::new(vm, id, &setup)?)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> DeviceSlot {
+        DeviceSlot {
+            base: 0xc000_0000,
+            len: 0x1000,
+            irq: 5,
+        }
+    }
+
+    #[test]
+    fn with_acpi_devices_stay_off_the_command_line() {
+        let config = VmConfig::default();
+        assert!(config.machine.acpi);
+        assert_eq!(guest_cmdline(&config, &[slot()]), config.cmdline());
+    }
+
+    #[test]
+    fn without_acpi_each_device_is_on_the_command_line() {
+        let mut config = VmConfig::default();
+        config.machine.acpi = false;
+        assert_eq!(
+            guest_cmdline(&config, &[slot()]),
+            format!("{} virtio_mmio.device=4K@0xc0000000:5", config.cmdline())
+        );
+    }
 }

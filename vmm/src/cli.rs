@@ -62,6 +62,11 @@ pub struct RunArgs {
     /// [default: host].
     #[arg(long, value_name = "NAME", value_parser = parse_template)]
     pub cpu_template: Option<CpuTemplate>,
+    /// ACPI tables for the guest: on or off [default: on]. With them the DSDT describes the
+    /// virtio devices; without them the MP table describes the vCPUs and the command line
+    /// the virtio devices (`virtio_mmio.device=`).
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    pub acpi: Option<bool>,
     /// A virtio-blk disk: path=FILE[,id=ID][,readonly=on][,serial=STR][,rate=bw=BYTES/s,
     /// ops=N/s,bw_burst=BYTES,ops_burst=N]. A raw image file or a host block device;
     /// repeatable.
@@ -120,8 +125,9 @@ pub struct RunArgs {
 }
 
 /// Flags that describe a new machine, which a restored one already is.
-const RESTORE_CONFLICTS: [&str; 13] = [
+const RESTORE_CONFLICTS: [&str; 14] = [
     "config",
+    "acpi",
     "kernel",
     "initrd",
     "cmdline",
@@ -167,6 +173,14 @@ fn parse_serial(s: &str) -> Result<SerialOutput, ConfigError> {
     Ok(s.parse()?)
 }
 
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("invalid value {s:?}: expected on or off")),
+    }
+}
+
 fn parse_template(s: &str) -> Result<CpuTemplate, ConfigError> {
     s.parse()
 }
@@ -204,6 +218,9 @@ impl RunArgs {
         }
         if let Some(t) = self.cpu_template {
             config.machine.cpu_template = t;
+        }
+        if let Some(acpi) = self.acpi {
+            config.machine.acpi = acpi;
         }
         if self.track_dirty_pages {
             config.machine.track_dirty_pages = true;
@@ -318,6 +335,22 @@ mod tests {
             .to_config()
             .unwrap();
         assert_eq!(overridden.machine.vcpus, 3);
+    }
+
+    #[test]
+    fn acpi_flag_is_on_or_off_and_overrides_the_file() {
+        let acpi = |args: &[&str]| run_args(args).unwrap().to_config().unwrap().machine.acpi;
+        assert!(acpi(&[]));
+        assert!(acpi(&["--acpi", "on"]));
+        assert!(!acpi(&["--acpi", "off"]));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(&path, r#"{"machine":{"acpi":false}}"#).unwrap();
+        let path = path.to_str().unwrap();
+        assert!(!acpi(&["--config", path]));
+        assert!(acpi(&["--config", path, "--acpi", "on"]));
+        assert!(run_args(&["--acpi", "yes"]).is_err());
+        assert!(run_args(&["--acpi"]).is_err());
     }
 
     #[test]

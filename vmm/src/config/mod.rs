@@ -188,10 +188,18 @@ pub struct MachineConfig {
     /// the same host hands it over instead of copying it); else anonymous private memory.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared_memory: bool,
+    /// Give the guest ACPI tables (RSDP, XSDT, FADT, MADT, DSDT). Without them the guest finds
+    /// vCPUs in the MP table and virtio devices on the command line.
+    #[serde(default = "default_acpi")]
+    pub acpi: bool,
 }
 
 fn default_vcpus() -> u32 {
     1
+}
+
+fn default_acpi() -> bool {
+    true
 }
 
 fn default_memory() -> ByteSize {
@@ -206,6 +214,7 @@ impl Default for MachineConfig {
             cpu_template: CpuTemplate::default(),
             track_dirty_pages: false,
             shared_memory: false,
+            acpi: default_acpi(),
         }
     }
 }
@@ -396,6 +405,18 @@ mod tests {
         assert!(serde_json::from_str::<VmConfig>(r#"{"machine":{"vcpus":"two"}}"#).is_err());
         assert!(serde_json::from_str::<VmConfig>(r#"{"serial":"tty"}"#).is_err());
         assert!(serde_json::from_str::<VmConfig>(r#"{"extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn acpi_is_on_unless_the_config_turns_it_off() {
+        assert!(VmConfig::default().machine.acpi);
+        let c: VmConfig = serde_json::from_str(r#"{"machine":{"vcpus":2}}"#).unwrap();
+        assert!(c.machine.acpi);
+        let c: VmConfig = serde_json::from_str(r#"{"machine":{"acpi":false}}"#).unwrap();
+        assert!(!c.machine.acpi);
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(serde_json::from_str::<VmConfig>(r#"{"machine":{"acpi":"yes"}}"#).is_err());
     }
 
     #[test]

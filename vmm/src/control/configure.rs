@@ -92,6 +92,7 @@ pub fn machine_config(config: &VmConfig) -> MachineConfig {
         ),
         track_dirty_pages: Some(config.machine.track_dirty_pages),
         shared_memory: Some(config.machine.shared_memory),
+        acpi: Some(config.machine.acpi),
     }
 }
 
@@ -145,6 +146,9 @@ pub fn patch_machine_config(
         if let Some(shared) = patch.shared_memory {
             c.machine.shared_memory = shared;
         }
+        if let Some(acpi) = patch.acpi {
+            c.machine.acpi = acpi;
+        }
         Ok(())
     })
     .map_err(|e| match e {
@@ -167,6 +171,7 @@ pub fn put_machine_config(config: &mut VmConfig, m: MachineConfig) -> Result<(),
             cpu_template: Some(m.cpu_template.unwrap_or_else(|| "host".into())),
             track_dirty_pages: m.track_dirty_pages,
             shared_memory: m.shared_memory,
+            acpi: m.acpi,
         },
     )
 }

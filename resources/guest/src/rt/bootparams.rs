@@ -10,6 +10,7 @@ const RAMDISK_IMAGE: usize = 0x218;
 const RAMDISK_SIZE: usize = 0x21c;
 const CMD_LINE_PTR: usize = 0x228;
 const CMDLINE_SIZE: usize = 0x238;
+const ACPI_RSDP_ADDR: usize = 0x070;
 const E820_ENTRIES: usize = 0x1e8;
 const E820_TABLE: usize = 0x2d0;
 const E820_ENTRY_SIZE: usize = 20;
@@ -87,6 +88,11 @@ impl BootParams {
             Err(e) => core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""),
         };
         Cmdline::new(text)
+    }
+
+    /// Where the ACPI RSDP is (boot protocol 2.14's `acpi_rsdp_addr`), if the VMM said.
+    pub fn acpi_rsdp_addr(&self) -> Option<u64> {
+        Some(self.read::<u64>(ACPI_RSDP_ADDR)).filter(|&addr| addr != 0)
     }
 
     /// The e820 memory map, in table order.

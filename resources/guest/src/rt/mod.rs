@@ -3,6 +3,7 @@
 #[macro_use]
 pub mod serial;
 
+pub mod acpi;
 pub mod apic;
 pub mod bootparams;
 pub mod cmdline;

@@ -30,7 +30,7 @@ const READ_SECTORS: core::ops::Range<u64> = 0..8;
 const WRITE_SECTORS: core::ops::Range<u64> = 8..16;
 
 pub fn run(boot: &BootParams) -> Result<(), String> {
-    let devices = virtio::take(&boot.cmdline(), DeviceType::Block)?;
+    let devices = virtio::take(boot, DeviceType::Block)?;
     if devices.is_empty() {
         return Err("no virtio block device".into());
     }

@@ -27,7 +27,7 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
             .parse::<u64>()
             .map_err(|_| format!("petrel.n=`{text}` is not a request count"))?,
     };
-    let device = virtio::take(&cmdline, DeviceType::Block)?
+    let device = virtio::take(boot, DeviceType::Block)?
         .into_iter()
         .next()
         .ok_or("no virtio block device")?;

@@ -34,10 +34,7 @@ const CHANGE_TIMEOUT_MS: u64 = 60_000;
 const POLL_SPINS: u32 = 100_000;
 
 pub fn run(boot: &BootParams) -> Result<(), String> {
-    let Some(device) = virtio::take(&boot.cmdline(), DeviceType::Block)?
-        .into_iter()
-        .next()
-    else {
+    let Some(device) = virtio::take(boot, DeviceType::Block)?.into_iter().next() else {
         return Err("no virtio block device".into());
     };
     let window = device.window;

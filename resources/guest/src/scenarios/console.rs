@@ -28,7 +28,7 @@ const LINE_TIMEOUT_MS: u64 = 30_000;
 const MAX_LINE: usize = 1024;
 
 pub fn run(boot: &BootParams) -> Result<(), String> {
-    let device = virtio::take(&boot.cmdline(), DeviceType::Console)?
+    let device = virtio::take(boot, DeviceType::Console)?
         .into_iter()
         .next()
         .ok_or("no virtio console device")?;

@@ -69,9 +69,10 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
     check_page()
 }
 
-/// One line per `virtio_mmio.device=` window: its device type as the device reports it.
+/// One line per virtio-mmio window (command line or DSDT): its device type as the device
+/// reports it.
 fn print_virtio(boot: &BootParams) {
-    let windows = match virtio::cmdline::windows(&boot.cmdline()) {
+    let windows = match virtio::windows(boot) {
         Ok(w) => w,
         Err(e) => {
             println!("virtio: {e}");

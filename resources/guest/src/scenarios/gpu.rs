@@ -127,7 +127,7 @@ impl Frame {
 
 /// The first virtio-gpu on the command line.
 fn device(boot: &BootParams) -> Result<Device, String> {
-    virtio::take(&boot.cmdline(), DeviceType::GPU)?
+    virtio::take(boot, DeviceType::GPU)?
         .into_iter()
         .next()
         .ok_or_else(|| "no virtio gpu device".into())

@@ -42,7 +42,7 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
             .parse::<usize>()
             .map_err(|_| format!("input.count=`{text}` is not an event count"))?,
     };
-    let mut inputs = open(virtio::take(&cmdline, DeviceType::Input)?)?;
+    let mut inputs = open(virtio::take(boot, DeviceType::Input)?)?;
     println!("INPUT ready");
     for seen in 0..count {
         if next_event(&mut inputs).is_none() {

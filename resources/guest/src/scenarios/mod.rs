@@ -4,6 +4,7 @@
 //! `PASS <name>` and ends the run the scenario's way) or `Err(reason)` (`FAIL <name>: <reason>`,
 //! then reset). Add a scenario by adding a module and a row to `SCENARIOS`.
 
+mod acpi;
 mod blk;
 mod blkrate;
 mod blkswap;
@@ -130,6 +131,11 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "snapshot",
         run: snapshot::run,
+        exit: Exit::PowerOff,
+    },
+    Scenario {
+        name: "acpi",
+        run: acpi::run,
         exit: Exit::PowerOff,
     },
 ];

@@ -43,7 +43,7 @@ const TX_TIMEOUT_MS: u64 = 10_000;
 const RX_TIMEOUT_MS: u64 = 30_000;
 
 pub fn run(boot: &BootParams) -> Result<(), String> {
-    let device = virtio::take(&boot.cmdline(), DeviceType::Network)?
+    let device = virtio::take(boot, DeviceType::Network)?
         .into_iter()
         .next()
         .ok_or("no virtio network device")?;

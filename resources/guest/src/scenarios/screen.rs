@@ -24,7 +24,7 @@ const BTN_LEFT: u16 = 0x110;
 
 pub fn run(boot: &BootParams) -> Result<(), String> {
     let (gpus, inputs): (Vec<Device>, Vec<Device>) =
-        virtio::take_kinds(&boot.cmdline(), &[DeviceType::GPU, DeviceType::Input])?
+        virtio::take_kinds(boot, &[DeviceType::GPU, DeviceType::Input])?
             .into_iter()
             .partition(|d| d.transport.device_type() == DeviceType::GPU);
     let gpu = gpus.into_iter().next().ok_or("no virtio gpu device")?;

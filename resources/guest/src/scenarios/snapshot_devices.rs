@@ -90,7 +90,7 @@ impl Devices {
             net_frames: 0,
         };
         let mut inputs = Vec::new();
-        for device in virtio::take_kinds(&boot.cmdline(), &KINDS)? {
+        for device in virtio::take_kinds(boot, &KINDS)? {
             let window = device.window;
             let failed = |what: &str, e: &dyn core::fmt::Display| {
                 format!("{what} device ({window}): initialisation failed: {e}")

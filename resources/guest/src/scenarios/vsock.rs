@@ -25,8 +25,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use virtio_drivers::device::socket::{
-    SocketError, VirtIOSocket, VsockAddr, VsockConnectionManager, VsockEventType,
-    VMADDR_CID_HOST,
+    SocketError, VirtIOSocket, VsockAddr, VsockConnectionManager, VsockEventType, VMADDR_CID_HOST,
 };
 use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::Error;
@@ -61,7 +60,9 @@ struct Conn {
 fn param(boot: &BootParams, key: &str, default: u32) -> Result<u32, String> {
     match boot.cmdline().get(key) {
         None => Ok(default),
-        Some(v) => v.parse().map_err(|_| format!("{key}={v} is not a port number")),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("{key}={v} is not a port number")),
     }
 }
 
@@ -72,7 +73,7 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
         None => None,
     };
     let wanted = param(boot, "petrel.vsock.conns", 1)?;
-    let device = virtio::take(&boot.cmdline(), DeviceType::Socket)?
+    let device = virtio::take(boot, DeviceType::Socket)?
         .into_iter()
         .next()
         .ok_or("no virtio vsock device")?;
@@ -109,7 +110,9 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
         }
         let before = conns.len();
         conns.retain(|c| {
-            let gone = c.closing && c.len == 0 && mgr.recv_buffer_available_bytes(c.peer, c.local).is_err();
+            let gone = c.closing
+                && c.len == 0
+                && mgr.recv_buffer_available_bytes(c.peer, c.local).is_err();
             if gone {
                 println!(
                     "VSOCK closed peer={}:{} local_port={} bytes={}",
@@ -124,7 +127,9 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
 }
 
 fn find(conns: &mut [Conn], peer: VsockAddr, local: u32) -> Option<&mut Conn> {
-    conns.iter_mut().find(|c| c.peer == peer && c.local == local)
+    conns
+        .iter_mut()
+        .find(|c| c.peer == peer && c.local == local)
 }
 
 /// Handles at most one event from the device; whether the outgoing connection was refused.
@@ -164,7 +169,12 @@ fn poll_once(mgr: &mut Manager, conns: &mut Vec<Conn>) -> Result<bool, String> {
                 println!("VSOCK refused host_port={}", peer.port);
                 return Ok(true);
             }
-            None => return Err(format!("disconnected from unknown {}:{}", peer.cid, peer.port)),
+            None => {
+                return Err(format!(
+                    "disconnected from unknown {}:{}",
+                    peer.cid, peer.port
+                ))
+            }
         },
         _ => {}
     }

@@ -1,6 +1,8 @@
-//! Probing the command line's virtio-mmio windows and handing their transports to scenarios.
+//! Probing the virtio-mmio windows and handing their transports to scenarios.
 //!
-//! Every window is probed (magic, version, device id) in command-line order. A window that does
+//! The windows come from the command line's `virtio_mmio.device=` tokens when it has any
+//! (petrel without ACPI), else from the DSDT's `LNRO0005` devices (petrel with ACPI). Every
+//! window is probed (magic, version, device id) in that order. A window that does
 //! not hold a virtio-mmio version 2 device is an error, except one whose device id
 //! `virtio-drivers` does not know (including the placeholder id 0), which is skipped: it is a
 //! device no scenario drives.
@@ -15,7 +17,7 @@ use virtio_drivers::transport::mmio::{MmioError, MmioTransport, MmioVersion, Vir
 use virtio_drivers::transport::{DeviceType, Transport};
 
 use super::cmdline::{self, MmioWindow};
-use crate::rt::cmdline::Cmdline;
+use crate::rt::bootparams::BootParams;
 
 /// The end of the VMM's identity map: windows must lie below it.
 const IDENTITY_MAPPED_END: u64 = 4 << 30;
@@ -30,16 +32,25 @@ pub struct Device {
     pub transport: MmioTransport<'static>,
 }
 
-/// Probes every `virtio_mmio.device` window on `cmdline` and returns the devices of type
-/// `kind`, in command-line order; the others are left untouched. Can be called once per run.
-pub fn take(cmdline: &Cmdline, kind: DeviceType) -> Result<Vec<Device>, String> {
-    take_kinds(cmdline, &[kind])
+/// The virtio-mmio windows: the command line's, or else the DSDT's (see the module docs).
+pub fn windows(boot: &BootParams) -> Result<Vec<MmioWindow>, String> {
+    let on_cmdline = cmdline::windows(&boot.cmdline())?;
+    if !on_cmdline.is_empty() {
+        return Ok(on_cmdline);
+    }
+    super::acpi::windows(boot)
 }
 
-/// `take` for a scenario that drives devices of several `kinds`: all of them, in
-/// command-line order.
-pub fn take_kinds(cmdline: &Cmdline, kinds: &[DeviceType]) -> Result<Vec<Device>, String> {
-    let windows = cmdline::windows(cmdline)?;
+/// Probes every virtio-mmio window and returns the devices of type `kind`, in window order;
+/// the others are left untouched. Can be called once per run.
+pub fn take(boot: &BootParams, kind: DeviceType) -> Result<Vec<Device>, String> {
+    take_kinds(boot, &[kind])
+}
+
+/// `take` for a scenario that drives devices of several `kinds`: all of them, in window
+/// order.
+pub fn take_kinds(boot: &BootParams, kinds: &[DeviceType]) -> Result<Vec<Device>, String> {
+    let windows = windows(boot)?;
     check_disjoint(&windows)?;
     if PROBED.swap(true, Ordering::SeqCst) {
         return Err("the virtio-mmio devices were already probed".into());
@@ -85,8 +96,8 @@ fn probe(window: MmioWindow) -> Result<Option<Device>, String> {
     let Some(header) = NonNull::new(window.addr as usize as *mut VirtIOHeader) else {
         return fail("the window is at address 0");
     };
-    // SAFETY: the window is a virtio-mmio register block of `size` bytes (the VMM's command-line
-    // contract), identity-mapped below 4 GiB (checked above) for the whole run, suitably
+    // SAFETY: the window is a virtio-mmio register block of `size` bytes (the VMM's contract
+    // for the command line and the DSDT), identity-mapped below 4 GiB (checked above) for the whole run, suitably
     // aligned (checked), overlapping no other window (`check_disjoint`) and probed once per run
     // (`PROBED`), so this transport is the only user of these registers.
     let transport = match unsafe { MmioTransport::new(header, window.size as usize) } {

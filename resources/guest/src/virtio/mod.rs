@@ -6,11 +6,14 @@
 //!   allocator);
 //! - `cmdline`: the `virtio_mmio.device=<size>@<addr>:<irq>` tokens petrel appends to the
 //!   kernel command line, one per device, in the order the user gave the devices;
+//! - `acpi`: the same windows from the DSDT's `LNRO0005` devices, when petrel gives ACPI tables
+//!   (and then leaves them off the command line);
 //! - `devices`: probes those windows and hands scenarios the transports by device type;
 //! - `poll`, `blk`: waiting for a device with a timeout (a timeout is a failure, never a hang).
 //!
 //! The guest runs with interrupts disabled: drivers are polled, never interrupt-driven.
 
+pub mod acpi;
 pub mod blk;
 pub mod cmdline;
 pub mod devices;
@@ -18,6 +21,6 @@ pub mod gpu;
 pub mod hal;
 pub mod poll;
 
-pub use devices::{take, take_kinds, Device};
+pub use devices::{take, take_kinds, windows, Device};
 pub use hal::PetrelHal;
 pub use virtio_drivers::transport::DeviceType;

@@ -3,7 +3,7 @@
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use memory::MemoryLayout;
 
-use super::layout::{BIOS_START, EBDA_END, EBDA_START, HIMEM_START};
+use super::layout::{ACPI_START, EBDA_END, EBDA_START, HIMEM_START};
 
 /// e820 type of usable RAM.
 pub const E820_RAM: u32 = 1;
@@ -24,8 +24,8 @@ pub struct E820Entry {
     pub kind: u32,
 }
 
-/// The e820 map of a layout: RAM below the EBDA, the EBDA and BIOS area reserved, RAM from
-/// 1 MiB to the MMIO gap, and RAM above 4 GiB.
+/// The e820 map of a layout: RAM below the EBDA, the EBDA reserved, the ACPI tables and the
+/// BIOS area (MP table) reserved, RAM from 1 MiB to the MMIO gap, and RAM above 4 GiB.
 pub fn e820_map(layout: &MemoryLayout) -> Vec<E820Entry> {
     let ram = |addr, end: u64| E820Entry {
         addr,
@@ -40,7 +40,7 @@ pub fn e820_map(layout: &MemoryLayout) -> Vec<E820Entry> {
     let mut map = vec![
         ram(0, EBDA_START),
         reserved(EBDA_START, EBDA_END),
-        reserved(BIOS_START, HIMEM_START),
+        reserved(ACPI_START, HIMEM_START),
     ];
     for r in &layout.ram {
         let start = r.start.max(HIMEM_START);
@@ -61,6 +61,8 @@ pub struct ZeroPageInput<'a> {
     pub initrd: Option<(u64, u64)>,
     /// The e820 map.
     pub e820: &'a [E820Entry],
+    /// Guest address of the ACPI RSDP, when there are ACPI tables.
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// Errors building the zero page.
@@ -105,6 +107,8 @@ pub fn zero_page(input: &ZeroPageInput) -> Result<boot_params, BootParamsError> 
         };
     }
     params.e820_entries = input.e820.len() as u8;
+    // Boot protocol 2.14: where the RSDP is, so the kernel need not scan for it.
+    params.acpi_rsdp_addr = input.acpi_rsdp.unwrap_or(0);
     Ok(params)
 }
 
@@ -129,8 +133,8 @@ mod tests {
                     kind: 2
                 },
                 E820Entry {
-                    addr: 0xf0000,
-                    size: 0x10000,
+                    addr: 0xe0000,
+                    size: 0x20000,
                     kind: 2
                 },
                 E820Entry {
@@ -172,6 +176,7 @@ mod tests {
             cmdline_addr: 0x20000,
             initrd: Some((0x700_0000, 0x1234)),
             e820: &e820,
+            acpi_rsdp: Some(0xe0000),
         })
         .unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
@@ -182,6 +187,7 @@ mod tests {
         assert_eq!({ p.hdr.ramdisk_size }, 0x1234);
         assert_eq!(p.e820_entries, 4);
         assert_eq!({ p.e820_table[3].addr }, 0x100000);
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe0000);
     }
 
     #[test]
@@ -196,10 +202,12 @@ mod tests {
             cmdline_addr: 0x20000,
             initrd: None,
             e820: &[],
+            acpi_rsdp: None,
         })
         .unwrap();
         assert_eq!({ p.hdr.version }, 0x20f);
         assert_eq!(p.hdr.setup_sects, 27);
         assert_eq!({ p.hdr.ramdisk_size }, 0);
+        assert_eq!({ p.acpi_rsdp_addr }, 0);
     }
 }

@@ -1,5 +1,10 @@
 //! Where petrel puts boot structures in guest-physical memory (all below 1 MiB, except the
 //! kernel, which goes where it asks, and the initrd, at the top of low RAM).
+//!
+//! Below 1 MiB: GDT and IDT at 0x500, the zero page at 0x7000, the boot stack in the page at
+//! 0x8000, the page tables from 0x9000, the command line at 0x20000, the EBDA at 0x9fc00, the
+//! ACPI tables from 0xe0000 and the MP table from 0xf0000. `e820_map` reserves 0xe0000 to
+//! 1 MiB; `acpi::tests` checks that none of these overlap.
 
 /// The GDT (entries: null, null, `__BOOT_CS` 0x10, `__BOOT_DS` 0x18, TSS 0x20).
 pub const GDT_ADDR: u64 = 0x500;
@@ -25,7 +30,12 @@ pub const CMDLINE_MAX_SIZE: u64 = 0x10000;
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of conventional memory (the VGA hole starts here).
 pub const EBDA_END: u64 = 0xa0000;
-/// The BIOS area the guest scans for the MP floating pointer (and later the ACPI RSDP).
+/// The ACPI tables: the RSDP first, at the start of the area where legacy scans look for it
+/// (0xe0000 to 1 MiB, on a 16-byte boundary), then the XSDT and the tables it lists.
+pub const ACPI_START: u64 = 0xe0000;
+/// The end of the room for ACPI tables (the MP table follows).
+pub const ACPI_END: u64 = BIOS_START;
+/// The BIOS area the guest scans for the MP floating pointer.
 pub const BIOS_START: u64 = 0xf0000;
 /// The MP table lives at the start of the BIOS area.
 pub const MPTABLE_ADDR: u64 = BIOS_START;

@@ -46,12 +46,17 @@ fn checksum(bytes: &[u8]) -> u8 {
         .wrapping_neg()
 }
 
+/// The IOAPIC's id: the one after the last vCPU's APIC id (the MADT uses the same).
+pub fn ioapic_id(vcpus: u32) -> u8 {
+    u8::try_from(vcpus).unwrap_or(u8::MAX)
+}
+
 /// The MP table bytes for `vcpus` vCPUs with APIC ids 0..vcpus, to be placed at `addr`.
 pub fn build(vcpus: u32, addr: u64) -> Result<Vec<u8>, MptableError> {
     if vcpus == 0 || vcpus > 254 {
         return Err(MptableError::TooManyCpus(vcpus));
     }
-    let ioapic_id = vcpus as u8;
+    let ioapic_id = ioapic_id(vcpus);
     let mut entries: Vec<u8> = Vec::new();
     let mut count: u16 = 0;
     for id in 0..vcpus as u8 {

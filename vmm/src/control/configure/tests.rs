@@ -109,6 +109,18 @@ fn machine_config_put_patch_get_and_bad_values() {
     .unwrap();
     let got = machine_config(&c);
     assert_eq!((got.vcpu_count, got.mem_size_mib), (4, 256));
+    assert_eq!(got.acpi, Some(true));
+    let mut no_acpi = c.clone();
+    patch_machine_config(
+        &mut no_acpi,
+        MachineConfigPatch {
+            acpi: Some(false),
+            ..MachineConfigPatch::default()
+        },
+    )
+    .unwrap();
+    assert!(!no_acpi.machine.acpi);
+    assert_eq!(machine_config(&no_acpi).acpi, Some(false));
     let before = c.clone();
     let bad = |p: MachineConfigPatch| message(patch_machine_config(&mut c.clone(), p));
     assert!(bad(MachineConfigPatch {
