@@ -31,6 +31,7 @@ use crate::machine::{Machine, Subscriber};
 use crate::persist::SnapshotBook;
 use crate::signals::SignalWatcher;
 use crate::stdin::{RawTerminal, SerialInput};
+use crate::vstate::affinity::{self, AffinityError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError, VcpuSetup};
 use crate::vstate::vm::{self, VmError};
 
@@ -49,6 +50,8 @@ pub enum BuildError {
     Devices(#[from] DeviceError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Affinity(#[from] AffinityError),
     #[error("cannot write boot structures: {0}")]
     Boot(String),
     #[error(transparent)]
@@ -79,6 +82,7 @@ impl BuildError {
             BuildError::Config(_)
             | BuildError::Load(_)
             | BuildError::Memory(_)
+            | BuildError::Affinity(_)
             | BuildError::Snapshot(_)
             | BuildError::SnapshotMismatch(_) => true,
             BuildError::Devices(e) => e.is_user_error(),
@@ -105,12 +109,8 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     let machine = &config.machine;
     // What boots is loaded before KVM is touched, so bad files are reported as such even on
     // a host without KVM.
-    let layout = MemoryLayout::new(machine.memory.0)?;
-    let mem = if machine.shared_memory {
-        layout.allocate_shared()?
-    } else {
-        layout.allocate()?
-    };
+    let layout = config.memory_layout()?;
+    let mem = allocate_memory(config, &layout)?;
     let mut allocator = ResourceAllocator::new(memory::MMIO32_START);
     let planned = virtio::open_devices(config, &mut allocator)?;
     let slots: Vec<DeviceSlot> = planned.iter().map(|p| p.slot).collect();
@@ -126,7 +126,8 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
 
     let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit event"))?);
     let devices = DeviceManager::new(&vm, &exit, config, &mem, planned)?;
-    let vcpus = create_vcpus(&kvm, &vm, config, entry)?;
+    let mut vcpus = create_vcpus(&kvm, &vm, config, entry)?;
+    pin_vcpus(&mut vcpus, config)?;
     assemble(Parts {
         config: config.clone(),
         exit,
@@ -138,6 +139,30 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
         book: SnapshotBook::default(),
         start_paused: false,
     })
+}
+
+/// Fresh guest memory for `config`, laid out as `layout`: anonymous or shared (memfd), each
+/// NUMA node's memory placed on the host as configured (bound before anything touches it).
+pub(crate) fn allocate_memory(
+    config: &VmConfig,
+    layout: &MemoryLayout,
+) -> Result<GuestMemoryMmap, memory::MemoryError> {
+    let placement = config.memory_placement();
+    if config.machine.shared_memory {
+        layout.allocate_shared_placed(&placement)
+    } else {
+        layout.allocate_placed(&placement)
+    }
+}
+
+/// Pins each vCPU of a node with a `host_node` to that host node's CPUs (applied when its
+/// thread starts).
+pub(crate) fn pin_vcpus(vcpus: &mut [Vcpu], config: &VmConfig) -> Result<(), AffinityError> {
+    let masks = affinity::vcpu_affinity(config, &memory::numa::HostTopology::default())?;
+    for (vcpu, mask) in vcpus.iter_mut().zip(masks) {
+        vcpu.set_affinity(mask);
+    }
+    Ok(())
 }
 
 /// What a machine is made of, built or restored.
