@@ -18,8 +18,11 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use memory::{GuestMemoryMmap, MemoryLayout};
 use vm_memory::GuestAddress;
 
+use acpi_tables::Aml;
+
 use crate::arch::x86_64::acpi::{self, AcpiError, AcpiInput};
 use crate::arch::x86_64::{bootparams, layout, mptable, regs};
+use crate::config::distance_matrix;
 use crate::config::{ConfigError, SerialOutput, VmConfig};
 use crate::control::ControlQueue;
 use crate::device_manager::allocator::DeviceSlot;
@@ -117,7 +120,7 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     let cmdline = guest_cmdline(config, &slots);
     tracing::debug!(%cmdline, "guest command line");
     let acpi_rsdp = match machine.acpi {
-        true => Some(write_acpi_tables(&mem, config, &slots)?),
+        true => Some(write_acpi_tables(&mem, &layout, config, &slots)?),
         false => None,
     };
     let entry = load_guest(&mem, &layout, config, &cmdline, acpi_rsdp)?;
@@ -239,17 +242,31 @@ pub(crate) fn assemble(parts: Parts) -> Result<Machine, BuildError> {
     })
 }
 
-/// Writes the ACPI tables describing the machine; returns the RSDP's address.
+/// Writes the ACPI tables describing the machine (with a NUMA topology, its SRAT and SLIT
+/// too); returns the RSDP's address.
 fn write_acpi_tables(
     mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
     config: &VmConfig,
     slots: &[DeviceSlot],
 ) -> Result<u64, BuildError> {
+    let vcpus = config.machine.vcpus;
+    let numa = match config.numa.is_empty() {
+        true => None,
+        false => {
+            let matrix = distance_matrix(&config.numa).map_err(ConfigError::from)?;
+            let srat = acpi::numa::srat(layout, vcpus, |cpu| config.vcpu_node(cpu));
+            Some((srat, acpi::numa::slit(&matrix)))
+        }
+    };
+    let extra: Vec<&dyn Aml> = match &numa {
+        Some((srat, slit)) => vec![srat, slit],
+        None => Vec::new(),
+    };
     let input = AcpiInput {
-        vcpus: config.machine.vcpus,
+        vcpus,
         virtio: slots,
-        // The SRAT and SLIT of a NUMA machine go here.
-        extra: &[],
+        extra: &extra,
     };
     Ok(acpi::setup(mem, &input)?)
 }

@@ -132,7 +132,7 @@ pub struct RunArgs {
 }
 
 /// Flags that describe a new machine, which a restored one already is.
-const RESTORE_CONFLICTS: [&str; 14] = [
+const RESTORE_CONFLICTS: [&str; 15] = [
     "config",
     "acpi",
     "kernel",
