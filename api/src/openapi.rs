@@ -46,6 +46,14 @@ mod tests {
             "integer" => assert!(value.is_u64() || value.is_i64(), "{at}: not an integer"),
             "number" => assert!(value.is_number(), "{at}: not a number"),
             "boolean" => assert!(value.is_boolean(), "{at}: not a boolean"),
+            "array" => {
+                let items = value
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{at}: not an array"));
+                for (i, item) in items.iter().enumerate() {
+                    validate(doc, &schema["items"], item, &format!("{at}[{i}]"));
+                }
+            }
             "object" => {
                 let obj = value
                     .as_object()
@@ -293,6 +301,26 @@ mod tests {
                 vsock_id: Some(s("v")),
             },
         );
+        let node = NumaNode {
+            node_id: 1,
+            cpus: Some(vec![2, 3]),
+            mem_size_mib: 512,
+            host_node: Some(0),
+            distances: Some(vec![NumaDistance {
+                node_id: 0,
+                distance: 20,
+            }]),
+            hugepages: Some(true),
+        };
+        check("NumaNode", node.clone());
+        check(
+            "NumaDistance",
+            NumaDistance {
+                node_id: 0,
+                distance: 20,
+            },
+        );
+        check("NumaConfig", NumaConfig { nodes: vec![node] });
         for action_type in [
             ActionType::InstanceStart,
             ActionType::SendCtrlAltDel,

@@ -9,7 +9,7 @@ use crate::types::SerialInput;
 use crate::types::{
     ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
     Metrics, MigrationReceiveParams, MigrationSendParams, NetworkInterface, NetworkInterfacePatch,
-    SnapshotCreateParams, SnapshotLoadParams, VmState, Vsock,
+    NumaConfig, SnapshotCreateParams, SnapshotLoadParams, VmState, Vsock,
 };
 
 /// A validated request for the VMM thread.
@@ -37,6 +37,8 @@ pub enum ApiRequest {
     PutConsole(Console),
     /// `PUT /vsock`.
     PutVsock(Vsock),
+    /// `PUT /numa` (petrel's).
+    PutNuma(NumaConfig),
     /// `PUT /actions`.
     Action(ActionType),
     /// `PATCH /vm`.
@@ -89,6 +91,7 @@ impl ApiRequest {
             R::PatchNetworkInterface(_) => "PATCH /network-interfaces",
             R::PutConsole(_) => "PUT /consoles",
             R::PutVsock(_) => "PUT /vsock",
+            R::PutNuma(_) => "PUT /numa",
             R::Action(a) => return format!("PUT /actions {a:?}"),
             R::PatchVm(s) => return format!("PATCH /vm {s:?}"),
             R::GetVmConfig => "GET /vm/config",

@@ -11,7 +11,7 @@ use crate::types::SerialInput;
 use crate::types::{
     BootSource, Console, Drive, DrivePatch, InstanceActionInfo, Logger, MachineConfig,
     MachineConfigPatch, Metrics, MigrationReceiveParams, MigrationSendParams, NetworkInterface,
-    NetworkInterfacePatch, SnapshotCreateParams, SnapshotLoadParams, Vm, Vsock,
+    NetworkInterfacePatch, NumaConfig, SnapshotCreateParams, SnapshotLoadParams, Vm, Vsock,
 };
 
 /// Every route and its methods. `{id}` stands for one path segment.
@@ -24,6 +24,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/network-interfaces/{iface_id}", &["PUT", "PATCH"]),
     ("/consoles/{id}", &["PUT"]),
     ("/vsock", &["PUT"]),
+    ("/numa", &["PUT"]),
     ("/actions", &["PUT"]),
     ("/vm", &["PATCH"]),
     ("/vm/config", &["GET"]),
@@ -134,11 +135,33 @@ fn parse_with_arrays<T: DeserializeOwned>(body: &[u8], arrays: &[&str]) -> Resul
     Ok(value)
 }
 
+/// `at` without its array indices: `a[0].b[12]` is `a[].b[]`.
+fn without_indices(at: &str) -> String {
+    let mut out = String::with_capacity(at.len());
+    let mut in_index = false;
+    for c in at.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push(c);
+            }
+            ']' => {
+                in_index = false;
+                out.push(c);
+            }
+            _ if in_index => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// The path (`a.b`; empty for the root) of the first array in `value` that is not one of
-/// the `allowed` lists (whose elements are searched in turn, as `a.b[0].c`), if any.
+/// the `allowed` lists (whose elements are searched in turn, as `a.b[0].c`; an allowed list
+/// inside another is written `a[].c`), if any.
 fn first_array(value: &serde_json::Value, at: &str, allowed: &[&str]) -> Option<String> {
     match value {
-        serde_json::Value::Array(items) if allowed.contains(&at) => items
+        serde_json::Value::Array(items) if allowed.contains(&without_indices(at).as_str()) => items
             .iter()
             .enumerate()
             .find_map(|(i, v)| first_array(v, &format!("{at}[{i}]"), allowed)),
@@ -286,6 +309,10 @@ pub fn route_query(
             R::PutConsole(console)
         }
         ("/vsock", "PUT") => R::PutVsock(parse::<Vsock>(body)?),
+        ("/numa", "PUT") => R::PutNuma(parse_with_arrays::<NumaConfig>(
+            body,
+            &["nodes", "nodes[].cpus", "nodes[].distances"],
+        )?),
         ("/actions", "PUT") => R::Action(parse::<InstanceActionInfo>(body)?.action_type),
         ("/vm", "PATCH") => R::PatchVm(parse::<Vm>(body)?.state),
         ("/vm/config", "GET") => R::GetVmConfig,

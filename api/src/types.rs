@@ -82,6 +82,47 @@ pub struct MachineConfigPatch {
     pub acpi: Option<bool>,
 }
 
+/// `PUT /numa` (petrel's): the guest's NUMA nodes, replacing those set before; an empty
+/// list removes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumaConfig {
+    /// The nodes, numbered 0 to n-1 in order.
+    pub nodes: Vec<NumaNode>,
+}
+
+/// One guest NUMA node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumaNode {
+    /// The node's id: its position in `nodes`.
+    pub node_id: u32,
+    /// Its vCPUs (none: a memory-only node).
+    #[serde(default)]
+    pub cpus: Option<Vec<u32>>,
+    /// Its memory in MiB.
+    pub mem_size_mib: u64,
+    /// The host NUMA node its memory is bound to and its vCPU threads pinned to.
+    #[serde(default)]
+    pub host_node: Option<u32>,
+    /// Distances to other nodes (20 when not given).
+    #[serde(default)]
+    pub distances: Option<Vec<NumaDistance>>,
+    /// Back its memory with 2 MiB huge pages.
+    #[serde(default)]
+    pub hugepages: Option<bool>,
+}
+
+/// The distance from a node to another.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumaDistance {
+    /// The other node.
+    pub node_id: u32,
+    /// 11 to 254 (10 is the local distance).
+    pub distance: u8,
+}
+
 /// A token bucket: `size` tokens refilled every `refill_time` milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,9 @@
 //! byte slices (`ram_slices`) or raw regions (`ram_regions`), and guest memory mapped copy-on-write from a snapshot's memory
 //! file (`MemoryLayout::map_file`).
 //!
-//! Later issues add memfd backing and NUMA zones with host binding.
+//! NUMA: the layout splits RAM into guest nodes (`MemoryLayout::with_nodes`, each range
+//! tagged with its node), and [`numa`] places each node's memory on the host (`mbind` to a
+//! host node, 2 MiB huge pages) and reads the host's nodes from sysfs.
 
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryRegion};
@@ -15,6 +17,7 @@ use vm_memory::{GuestAddress, GuestMemoryRegion};
 mod dirty;
 mod file;
 mod layout;
+pub mod numa;
 mod resident;
 mod slices;
 
@@ -24,6 +27,7 @@ pub use dirty::{
 };
 pub use file::shared_file;
 pub use layout::{MemoryLayout, RamRange};
+pub use numa::{NodePlacement, Placement};
 pub use resident::resident_pages;
 pub use slices::{ram_regions, ram_slices, ram_slices_mut};
 
@@ -100,6 +104,73 @@ pub enum MemoryError {
         #[source]
         source: vm_memory::mmap::MmapRegionError,
     },
+    /// A NUMA node has no RAM or RAM that is not whole pages.
+    #[error("NUMA node {node}: memory size {size} bytes is invalid: it must be a non-zero multiple of 4 KiB")]
+    InvalidNodeSize { node: u32, size: u64 },
+    /// More NUMA nodes than a `u32` numbers.
+    #[error("too many NUMA nodes")]
+    TooManyNodes,
+    /// A host NUMA node to bind to does not exist.
+    #[error(
+        "host NUMA node {node} does not exist (no /sys/devices/system/node/node{node}); \
+         this host's nodes: {present:?}"
+    )]
+    NoHostNode { node: u32, present: Vec<u32> },
+    /// The host's NUMA topology could not be read from sysfs.
+    #[error("cannot read the host's NUMA topology from {path}: {source}")]
+    HostTopology {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `mbind` refused to bind a node's memory.
+    #[error(
+        "cannot bind the memory of guest node {node} to host node {host_node} (mbind): {source}"
+    )]
+    Bind {
+        node: u32,
+        host_node: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host has too few free huge pages for the nodes that want them.
+    #[error(
+        "{needed} free 2 MiB huge pages needed on {}, {free} free: reserve more \
+         (echo N > /proc/sys/vm/nr_hugepages, or per node \
+         /sys/devices/system/node/nodeX/hugepages/hugepages-2048kB/nr_hugepages)",
+        match host_node { Some(n) => format!("host node {n}"), None => "the host".to_string() }
+    )]
+    HugePages {
+        host_node: Option<u32>,
+        needed: u64,
+        free: u64,
+    },
+    /// Huge-page memory could not be mapped (most often: not enough free huge pages).
+    #[error(
+        "cannot map {size} bytes of 2 MiB huge pages for guest node {node} \
+         (are enough reserved in /proc/sys/vm/nr_hugepages?): {source}"
+    )]
+    HugePageMap {
+        node: u32,
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    /// A huge-page node's range does not lie on 2 MiB boundaries.
+    #[error(
+        "guest node {node} uses huge pages, but its range {start:#x}+{len:#x} does not start \
+         and end on 2 MiB boundaries"
+    )]
+    UnalignedHugeRange { node: u32, start: u64, len: u64 },
+    /// Shared (memfd) memory with huge pages.
+    #[error(
+        "shared guest memory (a memfd) cannot use huge pages: turn off shared_memory or \
+         hugepages"
+    )]
+    SharedHugePages,
+    /// Guest memory has other regions than the layout has ranges.
+    #[error("guest memory has {regions} regions, its layout {ranges} RAM ranges")]
+    RegionsDiffer { regions: usize, ranges: usize },
     /// Finding which pages of guest memory hold data failed.
     #[error("cannot find the touched pages of guest memory ({what}): {source}")]
     Residency {

@@ -637,6 +637,7 @@ pub fn answer_prefix(command: Command) -> Option<&'static str> {
         Command::Keys => Some("KEYS "),
         Command::Net => Some("NET sent "),
         Command::NetRecv => Some("NET got "),
+        Command::Topology => Some("TOPOLOGY "),
         Command::Quit | Command::Ignore => None,
     }
 }

@@ -18,8 +18,11 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use memory::{GuestMemoryMmap, MemoryLayout};
 use vm_memory::GuestAddress;
 
+use acpi_tables::Aml;
+
 use crate::arch::x86_64::acpi::{self, AcpiError, AcpiInput};
 use crate::arch::x86_64::{bootparams, layout, mptable, regs};
+use crate::config::distance_matrix;
 use crate::config::{ConfigError, SerialOutput, VmConfig};
 use crate::control::ControlQueue;
 use crate::device_manager::allocator::DeviceSlot;
@@ -31,6 +34,7 @@ use crate::machine::{Machine, Subscriber};
 use crate::persist::SnapshotBook;
 use crate::signals::SignalWatcher;
 use crate::stdin::{RawTerminal, SerialInput};
+use crate::vstate::affinity::{self, AffinityError};
 use crate::vstate::vcpu::{self, Vcpu, VcpuContext, VcpuError, VcpuSetup};
 use crate::vstate::vm::{self, VmError};
 
@@ -49,6 +53,8 @@ pub enum BuildError {
     Devices(#[from] DeviceError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Affinity(#[from] AffinityError),
     #[error("cannot write boot structures: {0}")]
     Boot(String),
     #[error(transparent)]
@@ -79,6 +85,7 @@ impl BuildError {
             BuildError::Config(_)
             | BuildError::Load(_)
             | BuildError::Memory(_)
+            | BuildError::Affinity(_)
             | BuildError::Snapshot(_)
             | BuildError::SnapshotMismatch(_) => true,
             BuildError::Devices(e) => e.is_user_error(),
@@ -105,19 +112,15 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     let machine = &config.machine;
     // What boots is loaded before KVM is touched, so bad files are reported as such even on
     // a host without KVM.
-    let layout = MemoryLayout::new(machine.memory.0)?;
-    let mem = if machine.shared_memory {
-        layout.allocate_shared()?
-    } else {
-        layout.allocate()?
-    };
+    let layout = config.memory_layout()?;
+    let mem = allocate_memory(config, &layout)?;
     let mut allocator = ResourceAllocator::new(memory::MMIO32_START);
     let planned = virtio::open_devices(config, &mut allocator)?;
     let slots: Vec<DeviceSlot> = planned.iter().map(|p| p.slot).collect();
     let cmdline = guest_cmdline(config, &slots);
     tracing::debug!(%cmdline, "guest command line");
     let acpi_rsdp = match machine.acpi {
-        true => Some(write_acpi_tables(&mem, config, &slots)?),
+        true => Some(write_acpi_tables(&mem, &layout, config, &slots)?),
         false => None,
     };
     let entry = load_guest(&mem, &layout, config, &cmdline, acpi_rsdp)?;
@@ -126,7 +129,8 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
 
     let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit event"))?);
     let devices = DeviceManager::new(&vm, &exit, config, &mem, planned)?;
-    let vcpus = create_vcpus(&kvm, &vm, config, entry)?;
+    let mut vcpus = create_vcpus(&kvm, &vm, config, entry)?;
+    pin_vcpus(&mut vcpus, config)?;
     assemble(Parts {
         config: config.clone(),
         exit,
@@ -138,6 +142,30 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
         book: SnapshotBook::default(),
         start_paused: false,
     })
+}
+
+/// Fresh guest memory for `config`, laid out as `layout`: anonymous or shared (memfd), each
+/// NUMA node's memory placed on the host as configured (bound before anything touches it).
+pub(crate) fn allocate_memory(
+    config: &VmConfig,
+    layout: &MemoryLayout,
+) -> Result<GuestMemoryMmap, memory::MemoryError> {
+    let placement = config.memory_placement();
+    if config.machine.shared_memory {
+        layout.allocate_shared_placed(&placement)
+    } else {
+        layout.allocate_placed(&placement)
+    }
+}
+
+/// Pins each vCPU of a node with a `host_node` to that host node's CPUs (applied when its
+/// thread starts).
+pub(crate) fn pin_vcpus(vcpus: &mut [Vcpu], config: &VmConfig) -> Result<(), AffinityError> {
+    let masks = affinity::vcpu_affinity(config, &memory::numa::HostTopology::default())?;
+    for (vcpu, mask) in vcpus.iter_mut().zip(masks) {
+        vcpu.set_affinity(mask);
+    }
+    Ok(())
 }
 
 /// What a machine is made of, built or restored.
@@ -214,17 +242,31 @@ pub(crate) fn assemble(parts: Parts) -> Result<Machine, BuildError> {
     })
 }
 
-/// Writes the ACPI tables describing the machine; returns the RSDP's address.
+/// Writes the ACPI tables describing the machine (with a NUMA topology, its SRAT and SLIT
+/// too); returns the RSDP's address.
 fn write_acpi_tables(
     mem: &GuestMemoryMmap,
+    layout: &MemoryLayout,
     config: &VmConfig,
     slots: &[DeviceSlot],
 ) -> Result<u64, BuildError> {
+    let vcpus = config.machine.vcpus;
+    let numa = match config.numa.is_empty() {
+        true => None,
+        false => {
+            let matrix = distance_matrix(&config.numa).map_err(ConfigError::from)?;
+            let srat = acpi::numa::srat(layout, vcpus, |cpu| config.vcpu_node(cpu));
+            Some((srat, acpi::numa::slit(&matrix)))
+        }
+    };
+    let extra: Vec<&dyn Aml> = match &numa {
+        Some((srat, slit)) => vec![srat, slit],
+        None => Vec::new(),
+    };
     let input = AcpiInput {
-        vcpus: config.machine.vcpus,
+        vcpus,
         virtio: slots,
-        // The SRAT and SLIT of a NUMA machine go here.
-        extra: &[],
+        extra: &extra,
     };
     Ok(acpi::setup(mem, &input)?)
 }

@@ -89,6 +89,31 @@ fn info(path: &Path, verify: bool) -> Result<String, snapshot::SnapshotError> {
             m.memory.0 >> 20,
             if m.track_dirty_pages { "on" } else { "off" }
         );
+        for n in &state.config.numa {
+            let mut host = String::new();
+            if let Some(h) = n.host_node {
+                let _ = write!(host, ", bound to host node {h}");
+            }
+            if n.hugepages {
+                host.push_str(", huge pages");
+            }
+            let _ = writeln!(
+                text,
+                "numa node {}: vCPUs {}, {} MiB{host}",
+                n.node,
+                String::from(n.cpus.clone()),
+                n.memory.0 >> 20
+            );
+        }
+        for r in &state.layout.ram {
+            let _ = writeln!(
+                text,
+                "ram {:#x}-{:#x} node {}",
+                r.start,
+                r.end() - 1,
+                r.node
+            );
+        }
         for d in &state.devices.virtio {
             let kind = d.device.kind();
             let _ = writeln!(

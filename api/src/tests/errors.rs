@@ -198,3 +198,31 @@ fn oversize_body_413() {
     assert!(msg.contains("too large"), "{msg}");
     assert!(h.nothing_seen());
 }
+
+#[test]
+fn numa_bodies_are_objects_with_lists_only_where_the_document_has_them() {
+    let h = Harness::new();
+    for (body, says) in [
+        (&br#"[[]]"#[..], "invalid type: array"),
+        (br#"{"nodes": [[0, [0], 64]]}"#, "field `nodes[0]`"),
+        (
+            br#"{"nodes": [{"node_id": 0, "mem_size_mib": 64, "distances": [[1, 20]]}]}"#,
+            "field `nodes[0].distances[0]`",
+        ),
+        (
+            br#"{"nodes": [{"node_id": 0, "mem_size_mib": 64, "host_node": [0]}]}"#,
+            "host_node",
+        ),
+        (
+            br#"{"nodes": [{"node_id": 0, "mem_size_mib": 64, "distances": [{"node_id": 1, "distance": 300}]}]}"#,
+            "distance",
+        ),
+        (br#"{"nodes": [{"node_id": 0}]}"#, "missing field `mem_size_mib`"),
+        (br#"{"nodes": [{"node_id": 0, "mem_size_mib": 64, "zone": 1}]}"#, "unknown field `zone`"),
+    ] {
+        let (status, msg) = send(&h, "PUT", "/numa", body);
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(body));
+        assert!(msg.contains(says), "{msg}");
+    }
+    assert!(h.nothing_seen());
+}

@@ -122,6 +122,35 @@ fn every_route_reaches_the_vmm() {
         ),
         (
             "PUT",
+            "/numa",
+            Some(json!({"nodes": [
+                {"node_id": 0, "cpus": [0, 1], "mem_size_mib": 512, "host_node": 0},
+                {"node_id": 1, "mem_size_mib": 256, "distances": [{"node_id": 0, "distance": 30}],
+                 "hugepages": true}]})),
+            R::PutNuma(NumaConfig {
+                nodes: vec![
+                    NumaNode {
+                        node_id: 0,
+                        cpus: Some(vec![0, 1]),
+                        mem_size_mib: 512,
+                        host_node: Some(0),
+                        ..Default::default()
+                    },
+                    NumaNode {
+                        node_id: 1,
+                        mem_size_mib: 256,
+                        distances: Some(vec![NumaDistance {
+                            node_id: 0,
+                            distance: 30,
+                        }]),
+                        hugepages: Some(true),
+                        ..Default::default()
+                    },
+                ],
+            }),
+        ),
+        (
+            "PUT",
             "/vsock",
             Some(json!({"guest_cid": 3, "uds_path": "/tmp/v.sock"})),
             R::PutVsock(Vsock {

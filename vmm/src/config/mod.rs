@@ -8,10 +8,15 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 mod device_options;
+mod numa;
 mod options;
 pub use device_options::parse_gpu;
 pub use device_options::parse_input;
 pub use device_options::{parse_console, parse_disk, parse_net, parse_vsock};
+pub use numa::{
+    check_same_guest_topology, distance_matrix, parse_numa, CpuList, NodeDistance, NumaError,
+    NumaNode, MAX_NUMA_NODES,
+};
 pub use options::Options;
 
 /// The most vCPUs petrel starts: every APIC id must fit the MP table's 8-bit field, and
@@ -42,6 +47,9 @@ pub enum ConfigError {
     /// Two devices conflict (same id, same backend).
     #[error("conflicting devices: {0}")]
     Conflict(String),
+    /// The NUMA topology is inconsistent.
+    #[error(transparent)]
+    Numa(#[from] NumaError),
     /// The config file could not be read or parsed.
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
@@ -229,6 +237,9 @@ pub struct VmConfig {
     /// vCPUs, memory, CPU template.
     #[serde(default)]
     pub machine: MachineConfig,
+    /// The guest's NUMA nodes, in order (none: one node, no host placement).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub numa: Vec<NumaNode>,
     /// The serial console's output.
     #[serde(default)]
     pub serial: SerialOutput,
@@ -274,6 +285,7 @@ impl VmConfig {
         }
         memory::MemoryLayout::new(self.machine.memory.0)
             .map_err(|e| ConfigError::Memory(e.to_string()))?;
+        numa::validate(self)?;
         device_options::validate(self)
     }
 

@@ -17,8 +17,27 @@ impl Options {
     /// rate-limit keys, so `rate=bw=50M,ops=1000` reads as `bw=50M` and `ops=1000`. A key
     /// given twice, an option without `=` or an empty key is an error.
     pub fn parse(flag: &'static str, text: &str) -> Result<Self, ConfigError> {
-        let mut values = BTreeMap::new();
+        Self::parse_with_lists(flag, text, &[])
+    }
+
+    /// [`Options::parse`] where the values of `list_keys` are comma-separated lists: a part
+    /// without `=` right after such a key continues its value, so `cpus=0,2,4-5,memory=1G`
+    /// reads as `cpus=0,2,4-5` and `memory=1G`.
+    pub fn parse_with_lists(
+        flag: &'static str,
+        text: &str,
+        list_keys: &[&str],
+    ) -> Result<Self, ConfigError> {
+        let mut values: BTreeMap<String, String> = BTreeMap::new();
+        let mut list: Option<String> = None;
         for part in text.split(',') {
+            if let Some(key) = list.as_ref().filter(|_| !part.contains('=')) {
+                if let Some(value) = values.get_mut(key) {
+                    value.push(',');
+                    value.push_str(part);
+                    continue;
+                }
+            }
             let part = part.strip_prefix("rate=").unwrap_or(part);
             let (key, value) = part
                 .split_once('=')
@@ -33,6 +52,7 @@ impl Options {
                     reason: format!("{key} is given twice"),
                 });
             }
+            list = list_keys.contains(&key).then(|| key.to_string());
         }
         Ok(Options { flag, values })
     }
@@ -117,6 +137,20 @@ mod tests {
             "bw=5M,ops=10"
         );
         o.finish().unwrap();
+    }
+
+    #[test]
+    fn list_keys_take_the_parts_without_a_key_that_follow() {
+        let mut o =
+            Options::parse_with_lists("numa", "node=0,cpus=0,2,4-5,memory=1G", &["cpus"]).unwrap();
+        assert_eq!(o.take("cpus").unwrap(), "0,2,4-5");
+        assert_eq!(o.take("memory").unwrap(), "1G");
+        assert_eq!(o.take("node").unwrap(), "0");
+        o.finish().unwrap();
+        // Only after a list key: elsewhere a part without `=` is still an error.
+        assert!(Options::parse_with_lists("numa", "node=0,1,cpus=0", &["cpus"]).is_err());
+        assert!(Options::parse_with_lists("numa", "1,cpus=0", &["cpus"]).is_err());
+        assert!(Options::parse("numa", "cpus=0,1").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use api::types::{
     BootSource, Console, Drive, DrivePatch, MachineConfig, MachineConfigPatch, NetworkInterface,
     NetworkInterfacePatch, RateLimiter, TokenBucket,
 };
+use api::types::{NumaConfig, NumaNode};
 use api::ApiResponse;
 use devices::rate_limiter::{RateLimitConfig, TokenBucketConfig};
 use devices::virtio::block::BlockConfig;
@@ -16,7 +17,7 @@ use devices::virtio::console::ConsoleConfig;
 use devices::virtio::net::{MacAddr, NetConfig};
 use devices::virtio::vsock::VsockConfig;
 
-use crate::config::{ByteSize, CpuTemplate, RootDisk, VmConfig};
+use crate::config::{ByteSize, CpuList, CpuTemplate, NodeDistance, RootDisk, VmConfig};
 
 /// Longest TAP name Linux accepts (`IFNAMSIZ` less the NUL).
 const MAX_TAP_NAME: usize = 15;
@@ -374,6 +375,50 @@ pub fn put_vsock(config: &mut VmConfig, vsock: Vsock) -> Result<(), ApiResponse>
     edit(config, |c| {
         c.vsock = Some(vsock);
         Ok(())
+    })
+}
+
+/// `PUT /numa`: replaces the guest's NUMA nodes (an empty list removes them). The nodes
+/// must fit the machine as configured (vCPUs, memory): set `/machine-config` first; to
+/// change both, remove the nodes, change the machine, then put the new nodes.
+pub fn put_numa(config: &mut VmConfig, numa: NumaConfig) -> Result<(), ApiResponse> {
+    let nodes = numa
+        .nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| numa_node(i, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    edit(config, |c| {
+        c.numa = nodes;
+        Ok(())
+    })
+}
+
+fn numa_node(index: usize, n: NumaNode) -> Result<crate::config::NumaNode, ApiResponse> {
+    let mib = n.mem_size_mib;
+    let memory = mib.checked_mul(1 << 20).map(ByteSize).ok_or_else(|| {
+        bad(format!(
+            "nodes[{index}].mem_size_mib: {mib} MiB is too large"
+        ))
+    })?;
+    let mut cpus = n.cpus.unwrap_or_default();
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(crate::config::NumaNode {
+        node: n.node_id,
+        cpus: CpuList(cpus),
+        memory,
+        host_node: n.host_node,
+        distances: n
+            .distances
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| NodeDistance {
+                node: d.node_id,
+                distance: d.distance,
+            })
+            .collect(),
+        hugepages: n.hugepages.unwrap_or(false),
     })
 }
 

@@ -264,6 +264,7 @@ impl ControlHandler {
                 None => configure::patch_net(config, p),
             }),
             R::PutVsock(v) => done(configure::put_vsock(config, v)),
+            R::PutNuma(n) => done(configure::put_numa(config, n)),
             R::CreateSnapshot(params) => done(match &self.runtime {
                 Some(rt) => crate::persist::create::create(rt, config, &params),
                 None => Err(ApiResponse::error(500, "the VM has no machine")),

@@ -37,7 +37,7 @@ pub fn of(kvm: &Kvm, config: &VmConfig) -> Result<Compat, CompatError> {
             hasher.update(&word.to_le_bytes());
         }
     }
-    let layout = memory::MemoryLayout::new(config.machine.memory.0)?;
+    let layout = config.memory_layout()?;
     Ok(Compat {
         cpuid_hash: *hasher.finalize().as_bytes(),
         memory: layout.ram.iter().map(|r| (r.start, r.len)).collect(),

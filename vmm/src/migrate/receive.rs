@@ -24,7 +24,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::progress::{self, Progress};
 use super::{compat, reason, FinalState};
 use crate::builder::BuildError;
-use crate::config::VmConfig;
+use crate::config::{check_same_guest_topology, VmConfig};
 use crate::machine::Machine;
 use crate::persist::restore::{build_restored, restored_vm};
 use crate::persist::SnapshotBook;
@@ -170,17 +170,15 @@ impl Receiving {
                 "the source's configuration differs from the machine it shook hands as: {reason}"
             )
         })?;
+        check_same_guest_topology(&source, &self.host).map_err(|reason| {
+            format!("the source's NUMA topology differs from this machine's: {reason}")
+        })?;
         let mut config = self.host.clone();
         let vcpus = config.machine.vcpus as usize;
-        let layout =
-            memory::MemoryLayout::new(config.machine.memory.0).map_err(|e| e.to_string())?;
-        let alloc_error = |e| format!("cannot allocate guest memory: {e}");
+        let layout = config.memory_layout().map_err(|e| e.to_string())?;
         // Untouched until pages come: a source that hands its memory over costs nothing here.
-        let mut mem = if config.machine.shared_memory {
-            layout.allocate_shared().map_err(alloc_error)?
-        } else {
-            layout.allocate().map_err(alloc_error)?
-        };
+        let mut mem = crate::builder::allocate_memory(&config, &layout)
+            .map_err(|e| format!("cannot allocate guest memory: {e}"))?;
         // The VM is made while memory arrives (so the final pause need not wait for it), once
         // it is known to be around this memory: at the first pages, or when the memory is
         // handed over. Not before: destroying a VM takes KVM milliseconds.
@@ -312,6 +310,8 @@ impl Receiving {
         let mem = layout
             .map_shared(&file)
             .map_err(|e| format!("cannot map the memory the source handed over: {e}"))?;
+        crate::persist::restore::bind_restored(&self.host, layout, &mem)
+            .map_err(|e| format!("cannot bind the memory the source handed over: {e}"))?;
         self.progress.update(|i| i.pages = i.total_pages);
         Ok(mem)
     }

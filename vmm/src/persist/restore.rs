@@ -108,6 +108,7 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
     }
     let (base, data_offset) = chain.base();
     let mem = layout.map_file(base, data_offset)?;
+    bind_restored(&config, &layout, &mem)?;
     // SAFETY: the memory was just mapped and nothing else (no vCPU, no device) exists yet
     // to touch it; the slices are dropped at the end of this statement.
     chain.apply_layers(&mut unsafe { memory::ram_slices_mut(&mem) })?;
@@ -134,6 +135,23 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
     Ok(machine)
 }
 
+/// Binds restored memory (mapped from a file or handed over, not allocated here) to the
+/// configured host nodes, before the saved pages are written into it. Huge pages cannot be
+/// added to such memory: a node that asks for them gets small pages, with a warning.
+pub fn bind_restored(
+    config: &VmConfig,
+    layout: &memory::MemoryLayout,
+    mem: &memory::GuestMemoryMmap,
+) -> Result<(), memory::MemoryError> {
+    for n in config.numa.iter().filter(|n| n.hugepages) {
+        tracing::warn!(
+            node = n.node,
+            "restored guest memory is mapped from a file: the node's hugepages=on is not applied"
+        );
+    }
+    layout.bind(mem, &config.memory_placement())
+}
+
 /// The configuration of a restored machine: the saved one, with this process's host-side
 /// settings (where the serial console writes; dirty page tracking if asked here), checked
 /// against the saved state. `what` names the state's source in errors.
@@ -148,10 +166,10 @@ pub fn restored_config(
     config.serial = host.serial.clone();
     config.machine.track_dirty_pages |= track_dirty || host.machine.track_dirty_pages;
     config.validate()?;
-    let layout = memory::MemoryLayout::new(config.machine.memory.0)?;
+    let layout = config.memory_layout()?;
     if layout != state.layout {
         return Err(mismatch(format!(
-            "{what}: the memory layout does not match the machine's memory size"
+            "{what}: the memory layout does not match the machine's memory size and NUMA nodes"
         )));
     }
     if state.vcpus.len() != config.machine.vcpus as usize {
@@ -192,12 +210,13 @@ pub fn build_restored(
     // vCPUs before devices: a restored device serves what the driver queued before the save
     // and may interrupt at once, and an interrupt with no local APIC to take it is lost.
     vcpu::install_kick_handler()?;
-    let vcpus = saved
+    let mut vcpus = saved
         .vcpus
         .iter()
         .enumerate()
         .map(|(id, s)| Vcpu::restore(&vm, id as u32, s))
         .collect::<Result<Vec<_>, _>>()?;
+    crate::builder::pin_vcpus(&mut vcpus, &config)?;
     let devices = DeviceManager::restore(&vm, &exit, &config, &mem, saved.devices)?;
     assemble(Parts {
         config,

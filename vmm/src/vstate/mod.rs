@@ -1,5 +1,6 @@
 //! KVM state: the VM (memory slots, irqchip, PIT) and the vCPUs with their threads.
 
+pub mod affinity;
 pub mod msrs;
 pub mod pause;
 mod raw;

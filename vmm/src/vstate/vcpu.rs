@@ -27,6 +27,7 @@ use kvm_bindings::{kvm_run, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use super::affinity::CpuMask;
 use super::vcpu_state::{self, VcpuCaps, VcpuState};
 use crate::arch::x86_64::{cpuid, msr, regs};
 use crate::config::CpuTemplate;
@@ -77,6 +78,14 @@ pub enum VcpuError {
     /// The guest uses nested virtualization, whose state petrel does not save.
     #[error("vCPU {id}: the guest has nested virtualization (VMX/SVM) state, which snapshots do not save")]
     NestedState { id: u32 },
+    /// The vCPU thread could not be restricted to its host CPUs.
+    #[error("vCPU {id}: cannot pin its thread to host CPUs {cpus}: {source}")]
+    Affinity {
+        id: u32,
+        cpus: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The vCPU is inside `KVM_RUN`: its state can only be read while the VM is paused.
     #[error("vCPU {id} is running: pause the VM before saving its state")]
     NotPaused { id: u32 },
@@ -168,6 +177,8 @@ pub struct Vcpu {
     id: u32,
     fd: Arc<Mutex<VcpuFd>>,
     caps: VcpuCaps,
+    /// The host CPUs its thread runs on; anywhere when `None`.
+    affinity: Option<CpuMask>,
 }
 
 /// Locks a vCPU fd; a panic on the vCPU thread leaves the fd itself intact.
@@ -226,6 +237,7 @@ impl Vcpu {
             id,
             fd: Arc::new(Mutex::new(fd)),
             caps: VcpuCaps::probe(vm),
+            affinity: None,
         })
     }
 
@@ -247,6 +259,7 @@ impl Vcpu {
             id,
             fd: Arc::new(Mutex::new(fd)),
             caps,
+            affinity: None,
         })
     }
 
@@ -265,16 +278,51 @@ impl Vcpu {
         vcpu_state::save(&lock(&self.fd), self.id, &self.caps)
     }
 
-    /// Starts the vCPU's thread.
+    /// Restricts the vCPU's thread to `cpus` (from its first instruction on), or lets it
+    /// run anywhere (`None`).
+    pub fn set_affinity(&mut self, cpus: Option<CpuMask>) {
+        self.affinity = cpus;
+    }
+
+    /// Starts the vCPU's thread. With an affinity, the thread pins itself before its first
+    /// `KVM_RUN` and this waits for that: a thread that cannot be pinned ends without running
+    /// the guest, and the error is returned here.
     pub fn start(self, ctx: VcpuContext) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
         let fd = Arc::clone(&self.fd);
         let caps = self.caps;
         let pause = Arc::clone(&ctx.pause);
+        let (pinned_tx, pinned_rx) = std::sync::mpsc::sync_channel(1);
+        let affinity = self.affinity.clone();
         let thread = std::thread::Builder::new()
             .name(format!("petrel_vcpu{id}"))
-            .spawn(move || self.run(ctx))
+            .spawn(move || {
+                if let Some(mask) = &self.affinity {
+                    let pinned = mask.apply_to_current_thread();
+                    let failed = pinned.is_err();
+                    let _ = pinned_tx.send(pinned);
+                    if failed {
+                        return;
+                    }
+                }
+                self.run(ctx)
+            })
             .map_err(|source| VcpuError::Spawn { id, source })?;
+        if let Some(mask) = affinity {
+            let pinned = pinned_rx.recv().unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "the vCPU thread ended before pinning",
+                ))
+            });
+            if let Err(source) = pinned {
+                let _ = thread.join();
+                return Err(VcpuError::Affinity {
+                    id,
+                    cpus: mask.to_string(),
+                    source,
+                });
+            }
+        }
         Ok(VcpuHandle {
             id,
             thread,

@@ -17,6 +17,7 @@ mod gpu;
 mod input;
 mod machine;
 mod net;
+pub mod numa;
 mod screen;
 mod smp;
 mod snapshot;
@@ -52,6 +53,11 @@ pub static SCENARIOS: &[Scenario] = &[
         name: "boot",
         run: boot::run,
         exit: Exit::Reset,
+    },
+    Scenario {
+        name: "numa",
+        run: numa::run,
+        exit: Exit::PowerOff,
     },
     Scenario {
         name: "smp",

@@ -144,6 +144,9 @@ pub fn run(boot: &BootParams) -> Result<(), String> {
                 | Command::Keys
                 | Command::Net
                 | Command::NetRecv) => devices.handle(command)?,
+                Command::Topology => {
+                    println!("TOPOLOGY {}", super::numa::topology(boot)?.join(" | "))
+                }
                 Command::Ignore => {}
                 Command::Unknown(byte) => println!("UNKNOWN {byte:#04x}"),
             }

@@ -190,6 +190,9 @@ pub enum Command {
     /// [`NET_ETHERTYPE`]; answer `NET got <len> <fnv1a64 of the frame, 16 hex digits>` or
     /// `NET got none`. (Receive buffers are posted at start and again once taken.)
     NetRecv,
+    /// `t`: read the NUMA topology from the ACPI tables again (`numa`'s topology lines);
+    /// answer `TOPOLOGY <line> | <line> | ...`.
+    Topology,
     /// `\r`, `\n`, space: nothing.
     Ignore,
     /// Anything else: answer `UNKNOWN <byte>` (the byte as 0x-prefixed hex).
@@ -213,6 +216,7 @@ impl Command {
             b'i' => Command::Keys,
             b'n' => Command::Net,
             b'm' => Command::NetRecv,
+            b't' => Command::Topology,
             b'\r' | b'\n' | b' ' => Command::Ignore,
             other => Command::Unknown(other),
         }
@@ -241,6 +245,7 @@ impl Command {
             Command::Keys => Some(b'i'),
             Command::Net => Some(b'n'),
             Command::NetRecv => Some(b'm'),
+            Command::Topology => Some(b't'),
             Command::Unknown(byte) => Some(byte),
         }
     }

@@ -2,6 +2,7 @@ use api::types::{
     BootSource, Console, Drive, DrivePatch, MachineConfig, MachineConfigPatch, NetworkInterface,
     NetworkInterfacePatch, RateLimiter, TokenBucket,
 };
+use api::types::{NumaConfig, NumaDistance, NumaNode};
 use api::ApiResponse;
 
 use super::*;
@@ -320,4 +321,96 @@ fn network_interfaces_and_consoles() {
     ))
     .contains("used twice"));
     assert_eq!(c.consoles.len(), 1);
+}
+
+fn numa_node(id: u32, cpus: &[u32], mib: u64) -> NumaNode {
+    NumaNode {
+        node_id: id,
+        cpus: Some(cpus.to_vec()),
+        mem_size_mib: mib,
+        ..NumaNode::default()
+    }
+}
+
+#[test]
+fn numa_nodes_are_put_whole_checked_against_the_machine_and_removed_with_an_empty_list() {
+    let mut c = VmConfig::default();
+    put_machine_config(
+        &mut c,
+        MachineConfig {
+            vcpu_count: 4,
+            mem_size_mib: 768,
+            ..MachineConfig::default()
+        },
+    )
+    .unwrap();
+    let mut second = numa_node(1, &[2, 3], 256);
+    second.host_node = Some(0);
+    second.hugepages = Some(true);
+    second.distances = Some(vec![NumaDistance {
+        node_id: 0,
+        distance: 30,
+    }]);
+    put_numa(
+        &mut c,
+        NumaConfig {
+            nodes: vec![numa_node(0, &[1, 0], 512), second],
+        },
+    )
+    .unwrap();
+    assert_eq!(c.numa.len(), 2);
+    assert_eq!(c.numa[0].cpus.0, vec![0, 1]);
+    assert_eq!(c.numa[1].memory, ByteSize(256 << 20));
+    assert_eq!(c.numa[1].host_node, Some(0));
+    assert!(c.numa[1].hugepages);
+    assert_eq!(c.numa[1].distances[0].distance, 30);
+    let before = c.clone();
+
+    // Refusals change nothing.
+    for (nodes, says) in [
+        (
+            vec![numa_node(0, &[0, 1], 512), numa_node(1, &[1, 2, 3], 256)],
+            "vCPU 1 is in NUMA node 0 and in node 1",
+        ),
+        (
+            vec![numa_node(0, &[0, 1], 512), numa_node(1, &[2], 256)],
+            "vCPUs 3 are in no NUMA node",
+        ),
+        (
+            vec![numa_node(0, &[0, 1], 512), numa_node(1, &[2, 3], 128)],
+            "mem_size_mib",
+        ),
+        (
+            vec![numa_node(1, &[0, 1], 512), numa_node(0, &[2, 3], 256)],
+            "numbered 0, 1, 2",
+        ),
+        (
+            vec![numa_node(0, &[0, 1, 2, 3], u64::MAX)],
+            "nodes[0].mem_size_mib",
+        ),
+    ] {
+        let msg = message(put_numa(&mut c, NumaConfig { nodes }));
+        assert!(msg.contains(says), "{msg}");
+        assert_eq!(c, before);
+    }
+
+    // The machine cannot change under the nodes; without them it can.
+    let msg = message(patch_machine_config(
+        &mut c,
+        MachineConfigPatch {
+            mem_size_mib: Some(1024),
+            ..MachineConfigPatch::default()
+        },
+    ));
+    assert!(msg.contains("adds up to 768M"), "{msg}");
+    put_numa(&mut c, NumaConfig { nodes: vec![] }).unwrap();
+    assert!(c.numa.is_empty());
+    patch_machine_config(
+        &mut c,
+        MachineConfigPatch {
+            mem_size_mib: Some(1024),
+            ..MachineConfigPatch::default()
+        },
+    )
+    .unwrap();
 }

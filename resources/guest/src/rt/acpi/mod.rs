@@ -9,6 +9,7 @@
 pub mod aml;
 pub mod fadt;
 pub mod madt;
+pub mod srat;
 
 use alloc::format;
 use alloc::string::String;

@@ -18,6 +18,7 @@ use crate::device_manager::allocator::DeviceSlot;
 pub mod dsdt;
 mod fadt;
 mod madt;
+pub mod numa;
 
 /// The OEM id of every table.
 pub const OEM_ID: [u8; 6] = *b"PETREL";
