@@ -41,7 +41,17 @@ fn expected_e820(size: u64) -> Vec<String> {
     map
 }
 
-fn linux_prints_banner_cmdline_and_e820(image: &str, memory: &str, size: u64, limit: Duration) {
+/// Boots `image` with `memory` of RAM and 2 vCPUs (plus `extra` flags) and checks what Linux
+/// prints up to its CPU count: banner, command line, e820 map, petrel's ACPI tables, the MADT
+/// used for SMP, and every line of `expect`.
+fn linux_prints_banner_cmdline_and_e820(
+    image: &str,
+    memory: &str,
+    size: u64,
+    limit: Duration,
+    extra: &[&str],
+    expect: &[&str],
+) {
     if !kvm_available() {
         return;
     }
@@ -50,7 +60,7 @@ fn linux_prints_banner_cmdline_and_e820(image: &str, memory: &str, size: u64, li
     let log = dir.path().join("serial.log");
     let cmdline = "earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 petrel.nonce=5eed";
     let serial = format!("file:{}", log.display());
-    let child = tests::command(&[
+    let mut args = vec![
         "--kernel",
         kernel.to_str().unwrap(),
         "--memory",
@@ -63,9 +73,9 @@ fn linux_prints_banner_cmdline_and_e820(image: &str, memory: &str, size: u64, li
         "2",
         "--serial",
         &serial,
-    ])
-    .spawn()
-    .unwrap();
+    ];
+    args.extend_from_slice(extra);
+    let child = tests::command(&args).spawn().unwrap();
     let pid = child.id().to_string();
 
     let expected = expected_e820(size);
@@ -116,18 +126,48 @@ fn linux_prints_banner_cmdline_and_e820(image: &str, memory: &str, size: u64, li
         "{text}"
     );
     assert!(text.contains("smpboot: Allowing 2 CPUs"), "{text}");
+    for line in expect {
+        assert!(text.contains(line), "no {line:?}\n{text}");
+    }
     // The guest was still running when stopped: it exits on the signal, in order.
     assert_eq!(out.status.code(), Some(128 + 15), "{out}");
 }
 
 #[test]
 fn linux_vmlinux_prints_banner_cmdline_and_e820_512m() {
-    linux_prints_banner_cmdline_and_e820("vmlinux", "512M", 512 << 20, Duration::from_secs(180));
+    linux_prints_banner_cmdline_and_e820(
+        "vmlinux",
+        "512M",
+        512 << 20,
+        Duration::from_secs(180),
+        &[],
+        &[],
+    );
 }
 
+/// Two NUMA nodes of 2 GiB, the second split by the MMIO gap: Linux reads the SRAT (each
+/// node's memory and CPU) before it counts the CPUs.
 #[test]
-fn linux_vmlinux_sees_ram_above_4g() {
-    linux_prints_banner_cmdline_and_e820("vmlinux", "4G", 4 << 30, Duration::from_secs(180));
+fn linux_vmlinux_sees_ram_above_4g_in_two_numa_nodes() {
+    linux_prints_banner_cmdline_and_e820(
+        "vmlinux",
+        "4G",
+        4 << 30,
+        Duration::from_secs(180),
+        &[
+            "--numa",
+            "node=0,cpus=0,memory=2G",
+            "--numa",
+            "node=1,cpus=1,memory=2G,distance=0:21",
+        ],
+        &[
+            "ACPI: SRAT: Node 0 PXM 0 [mem 0x00000000-0x7fffffff]",
+            "ACPI: SRAT: Node 1 PXM 1 [mem 0x80000000-0xbfffffff]",
+            "ACPI: SRAT: Node 1 PXM 1 [mem 0x100000000-0x13fffffff]",
+            "PXM 0 -> APIC 0x00 -> Node 0",
+            "PXM 1 -> APIC 0x01 -> Node 1",
+        ],
+    );
 }
 
 /// The bzImage decompresses itself in the guest first: about 3.5 minutes on an emulating
@@ -135,5 +175,12 @@ fn linux_vmlinux_sees_ram_above_4g() {
 #[test]
 #[ignore = "slow here: the guest decompresses a 14 MB LZ4 payload under an emulating KVM"]
 fn linux_bzimage_decompresses_and_prints_banner_cmdline_and_e820() {
-    linux_prints_banner_cmdline_and_e820("bzImage", "512M", 512 << 20, Duration::from_secs(600));
+    linux_prints_banner_cmdline_and_e820(
+        "bzImage",
+        "512M",
+        512 << 20,
+        Duration::from_secs(600),
+        &[],
+        &[],
+    );
 }
