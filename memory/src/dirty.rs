@@ -66,8 +66,9 @@ pub fn or_page_set_at(dst: &mut [u64], first_page: usize, src: &[u64], pages: us
     };
     let (base, shift) = (first_page / 64, first_page % 64);
     if shift == 0 {
-        // Regions start on 256 KiB boundaries of the RAM offset space in every layout petrel
-        // builds today (the low range is either all of RAM or exactly 3 GiB): a plain OR.
+        // A region that starts on a 256 KiB boundary of the RAM offset space (every one
+        // without NUMA: the low range is either all of RAM or exactly 3 GiB): a plain OR.
+        // NUMA nodes may start on any page, and take the shifting path below.
         for i in 0..words {
             dst[base + i] |= word_at(i);
         }

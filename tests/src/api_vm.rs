@@ -32,13 +32,22 @@ impl ApiVm {
     /// `ip netns exec`, which execs petrel: the child is petrel itself). The API socket and
     /// files are paths, reachable from any namespace.
     pub fn spawn_in(netns: Option<&NetNs>, extra: &[&str]) -> ApiVm {
+        match netns {
+            Some(ns) => ApiVm::spawn_wrapped(&["ip", "netns", "exec", ns.name()], extra),
+            None => ApiVm::spawn_wrapped(&[], extra),
+        }
+    }
+
+    /// [`ApiVm::spawn`] through `wrapper` (a program and its arguments that execs the
+    /// command after them, such as `taskset -c 1`): the child is petrel itself.
+    pub fn spawn_wrapped(wrapper: &[&str], extra: &[&str]) -> ApiVm {
         let dir = tempfile::tempdir().expect("temp dir");
         let sock = dir.path().join("api.sock");
         let serial = dir.path().join("serial.log");
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut cmd = std::process::Command::new("ip");
-                cmd.args(["netns", "exec", ns.name()]).arg(petrel());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = std::process::Command::new(program);
+                cmd.args(args).arg(petrel());
                 cmd
             }
             None => std::process::Command::new(petrel()),
@@ -187,6 +196,11 @@ impl ApiVm {
         // SAFETY: kill takes no pointers; the pid is our own child, not yet reaped.
         let r = unsafe { libc::kill(pid as libc::pid_t, signal) };
         assert_eq!(r, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// petrel's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("petrel is running").id()
     }
 
     /// The socket path.

@@ -97,11 +97,14 @@ fn info(path: &Path, verify: bool) -> Result<String, snapshot::SnapshotError> {
             if n.hugepages {
                 host.push_str(", huge pages");
             }
+            let cpus = match String::from(n.cpus.clone()) {
+                list if list.is_empty() => "no vCPUs".to_string(),
+                list => format!("vCPUs {list}"),
+            };
             let _ = writeln!(
                 text,
-                "numa node {}: vCPUs {}, {} MiB{host}",
+                "numa node {}: {cpus}, {} MiB{host}",
                 n.node,
-                String::from(n.cpus.clone()),
                 n.memory.0 >> 20
             );
         }

@@ -82,7 +82,9 @@ impl Placement {
                 }
             }
         }
-        for (host_node, pages) in needed {
+        // Host nodes first (the more precise message), the whole host last.
+        let host_wide = needed.remove(&None).map(|pages| (None, pages));
+        for (host_node, pages) in needed.into_iter().chain(host_wide) {
             let free = host.free_huge_pages(host_node)?;
             if free < pages {
                 return Err(MemoryError::HugePages {

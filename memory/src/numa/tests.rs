@@ -218,3 +218,17 @@ fn huge_page_memory_when_the_host_has_some_free() {
     mem.write_obj(9u8, GuestAddress(20 * MIB)).unwrap();
     assert_eq!(mem.read_obj::<u8>(GuestAddress(20 * MIB)).unwrap(), 9);
 }
+
+#[test]
+fn pages_of_a_node_that_starts_inside_a_bitmap_word_keep_their_ram_page_numbers() {
+    // Node 1 starts at RAM page 4097: not on a 64-page boundary.
+    let layout = MemoryLayout::with_nodes(&[16 * MIB + 4096, 16 * MIB - 4096]).unwrap();
+    let mem = layout.allocate().unwrap();
+    for page in [4096u64, 4097, 4160, 8191] {
+        mem.write_obj(1u8, GuestAddress(page * 4096)).unwrap();
+    }
+    let dirty: Vec<usize> = crate::pages_in(&crate::take_vmm_dirty(&mem)).collect();
+    assert_eq!(dirty, vec![4096, 4097, 4160, 8191]);
+    let touched: Vec<usize> = crate::pages_in(&crate::resident_pages(&mem).unwrap()).collect();
+    assert_eq!(touched, dirty);
+}
