@@ -160,6 +160,11 @@ pub enum NumaError {
          shared_memory or hugepages"
     )]
     SharedHugePages { node: u32 },
+    #[error(
+        "NUMA nodes are described to the guest in ACPI tables (SRAT, SLIT), which --acpi off \
+         leaves out: turn ACPI on or remove the nodes"
+    )]
+    NeedsAcpi,
 }
 
 /// `--numa node=N,cpus=LIST,memory=SIZE[,host_node=N][,distance=N:D;N:D...][,hugepages=on]`.
@@ -231,6 +236,9 @@ pub fn validate(config: &VmConfig) -> Result<(), NumaError> {
                 expected,
             });
         }
+    }
+    if !config.machine.acpi {
+        return Err(NumaError::NeedsAcpi);
     }
     check_cpus(nodes, config.machine.vcpus)?;
     check_memory(config)?;

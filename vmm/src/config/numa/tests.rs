@@ -392,3 +392,11 @@ fn a_migration_needs_the_same_guest_topology_but_not_the_same_host_placement() {
     let err = check_same_guest_topology(&VmConfig::default(), &ours).unwrap_err();
     assert_eq!(err, "2 NUMA nodes here, 0 from the source");
 }
+
+#[test]
+fn nodes_without_acpi_are_refused() {
+    let mut c = machine(1, &["node=0,cpus=0,memory=64M"]);
+    assert_eq!(c.validate(), Ok(()));
+    c.machine.acpi = false;
+    assert_eq!(refused(&c), NumaError::NeedsAcpi);
+}
