@@ -46,6 +46,9 @@ fn echo(stream: UnixStream, data: Vec<u8>, read_size: usize, pause: Duration) ->
     let mut writer = stream.try_clone().unwrap();
     let len = data.len();
     let w = std::thread::spawn(move || writer.write_all(&data).unwrap());
+    // A slow reader also starts late: however fast the guest echoes, its bytes fill the
+    // socket before the first read, so the device has to hold some back.
+    std::thread::sleep(pause * 1000);
     let mut reader = stream;
     let mut got = Vec::with_capacity(len);
     let mut buf = vec![0u8; read_size];
