@@ -280,7 +280,9 @@ fn guest_cmdline(config: &VmConfig, slots: &[DeviceSlot]) -> String {
         cmdline.push(' ');
         cmdline.push_str(&root);
     }
-    if config.machine.acpi {
+    // A kernel told `acpi=off` ignores the DSDT: it finds its devices on the command line.
+    let guest_reads_acpi = !cmdline.split_whitespace().any(|t| t == "acpi=off");
+    if config.machine.acpi && guest_reads_acpi {
         return cmdline;
     }
     for slot in slots {
@@ -402,5 +404,17 @@ mod tests {
             guest_cmdline(&config, &[slot()]),
             format!("{} virtio_mmio.device=4K@0xc0000000:5", config.cmdline())
         );
+    }
+
+    #[test]
+    fn a_guest_told_acpi_off_finds_its_devices_on_the_command_line() {
+        let mut config = VmConfig::default();
+        config.boot.cmdline = Some("console=ttyS0 acpi=off".into());
+        assert_eq!(
+            guest_cmdline(&config, &[slot()]),
+            "console=ttyS0 acpi=off virtio_mmio.device=4K@0xc0000000:5"
+        );
+        config.boot.cmdline = Some("acpi=offline".into());
+        assert_eq!(guest_cmdline(&config, &[slot()]), "acpi=offline");
     }
 }

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, ConfigError, Options, VmConfig};
+use super::{ByteSize, ConfigError, Options, VmConfig, MAX_VCPUS};
 use memory::numa::{format_cpu_list, parse_cpu_list, HUGE_PAGE_SIZE, MAX_HOST_NODES};
 
 /// The most guest NUMA nodes.
@@ -51,7 +51,7 @@ impl TryFrom<CpusRepr> for CpuList {
                 cpus.dedup();
                 cpus
             }
-            CpusRepr::Text(s) => parse_cpu_list(&s, u32::MAX).map_err(|e| e.to_string())?,
+            CpusRepr::Text(s) => parse_cpu_list(&s, MAX_VCPUS).map_err(|e| e.to_string())?,
         };
         Ok(CpuList(cpus))
     }
@@ -173,7 +173,7 @@ pub fn parse_numa(text: &str) -> Result<NumaNode, ConfigError> {
     let node = o.take_parsed("node", |s| s.parse::<u32>())?;
     let node = node.ok_or_else(|| o.invalid("node", "", "node=N is required"))?;
     let cpus = o
-        .take_parsed("cpus", |s| parse_cpu_list(s, u32::MAX))?
+        .take_parsed("cpus", |s| parse_cpu_list(s, MAX_VCPUS))?
         .unwrap_or_default();
     let memory = o.take_parsed("memory", |s| s.parse::<ByteSize>())?;
     let memory = memory.ok_or_else(|| o.invalid("memory", "", "memory=SIZE is required"))?;
@@ -336,6 +336,13 @@ pub fn distance_matrix(nodes: &[NumaNode]) -> Result<Vec<Vec<u8>>, NumaError> {
     for n in nodes {
         for d in &n.distances {
             let (from, to) = (n.node, d.node);
+            if from as usize >= count {
+                // Only for a configuration `validate` has not seen (a migration peer's).
+                return Err(NumaError::NotContiguous {
+                    node: from,
+                    expected: count.saturating_sub(1) as u32,
+                });
+            }
             if to as usize >= count {
                 return Err(NumaError::UnknownDistanceNode { node: from, to });
             }

@@ -161,6 +161,9 @@ impl Receiving {
         };
         let source: VmConfig = serde_json::from_slice(&json)
             .map_err(|e| format!("the source's configuration does not parse: {e}"))?;
+        source
+            .validate()
+            .map_err(|e| format!("the source's configuration is not valid: {e}"))?;
         // The machine is built from this petrel's own configuration (its disk images, TAP
         // devices and sockets: nothing on this host is opened because a peer named it), which
         // the source's must match as the handshake said.

@@ -400,3 +400,24 @@ fn nodes_without_acpi_are_refused() {
     c.machine.acpi = false;
     assert_eq!(refused(&c), NumaError::NeedsAcpi);
 }
+
+#[test]
+fn a_huge_cpu_range_is_refused_without_building_it() {
+    let err = parse_numa("node=0,cpus=0-4294967294,memory=64M").unwrap_err();
+    assert!(err.to_string().contains("4294967294"), "{err}");
+    let json = r#"{"node": 0, "cpus": "0-4294967294", "memory": "64M"}"#;
+    assert!(serde_json::from_str::<NumaNode>(json).is_err());
+    assert!(parse_numa("node=0,cpus=0-253,memory=64M").is_ok());
+}
+
+#[test]
+fn a_distance_from_a_node_beyond_the_list_is_an_error_not_a_panic() {
+    let mut c = machine(2, &["node=0,cpus=0,memory=64M", "node=1,cpus=1,memory=64M"]);
+    c.numa[1].node = 5;
+    c.numa[1].distances = vec![NodeDistance {
+        node: 0,
+        distance: 30,
+    }];
+    assert!(distance_matrix(&c.numa).is_err());
+    assert!(check_same_guest_topology(&c, &machine(2, &["node=0,cpus=0-1,memory=128M"])).is_err());
+}
