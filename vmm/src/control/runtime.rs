@@ -18,6 +18,7 @@ use memory::{GuestMemoryMmap, MemoryLayout};
 use super::configure::{self, no_such};
 use super::state::Lifecycle;
 use crate::config::VmConfig;
+use crate::device_manager::ged::GedHandle;
 use crate::device_manager::virtio::VirtioHandle;
 use crate::persist::SnapshotBook;
 use crate::vstate::pause::PauseGate;
@@ -56,6 +57,8 @@ pub struct Runtime {
     pub exits: Arc<[ExitCounters]>,
     /// The virtio devices, in the order the guest sees them.
     pub virtio: Vec<VirtioHandle>,
+    /// The power button's Generic Event Device (with ACPI).
+    pub ged: Option<GedHandle>,
     pub i8042: Arc<Mutex<I8042>>,
     pub rtc: Arc<Mutex<Rtc>>,
     /// COM1 and what the guest wrote to it.
