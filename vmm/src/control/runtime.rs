@@ -148,6 +148,23 @@ impl Runtime {
             .map_err(|e| ApiResponse::bad_request(format!("cannot send Ctrl+Alt+Del: {e}")))
     }
 
+    /// Presses the ACPI power button. `acpi` is whether the machine has ACPI, to say why
+    /// there is no button when there is none.
+    pub fn power_button(&self, acpi: bool) -> Result<(), ApiResponse> {
+        let Some(ged) = &self.ged else {
+            let why = match acpi {
+                false => "the VM runs without ACPI (--acpi off, machine.acpi false), so it has no power button",
+                true => "the VM was restored from a snapshot of a petrel without the ACPI power button's event device",
+            };
+            return Err(ApiResponse::bad_request(format!(
+                "PUT /actions PowerButton: {why}; SendCtrlAltDel asks the guest to shut down through the i8042 instead"
+            )));
+        };
+        lock(&ged.device)
+            .press_power_button()
+            .map_err(|e| ApiResponse::error(500, format!("PUT /actions PowerButton: {e}")))
+    }
+
     /// Runs `f` on the virtio device `id` if it is a `T`.
     pub(super) fn with_device<T: 'static, R>(
         &self,
