@@ -28,10 +28,19 @@ impl ApiVm {
         ApiVm::spawn_in(None, extra)
     }
 
+    /// [`ApiVm::spawn`] with `env` added to petrel's environment (`PETREL_LOG`, ...).
+    pub fn spawn_with_env(env: &[(&str, &str)], extra: &[&str]) -> ApiVm {
+        ApiVm::start(None, env, extra)
+    }
+
     /// [`ApiVm::spawn`], inside network namespace `netns` if given (through
     /// `ip netns exec`, which execs petrel: the child is petrel itself). The API socket and
     /// files are paths, reachable from any namespace.
     pub fn spawn_in(netns: Option<&NetNs>, extra: &[&str]) -> ApiVm {
+        ApiVm::start(netns, &[], extra)
+    }
+
+    fn start(netns: Option<&NetNs>, env: &[(&str, &str)], extra: &[&str]) -> ApiVm {
         let dir = tempfile::tempdir().expect("temp dir");
         let sock = dir.path().join("api.sock");
         let serial = dir.path().join("serial.log");
@@ -50,6 +59,7 @@ impl ApiVm {
             .arg("--serial")
             .arg(format!("file:{}", serial.display()))
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
