@@ -1,9 +1,9 @@
 """Schemathesis hooks for .ci/schemathesis.sh: keep random requests from ending the VM under
 test or touching files outside the run's own directory. Everything else stays random.
 
-- `PUT /actions` never sends `Kill`, `Shutdown` or `SendCtrlAltDel` (they end the VM; the Rust
-  end-to-end tests cover them): any string or key with such a name, in any body, becomes
-  `FlushMetrics`.
+- `PUT /actions` never sends `Kill`, `Shutdown`, `SendCtrlAltDel` or `PowerButton` (they end
+  the VM, or ask a guest that may to end it; the Rust end-to-end tests cover them): any string
+  or key with such a name, in any body, becomes `FlushMetrics`.
 - Every string that petrel could use as a host path (log and metrics files, drive images,
   kernel and initrd, sockets, snapshot files, console `file:`/`socket:` outputs) is moved into
   `$PETREL_FUZZ_DIR`, keeping its text (less `/`) as the file name, so odd names (NUL, very
@@ -34,7 +34,7 @@ if not os.path.isabs(FUZZ_DIR) or not os.path.isdir(FUZZ_DIR):
 PREFIX = os.path.join(FUZZ_DIR, "p-")
 
 # Actions that end the VM.
-ENDING_ACTIONS = {"Kill", "Shutdown", "SendCtrlAltDel"}
+ENDING_ACTIONS = {"Kill", "Shutdown", "SendCtrlAltDel", "PowerButton"}
 # The action sent instead: harmless, and it writes the (confined) metrics file.
 SAFE_ACTION = "FlushMetrics"
 # Body fields that hold a host path, in any request.

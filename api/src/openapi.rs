@@ -327,6 +327,7 @@ mod tests {
             ActionType::FlushMetrics,
             ActionType::Shutdown,
             ActionType::Kill,
+            ActionType::PowerButton,
         ] {
             check("InstanceActionInfo", InstanceActionInfo { action_type });
         }

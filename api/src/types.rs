@@ -261,6 +261,8 @@ pub enum ActionType {
     Shutdown,
     /// Stop the VM at once (petrel's).
     Kill,
+    /// Press the ACPI power button: a graceful shutdown request (petrel's; ACPI only).
+    PowerButton,
 }
 
 /// `PUT /actions` body.

@@ -28,19 +28,28 @@ impl ApiVm {
         ApiVm::spawn_in(None, extra)
     }
 
+    /// [`ApiVm::spawn`] with `env` added to petrel's environment (`PETREL_LOG`, ...).
+    pub fn spawn_with_env(env: &[(&str, &str)], extra: &[&str]) -> ApiVm {
+        ApiVm::start(&[], env, extra)
+    }
+
     /// [`ApiVm::spawn`], inside network namespace `netns` if given (through
     /// `ip netns exec`, which execs petrel: the child is petrel itself). The API socket and
     /// files are paths, reachable from any namespace.
     pub fn spawn_in(netns: Option<&NetNs>, extra: &[&str]) -> ApiVm {
         match netns {
-            Some(ns) => ApiVm::spawn_wrapped(&["ip", "netns", "exec", ns.name()], extra),
-            None => ApiVm::spawn_wrapped(&[], extra),
+            Some(ns) => ApiVm::start(&["ip", "netns", "exec", ns.name()], &[], extra),
+            None => ApiVm::start(&[], &[], extra),
         }
     }
 
     /// [`ApiVm::spawn`] through `wrapper` (a program and its arguments that execs the
     /// command after them, such as `taskset -c 1`): the child is petrel itself.
     pub fn spawn_wrapped(wrapper: &[&str], extra: &[&str]) -> ApiVm {
+        ApiVm::start(wrapper, &[], extra)
+    }
+
+    fn start(wrapper: &[&str], env: &[(&str, &str)], extra: &[&str]) -> ApiVm {
         let dir = tempfile::tempdir().expect("temp dir");
         let sock = dir.path().join("api.sock");
         let serial = dir.path().join("serial.log");
@@ -59,6 +68,7 @@ impl ApiVm {
             .arg("--serial")
             .arg(format!("file:{}", serial.display()))
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

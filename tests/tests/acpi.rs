@@ -122,6 +122,23 @@ fn check_tables(vcpus: u32, disks: usize) -> Output {
         assert!((5..24).contains(&irq) && irq != 8 && irq != 12, "irq {irq}");
         assert!(windows[..i].iter().all(|w| w.0 != base && w.2 != irq));
     }
+    // The power button's Generic Event Device: the next window and line after the virtio
+    // devices', its interrupt alone in _CRS, its register in an operation region that _EVT
+    // reads, and the window claimed by GEDR.
+    let (last_base, _, last_irq) = *windows.last().unwrap();
+    // GSIs 8 (the RTC) and 12 (the PS/2 mouse) stay free.
+    let ged_irq = (last_irq + 1..24).find(|i| ![8, 12].contains(i)).unwrap();
+    let ged_base = last_base + 0x1000;
+    assert_eq!(
+        out.lines_with("DEVICE \\_SB_.GED"),
+        [
+            format!(
+                "DEVICE \\_SB_.GED0 hid=ACPI0013 uid=0 irq={ged_irq} edge high region=0:{ged_base:#x}+4 method=_EVT"
+            ),
+            format!("DEVICE \\_SB_.GEDR hid=PNP0C02 uid=0 mem={ged_base:#x}+0x1000"),
+        ],
+        "{out}"
+    );
     let ids: Vec<u32> = out
         .lines_with("VIRTIO ")
         .iter()

@@ -27,8 +27,7 @@ use crate::config::{ConfigError, SerialOutput, VmConfig};
 use crate::control::ControlQueue;
 use crate::device_manager::allocator::DeviceSlot;
 use crate::device_manager::allocator::ResourceAllocator;
-use crate::device_manager::virtio;
-use crate::device_manager::{DeviceError, DeviceManager};
+use crate::device_manager::{DeviceError, DeviceManager, Plan};
 use crate::loader::{self, LoadError};
 use crate::machine::{Machine, Subscriber};
 use crate::persist::SnapshotBook;
@@ -115,12 +114,12 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     let layout = config.memory_layout()?;
     let mem = allocate_memory(config, &layout)?;
     let mut allocator = ResourceAllocator::new(memory::MMIO32_START);
-    let planned = virtio::open_devices(config, &mut allocator)?;
-    let slots: Vec<DeviceSlot> = planned.iter().map(|p| p.slot).collect();
+    let plan = Plan::new(config, &mut allocator)?;
+    let slots = plan.virtio_slots();
     let cmdline = guest_cmdline(config, &slots);
     tracing::debug!(%cmdline, "guest command line");
     let acpi_rsdp = match machine.acpi {
-        true => Some(write_acpi_tables(&mem, &layout, config, &slots)?),
+        true => Some(write_acpi_tables(&mem, &layout, config, &slots, plan.ged)?),
         false => None,
     };
     let entry = load_guest(&mem, &layout, config, &cmdline, acpi_rsdp)?;
@@ -128,7 +127,7 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
     let vm = vm::create_vm(&kvm, &mem, machine.track_dirty_pages)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit event"))?);
-    let devices = DeviceManager::new(&vm, &exit, config, &mem, planned)?;
+    let devices = DeviceManager::new(&vm, &exit, config, &mem, plan)?;
     let mut vcpus = create_vcpus(&kvm, &vm, config, entry)?;
     pin_vcpus(&mut vcpus, config)?;
     assemble(Parts {
@@ -228,6 +227,7 @@ pub(crate) fn assemble(parts: Parts) -> Result<Machine, BuildError> {
         event_manager,
         terminal,
         virtio: devices.virtio,
+        ged: devices.ged,
         i8042: devices.i8042,
         rtc: devices.rtc,
         serial: devices.serial,
@@ -243,12 +243,14 @@ pub(crate) fn assemble(parts: Parts) -> Result<Machine, BuildError> {
 }
 
 /// Writes the ACPI tables describing the machine (with a NUMA topology, its SRAT and SLIT
-/// too); returns the RSDP's address.
+/// too): the virtio devices at `slots`, the Generic Event Device at `ged`. Returns the
+/// RSDP's address.
 fn write_acpi_tables(
     mem: &GuestMemoryMmap,
     layout: &MemoryLayout,
     config: &VmConfig,
     slots: &[DeviceSlot],
+    ged: Option<DeviceSlot>,
 ) -> Result<u64, BuildError> {
     let vcpus = config.machine.vcpus;
     let numa = match config.numa.is_empty() {
@@ -266,6 +268,7 @@ fn write_acpi_tables(
     let input = AcpiInput {
         vcpus,
         virtio: slots,
+        ged,
         extra: &extra,
     };
     Ok(acpi::setup(mem, &input)?)

@@ -17,6 +17,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::config::VmConfig;
 use crate::control::runtime::Runtime;
 use crate::control::{ControlHandle, ControlHandler, ControlQueue, Instance};
+use crate::device_manager::ged::GedHandle;
 use crate::device_manager::virtio::VirtioHandle;
 use crate::persist::SnapshotBook;
 use crate::stdin::RawTerminal;
@@ -72,6 +73,7 @@ pub struct Machine {
     pub(crate) event_manager: EventManager<Subscriber>,
     pub(crate) terminal: Option<RawTerminal>,
     pub(crate) virtio: Vec<VirtioHandle>,
+    pub(crate) ged: Option<GedHandle>,
     pub(crate) i8042: Arc<Mutex<I8042>>,
     pub(crate) rtc: Arc<Mutex<Rtc>>,
     pub(crate) serial: Arc<Mutex<Serial>>,
@@ -181,6 +183,7 @@ impl Machine {
             vcpus,
             exits: self.ctx.exits.clone(),
             virtio: self.virtio.clone(),
+            ged: self.ged.clone(),
             i8042: self.i8042.clone(),
             rtc: self.rtc.clone(),
             serial: self.serial.clone(),

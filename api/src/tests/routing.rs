@@ -190,6 +190,12 @@ fn every_route_reaches_the_vmm() {
             R::Action(ActionType::Kill),
         ),
         (
+            "PUT",
+            "/actions",
+            Some(json!({"action_type": "PowerButton"})),
+            R::Action(ActionType::PowerButton),
+        ),
+        (
             "PATCH",
             "/vm",
             Some(json!({"state": "Paused"})),

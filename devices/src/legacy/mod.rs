@@ -1,12 +1,17 @@
 //! Legacy PC devices on the port-I/O bus: the 16550 UART, the i8042 PS/2 controller, the
-//! MC146818 RTC/CMOS, and the ACPI sleep control / reset register.
+//! MC146818 RTC/CMOS, and the ACPI sleep control / reset register; and on the MMIO bus the
+//! ACPI Generic Event Device that carries the power button.
 
+pub mod ged;
 pub mod i8042;
 pub mod pm;
 pub mod rtc;
 pub mod serial;
 pub mod trigger;
 
+pub use ged::{
+    Ged, GedError, GedState, GED_POWER_BUTTON, GED_STATUS_LEN, GED_STATUS_OFFSET, GED_WINDOW_LEN,
+};
 pub use i8042::{
     I8042Error, I8042State, OutputSource, I8042, I8042_BUFFER_SIZE, I8042_IRQ, I8042_PORT,
     I8042_PORT_LEN,

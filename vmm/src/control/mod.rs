@@ -300,6 +300,10 @@ impl ControlHandler {
             R::Action(ActionType::SendCtrlAltDel | ActionType::Shutdown) => {
                 done(self.runtime().and_then(Runtime::ctrl_alt_del))
             }
+            R::Action(ActionType::PowerButton) => {
+                let acpi = config.machine.acpi;
+                done(self.runtime().and_then(|rt| rt.power_button(acpi)))
+            }
             R::Action(ActionType::FlushMetrics) => {
                 let sample = self.sample();
                 done(self.metrics.flush(&sample))

@@ -18,6 +18,7 @@ use memory::{GuestMemoryMmap, MemoryLayout};
 use super::configure::{self, no_such};
 use super::state::Lifecycle;
 use crate::config::VmConfig;
+use crate::device_manager::ged::GedHandle;
 use crate::device_manager::virtio::VirtioHandle;
 use crate::persist::SnapshotBook;
 use crate::vstate::pause::PauseGate;
@@ -56,6 +57,8 @@ pub struct Runtime {
     pub exits: Arc<[ExitCounters]>,
     /// The virtio devices, in the order the guest sees them.
     pub virtio: Vec<VirtioHandle>,
+    /// The power button's Generic Event Device (with ACPI).
+    pub ged: Option<GedHandle>,
     pub i8042: Arc<Mutex<I8042>>,
     pub rtc: Arc<Mutex<Rtc>>,
     /// COM1 and what the guest wrote to it.
@@ -143,6 +146,23 @@ impl Runtime {
         lock(&self.i8042)
             .trigger_ctrl_alt_del()
             .map_err(|e| ApiResponse::bad_request(format!("cannot send Ctrl+Alt+Del: {e}")))
+    }
+
+    /// Presses the ACPI power button. `acpi` is whether the machine has ACPI, to say why
+    /// there is no button when there is none.
+    pub fn power_button(&self, acpi: bool) -> Result<(), ApiResponse> {
+        let Some(ged) = &self.ged else {
+            let why = match acpi {
+                false => "the VM runs without ACPI (--acpi off, machine.acpi false), so it has no power button",
+                true => "the VM was restored from a snapshot of a petrel without the ACPI power button's event device",
+            };
+            return Err(ApiResponse::bad_request(format!(
+                "PUT /actions PowerButton: {why}; SendCtrlAltDel asks the guest to shut down through the i8042 instead"
+            )));
+        };
+        lock(&ged.device)
+            .press_power_button()
+            .map_err(|e| ApiResponse::error(500, format!("PUT /actions PowerButton: {e}")))
     }
 
     /// Runs `f` on the virtio device `id` if it is a `T`.

@@ -71,7 +71,9 @@ pub fn allowed_states(request: &ApiRequest) -> &'static [Lifecycle] {
         R::GetScreenshot => STARTED,
         R::Action(action) => match action {
             ActionType::InstanceStart => BEFORE_START,
-            ActionType::SendCtrlAltDel | ActionType::Shutdown => &[Running],
+            ActionType::SendCtrlAltDel | ActionType::Shutdown | ActionType::PowerButton => {
+                &[Running]
+            }
             ActionType::FlushMetrics | ActionType::Kill => ALIVE,
         },
     }
@@ -128,6 +130,18 @@ mod tests {
         let start = ApiRequest::Action(ActionType::InstanceStart);
         assert!(message(check(&start, Running)).starts_with("PUT /actions InstanceStart"));
         assert!(check(&ApiRequest::Action(ActionType::Kill), Stopped).is_err());
+    }
+
+    #[test]
+    fn the_power_button_is_pressed_only_on_a_running_vm() {
+        let press = ApiRequest::Action(ActionType::PowerButton);
+        assert_eq!(check(&press, Running), Ok(()));
+        assert_eq!(
+            message(check(&press, NotStarted)),
+            "PUT /actions PowerButton is not allowed while the VM is Not started; it is allowed when the VM is Running"
+        );
+        assert!(check(&press, Paused).is_err());
+        assert!(check(&press, Stopped).is_err());
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum CtlCommand {
     Kill,
     /// Send Ctrl+Alt+Del to the guest (PUT /actions SendCtrlAltDel).
     CtrlAltDel,
+    /// Press the ACPI power button: the guest is asked to shut down (PUT /actions
+    /// PowerButton).
+    PowerButton,
     /// Print the whole machine configuration as JSON (GET /vm/config).
     Config,
     /// Print the metrics in Prometheus text format (GET /metrics). With --json, an object
@@ -330,6 +333,8 @@ mod tests {
         assert!(a.json);
         assert_eq!(a.api_sock, Some(PathBuf::from("/s")));
         assert_eq!(a.command, CtlCommand::CtrlAltDel);
+        let a = ctl(&["power-button", "--api-sock", "/s"]).unwrap();
+        assert_eq!(a.command, CtlCommand::PowerButton);
         // Its absence is found later, to say so in one line.
         assert_eq!(ctl(&["status"]).unwrap().api_sock, None);
     }

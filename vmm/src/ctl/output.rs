@@ -126,6 +126,7 @@ fn confirmation(cmd: &CtlCommand) -> String {
         CtlCommand::Shutdown => "shutdown requested".into(),
         CtlCommand::Kill => "killed".into(),
         CtlCommand::CtrlAltDel => "Ctrl+Alt+Del sent".into(),
+        CtlCommand::PowerButton => "power button pressed".into(),
         CtlCommand::Drive(DriveCommand::SetPath { id, .. }) => {
             format!("drive {id}: backing file replaced")
         }
@@ -308,6 +309,7 @@ mod tests {
             (CtlCommand::Shutdown, "shutdown requested"),
             (CtlCommand::Kill, "killed"),
             (CtlCommand::CtrlAltDel, "Ctrl+Alt+Del sent"),
+            (CtlCommand::PowerButton, "power button pressed"),
             (
                 CtlCommand::Drive(DriveCommand::SetPath {
                     id: "root".into(),

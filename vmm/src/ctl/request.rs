@@ -59,6 +59,7 @@ pub fn request(cmd: &CtlCommand, cwd: Option<&Path>) -> Result<ApiCall, CtlError
         CtlCommand::Shutdown => action("Shutdown"),
         CtlCommand::Kill => action("Kill"),
         CtlCommand::CtrlAltDel => action("SendCtrlAltDel"),
+        CtlCommand::PowerButton => action("PowerButton"),
         CtlCommand::Config => ApiCall::get("/vm/config"),
         CtlCommand::Metrics => ApiCall::get("/metrics"),
         CtlCommand::Screenshot { .. } => ApiCall::get("/display/screenshot"),
@@ -318,6 +319,11 @@ mod tests {
                 CtlCommand::CtrlAltDel,
                 "SendCtrlAltDel",
                 ActionType::SendCtrlAltDel,
+            ),
+            (
+                CtlCommand::PowerButton,
+                "PowerButton",
+                ActionType::PowerButton,
             ),
         ] {
             let c = call(cmd.clone());

@@ -41,6 +41,9 @@ pub enum AllocError {
     /// No interrupt line is left.
     #[error("too many devices: no interrupt line left (at most {max} devices)")]
     OutOfIrqs { max: usize },
+    /// No interrupt line is left for the Generic Event Device that ACPI's power button needs.
+    #[error("too many devices: with ACPI the power button's event device takes an interrupt line too, which leaves room for at most {max_virtio} virtio devices (or run with --acpi off)")]
+    NoIrqForGed { max_virtio: usize },
     /// No MMIO space is left.
     #[error("too many devices: no MMIO space left")]
     OutOfMmio,

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 pub mod allocator;
 mod backends;
+pub mod ged;
 pub mod persist;
 pub mod virtio;
 
@@ -19,6 +20,8 @@ use memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::config::VmConfig;
+use allocator::{DeviceSlot, ResourceAllocator};
+use ged::GedHandle;
 
 /// Errors creating devices.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,34 @@ pub struct DeviceManager {
     pub rtc: Arc<Mutex<Rtc>>,
     /// The virtio devices, in the order the guest sees them.
     pub virtio: Vec<virtio::VirtioHandle>,
+    /// The Generic Event Device of the power button (with ACPI).
+    pub ged: Option<GedHandle>,
+}
+
+/// The devices a configuration asks for, opened on the host, each with its place in the
+/// machine.
+pub struct Plan {
+    /// The virtio devices, in the order the guest will see them.
+    pub virtio: Vec<virtio::PlannedDevice>,
+    /// Where the power button's Generic Event Device goes (with ACPI).
+    pub ged: Option<DeviceSlot>,
+}
+
+impl Plan {
+    /// Opens every device `config` asks for and places it.
+    pub fn new(config: &VmConfig, allocator: &mut ResourceAllocator) -> Result<Self, DeviceError> {
+        let virtio = virtio::open_devices(config, allocator)?;
+        let ged = match config.machine.acpi {
+            true => Some(ged::allocate(allocator)?),
+            false => None,
+        };
+        Ok(Plan { virtio, ged })
+    }
+
+    /// The virtio devices' slots, in order.
+    pub fn virtio_slots(&self) -> Vec<DeviceSlot> {
+        self.virtio.iter().map(|p| p.slot).collect()
+    }
 }
 
 /// A device with its port range.
@@ -93,13 +124,14 @@ struct Legacy {
 
 impl DeviceManager {
     /// Creates the legacy devices (COM1, the i8042, the RTC/CMOS and the power-management
-    /// register) and attaches the virtio devices opened before.
+    /// register), attaches the virtio devices opened before and, with ACPI, the Generic Event
+    /// Device.
     pub fn new(
         vm: &VmFd,
         exit: &Arc<ExitSignal>,
         config: &VmConfig,
         mem: &GuestMemoryMmap,
-        planned: Vec<virtio::PlannedDevice>,
+        plan: Plan,
     ) -> Result<Self, DeviceError> {
         let serial_log = SharedSerialLog::default();
         let output = LoggedOutput::new(config.serial.open()?, serial_log.clone());
@@ -116,11 +148,16 @@ impl DeviceManager {
             rtc: Arc::new(Mutex::new(Rtc::new(config.machine.memory.0))),
         };
         let mut mmio = Bus::new();
-        let virtio = planned
+        let virtio = plan
+            .virtio
             .into_iter()
             .map(|p| virtio::attach(vm, mem, &mut mmio, p))
             .collect::<Result<_, _>>()?;
-        Self::assemble(exit, legacy, mmio, virtio)
+        let ged = plan
+            .ged
+            .map(|slot| ged::attach(vm, &mut mmio, slot))
+            .transpose()?;
+        Self::assemble(exit, legacy, mmio, virtio, ged)
     }
 
     /// Rebuilds every device of `state` as it was saved; the serial console writes where
@@ -158,15 +195,22 @@ impl DeviceManager {
             .iter()
             .map(|s| virtio::restore(vm, mem, &mut mmio, s))
             .collect::<Result<_, _>>()?;
-        Self::assemble(exit, legacy, mmio, virtio)
+        let ged = state
+            .ged
+            .as_ref()
+            .map(|saved| ged::restore(vm, &mut mmio, saved))
+            .transpose()?;
+        Self::assemble(exit, legacy, mmio, virtio, ged)
     }
 
-    /// Puts the legacy devices on the port bus beside the virtio devices on `mmio`.
+    /// Puts the legacy devices on the port bus beside the virtio devices and the GED on
+    /// `mmio`.
     fn assemble(
         exit: &Arc<ExitSignal>,
         legacy: Legacy,
         mmio: Bus,
         virtio: Vec<virtio::VirtioHandle>,
+        ged: Option<GedHandle>,
     ) -> Result<Self, DeviceError> {
         let pm = Arc::new(Mutex::new(PowerManagement::new(exit.clone())));
         let mut pio = Bus::new();
@@ -183,6 +227,7 @@ impl DeviceManager {
             pio,
             mmio,
             virtio,
+            ged,
             serial: legacy.serial,
             serial_log: legacy.serial_log,
             i8042: legacy.i8042,
@@ -196,6 +241,7 @@ impl DeviceManager {
         i8042: &Mutex<I8042>,
         rtc: &Mutex<Rtc>,
         virtio: &[virtio::VirtioHandle],
+        ged: Option<&GedHandle>,
     ) -> Result<persist::DevicesState, DeviceError> {
         Ok(persist::DevicesState {
             serial: serial.lock().unwrap_or_else(|p| p.into_inner()).save(),
@@ -205,6 +251,7 @@ impl DeviceManager {
                 .iter()
                 .map(persist::save_virtio)
                 .collect::<Result<_, _>>()?,
+            ged: ged.map(ged::save),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Saving every device of a machine and building them again from what was saved: the
-//! legacy devices' registers and, per virtio device, its place on the bus, the transport's
-//! registers and queues, and the device's own state.
+//! legacy devices' registers, the Generic Event Device's place and status and, per virtio
+//! device, its place on the bus, the transport's registers and queues, and the device's own
+//! state.
 
 use devices::legacy::{I8042State, RtcState, SerialState};
 use devices::virtio::block::{Block, BlockState};
@@ -80,6 +81,10 @@ pub struct DevicesState {
     pub rtc: RtcState,
     /// In the order the guest sees them.
     pub virtio: Vec<VirtioState>,
+    /// The power button's Generic Event Device, which machines with ACPI have. Snapshots of
+    /// petrel before it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ged: Option<super::ged::GedSaved>,
 }
 
 impl DevicesState {
@@ -224,4 +229,48 @@ pub fn restore_transport(
         id: id.to_string(),
         reason: format!("cannot restore the transport: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::legacy::{GedState, Rtc, Serial, I8042};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    fn state(ged: Option<super::super::ged::GedSaved>) -> DevicesState {
+        let irq = || EventFd::new(EFD_NONBLOCK).unwrap();
+        let exit = std::sync::Arc::new(devices::ExitSignal::new().unwrap());
+        DevicesState {
+            serial: Serial::new(irq(), Box::new(std::io::sink())).save(),
+            i8042: I8042::new(exit, irq()).save(),
+            rtc: Rtc::new(128 << 20).save(),
+            virtio: Vec::new(),
+            ged,
+        }
+    }
+
+    #[test]
+    fn a_pending_power_button_press_is_saved_and_read_back() {
+        let saved = state(Some(super::super::ged::GedSaved {
+            base: 0xc000_0000,
+            len: 0x1000,
+            irq: 5,
+            device: GedState { status: 1 },
+        }));
+        let json = serde_json::to_value(&saved).unwrap();
+        assert_eq!(json["ged"]["device"]["status"], 1);
+        assert_eq!(serde_json::from_value::<DevicesState>(json).unwrap(), saved);
+    }
+
+    #[test]
+    fn a_snapshot_from_before_the_ged_loads_without_one() {
+        let mut json = serde_json::to_value(state(None)).unwrap();
+        assert!(
+            json.get("ged").is_none(),
+            "nothing is written without a GED"
+        );
+        json.as_object_mut().unwrap().remove("ged");
+        let loaded: DevicesState = serde_json::from_value(json).unwrap();
+        assert_eq!(loaded.ged, None);
+    }
 }

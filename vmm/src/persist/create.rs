@@ -186,7 +186,7 @@ pub struct Captured {
 /// flight, so their completions are in the used rings, the vCPUs' LAPICs and the dirty set
 /// read after this.
 pub fn capture(rt: &Runtime) -> Result<Captured, ApiResponse> {
-    let devices = DeviceManager::save(&rt.serial, &rt.i8042, &rt.rtc, &rt.virtio)
+    let devices = DeviceManager::save(&rt.serial, &rt.i8042, &rt.rtc, &rt.virtio, rt.ged.as_ref())
         .map_err(|e| internal(format!("cannot save the devices: {e}")))?;
     let vcpus = rt.save_vcpus()?;
     let vm = save_vm_state(&rt.vm).map_err(|e| internal(format!("cannot save the VM: {e}")))?;

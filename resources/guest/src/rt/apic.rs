@@ -1,4 +1,5 @@
-//! The BSP's local APIC, used to send INIT and STARTUP IPIs.
+//! The BSP's local APIC, used to send INIT and STARTUP IPIs and to see which interrupts wait
+//! for it (its IRR) while interrupts are off.
 
 use super::cpu;
 
@@ -9,6 +10,10 @@ const APIC_BASE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// x2APIC MSRs.
 const MSR_X2APIC_SVR: u32 = 0x80f;
 const MSR_X2APIC_ICR: u32 = 0x830;
+/// The first of the eight 32-bit IRR registers, as x2APIC MSRs ...
+const MSR_X2APIC_IRR: u32 = 0x820;
+/// ... and at this offset (then every 0x10 bytes) in the xAPIC page.
+const XAPIC_IRR: u64 = 0x200;
 /// xAPIC MMIO register offsets.
 const XAPIC_SVR: u64 = 0xf0;
 const XAPIC_ICR_LOW: u64 = 0x300;
@@ -55,6 +60,24 @@ impl LocalApic {
             apic.xapic_write(XAPIC_SVR, apic.xapic_read(XAPIC_SVR) | SVR_ENABLE);
             apic
         }
+    }
+
+    /// Whether the APIC has accepted an interrupt for `vector` that the CPU has not taken
+    /// yet (its IRR bit): with interrupts off, a delivered interrupt stays there.
+    pub fn pending(&self, vector: u8) -> bool {
+        let (index, bit) = (u32::from(vector) / 32, u32::from(vector) % 32);
+        let irr = match self {
+            // SAFETY: the IRR MSRs exist in x2APIC mode, which `enable` switched on; reading
+            // them has no side effects.
+            LocalApic::X2Apic => unsafe { cpu::rdmsr(MSR_X2APIC_IRR + index) as u32 },
+            LocalApic::XApic { .. } => self.xapic_read(XAPIC_IRR + 0x10 * u64::from(index)),
+        };
+        irr & (1 << bit) != 0
+    }
+
+    /// Whether the APIC is in x2APIC mode.
+    pub fn is_x2apic(&self) -> bool {
+        matches!(self, LocalApic::X2Apic)
     }
 
     /// Sends INIT (level assert) to the CPU with APIC id `dest`.

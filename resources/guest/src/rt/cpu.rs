@@ -101,6 +101,13 @@ pub fn spin(iterations: u32) {
     }
 }
 
+/// Masks maskable interrupts (RFLAGS.IF = 0): those the local APIC accepts stay pending in its
+/// IRR.
+pub fn interrupts_off() {
+    // SAFETY: clearing IF touches no memory.
+    unsafe { asm!("cli", options(nomem, nostack)) };
+}
+
 /// Stops this CPU for good: interrupts off, `hlt` forever.
 pub fn halt_forever() -> ! {
     loop {

@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod deadline;
 pub mod fnv;
 pub mod heap;
+pub mod ioapic;
 pub mod layout;
 pub mod mptable;
 pub mod pages;

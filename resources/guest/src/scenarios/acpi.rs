@@ -13,7 +13,7 @@
 //! NMI uid=<hex> lint=<n> flags=<hex>
 //! FADT rev=<major>.<minor> flags=<hex> hw_reduced=<0|1> pwr_button=<0|1> slp_button=<0|1> reset_reg_sup=<0|1> iapc=<hex>
 //! FADTREG reset=<port>/<value> sleep_control=<port> sleep_status=<port>
-//! DEVICE <path> hid=<id> uid=<n|-> [cca=<n>] [mem=<base>+<len>] [io=<min>+<len>] [irq=<n> <edge|level> <high|low>]
+//! DEVICE <path> hid=<id> uid=<n|-> [cca=<n>] [mem=<base>+<len>] [io=<min>+<len>] [irq=<n> <edge|level> <high|low>] [region=<space>:<offset>+<len>] [method=<name>]
 //! VIRTIO <addr> id=<device id>                     (each LNRO0005 window's device id register)
 //! S5 slp_typ=<n>
 //! POWEROFF port=<port> value=<hex>
@@ -205,6 +205,12 @@ fn report_dsdt(tables: &Acpi) -> Result<u8, String> {
                     if active_low { "low" } else { "high" }
                 ),
             };
+        }
+        for r in &d.regions {
+            line += &format!(" region={}:{:#x}+{}", r.space, r.offset, r.len);
+        }
+        for m in &d.methods {
+            line += &format!(" method={m}");
         }
         println!("{line}");
     }

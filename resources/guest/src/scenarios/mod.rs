@@ -18,6 +18,7 @@ mod input;
 mod machine;
 mod net;
 pub mod numa;
+mod powerbutton;
 mod screen;
 mod smp;
 mod snapshot;
@@ -142,6 +143,11 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "acpi",
         run: acpi::run,
+        exit: Exit::PowerOff,
+    },
+    Scenario {
+        name: "powerbutton",
+        run: powerbutton::run,
         exit: Exit::PowerOff,
     },
 ];

@@ -1,7 +1,8 @@
 //! A small AML walker for the DSDT: it reads the declarations a VMM's DSDT is made of —
-//! `Scope`, `Device`, `Name` with data objects (integers, strings, buffers, packages), and
-//! skips `Method` bodies and other package-length objects — without an interpreter. It finds
-//! every `Device` with its `_HID`, `_UID`, `_CCA` and `_CRS` (decoded), and the `\_S5_`
+//! `Scope`, `Device`, `Name` with data objects (integers, strings, buffers, packages),
+//! `OperationRegion`, and skips `Method` bodies (keeping their names) and other package-length
+//! objects — without an interpreter. It finds every `Device` with its `_HID`, `_UID`, `_CCA`
+//! and `_CRS` (decoded), its operation regions and the names of its methods, and the `\_S5_`
 //! package. Anything else (executable code at the top level, an opcode it does not know) is an
 //! error naming the offset: petrel's DSDT has none. All reads are bounds-checked and nesting is
 //! limited, so no table can make it panic or recurse without end.
@@ -81,6 +82,19 @@ pub enum Resource {
     },
 }
 
+/// The address space of an `OperationRegion` in system memory.
+pub const SPACE_SYSTEM_MEMORY: u8 = 0;
+
+/// An `OperationRegion` with constant offset and length.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Region {
+    pub name: String,
+    /// The address space (`SPACE_SYSTEM_MEMORY`, 1 for I/O ports, ...).
+    pub space: u8,
+    pub offset: u64,
+    pub len: u64,
+}
+
 /// A `Device` and the objects this guest reads from it.
 #[derive(Default)]
 pub struct Device {
@@ -91,6 +105,10 @@ pub struct Device {
     pub uid: Option<u64>,
     pub cca: Option<u64>,
     pub crs: Option<Vec<Resource>>,
+    /// Its operation regions, in table order.
+    pub regions: Vec<Region>,
+    /// The names of its methods (`_EVT`, ...), in table order; their bodies are not read.
+    pub methods: Vec<String>,
 }
 
 /// What the walk found.
@@ -350,7 +368,17 @@ impl Parser<'_> {
                     let value = self.data_object(MAX_DEPTH)?;
                     self.named(scope, &name, value, device.as_deref_mut(), ns)?;
                 }
-                METHOD_OP => self.at = self.pkg_end(end)?,
+                METHOD_OP => {
+                    let method_end = self.pkg_end(end)?;
+                    let name = self.name_string()?;
+                    if self.at > method_end {
+                        return self.err("method name overruns the method");
+                    }
+                    if let Some(d) = device.as_deref_mut() {
+                        d.methods.push(name);
+                    }
+                    self.at = method_end;
+                }
                 ALIAS_OP => {
                     self.name_string()?;
                     self.name_string()?;
@@ -374,10 +402,15 @@ impl Parser<'_> {
                         self.name_string()?;
                     }
                     EXT_OP_REGION_OP => {
-                        self.name_string()?;
-                        self.byte()?;
-                        self.integer()?;
-                        self.integer()?;
+                        let region = Region {
+                            name: self.name_string()?,
+                            space: self.byte()?,
+                            offset: self.integer()?,
+                            len: self.integer()?,
+                        };
+                        if let Some(d) = device.as_deref_mut() {
+                            d.regions.push(region);
+                        }
                     }
                     ext if EXT_SKIPPED_WITH_PKG_LENGTH.contains(&ext) => {
                         self.at = self.pkg_end(end)?;

@@ -1,7 +1,7 @@
-//! The DSDT: in `\_SB_`, the COM1 serial port (`PNP0501`), the power button (`PNP0C0C`) and
-//! each virtio-mmio device (`LNRO0005`, `V000`, `V001`, ... in the order the guest sees them on
-//! the MMIO bus), and at the root the `\_S5_` package that
-//! `devices::legacy::PowerManagement` acts on.
+//! The DSDT: in `\_SB_`, the COM1 serial port (`PNP0501`), the power button (`PNP0C0C`),
+//! the Generic Event Device that presses it (see [`super::ged`]), and each virtio-mmio device
+//! (`LNRO0005`, `V000`, `V001`, ... in the order the guest sees them on the MMIO bus), and at
+//! the root the `\_S5_` package that `devices::legacy::PowerManagement` acts on.
 //!
 //! Interrupts are what the devices signal: petrel's irqfds are not resampled, so every line
 //! is an edge, active high, like ISA interrupts (the MP table's "conforming" lines).
@@ -22,7 +22,7 @@ const DSDT_REVISION: u8 = 2;
 pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
 
 /// AML already serialised, to nest in a scope.
-struct Raw(Vec<u8>);
+pub(super) struct Raw(Vec<u8>);
 
 impl Aml for Raw {
     fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
@@ -30,14 +30,14 @@ impl Aml for Raw {
     }
 }
 
-fn serialise(aml: &dyn Aml) -> Raw {
+pub(super) fn serialise(aml: &dyn Aml) -> Raw {
     let mut bytes = Vec::new();
     aml.to_aml_bytes(&mut bytes);
     Raw(bytes)
 }
 
 /// An interrupt as petrel's devices raise it: edge, active high, exclusive.
-fn edge_interrupt(gsi: u32) -> Interrupt {
+pub(super) fn edge_interrupt(gsi: u32) -> Interrupt {
     Interrupt::new(true, true, false, false, gsi)
 }
 
@@ -101,9 +101,13 @@ fn virtio_device(index: usize, slot: &DeviceSlot) -> Result<Raw, AcpiError> {
     )))
 }
 
-/// The DSDT describing `virtio` devices besides the serial port and the power button.
-pub fn build(virtio: &[DeviceSlot]) -> Result<Sdt, AcpiError> {
+/// The DSDT describing `virtio` devices besides the serial port and the power button, and
+/// the Generic Event Device at `ged` if the machine has one.
+pub fn build(virtio: &[DeviceSlot], ged: Option<&DeviceSlot>) -> Result<Sdt, AcpiError> {
     let mut devices = vec![serial_port(), power_button()];
+    if let Some(slot) = ged {
+        devices.extend(super::ged::devices(slot)?);
+    }
     for (index, slot) in virtio.iter().enumerate() {
         devices.push(virtio_device(index, slot)?);
     }
@@ -155,7 +159,7 @@ mod tests {
 
     #[test]
     fn each_virtio_device_has_its_hid_uid_window_and_edge_interrupt() {
-        let dsdt = build(&[slot(0), slot(1), slot(2)]).unwrap();
+        let dsdt = build(&[slot(0), slot(1), slot(2)], None).unwrap();
         let t = dsdt.as_slice();
         assert!(checksum_ok(t));
         assert_eq!(&t[..4], b"DSDT");
@@ -187,7 +191,7 @@ mod tests {
 
     #[test]
     fn serial_power_button_and_s5() {
-        let dsdt = build(&[]).unwrap();
+        let dsdt = build(&[], None).unwrap();
         let t = dsdt.as_slice();
         assert!(checksum_ok(t));
         assert!(find(t, b"\\_SB_").is_some());
@@ -214,12 +218,40 @@ mod tests {
     }
 
     #[test]
+    fn with_a_ged_the_dsdt_has_ged0_whose_evt_notifies_pwrb() {
+        let ged = slot(1);
+        let dsdt = build(&[slot(0)], Some(&ged)).unwrap();
+        let t = dsdt.as_slice();
+        assert!(checksum_ok(t));
+        let ged0 = device(t, "GED0");
+        assert!(find(ged0, b"_HID\x0dACPI0013\0").is_some());
+        assert!(find(ged0, b"_EVT\x09").is_some(), "Method (_EVT, 1)");
+        assert!(find(ged0, b"\x86\\\x2e_SB_PWRB\x0a\x80").is_some());
+        let mut irq = vec![0x89, 6, 0, 0b0011, 1];
+        irq.extend(ged.irq.to_le_bytes());
+        assert!(find(ged0, &irq).is_some());
+        let gedr = device(t, "GEDR");
+        let mut mem = vec![0x86, 9, 0, 1];
+        mem.extend((ged.base as u32).to_le_bytes());
+        assert!(find(gedr, &mem).is_some());
+        // The button it notifies is in the same table.
+        assert!(find(t, b"PWRB").unwrap() < find(t, b"GED0").unwrap());
+
+        let without = build(&[slot(0)], None).unwrap();
+        assert!(find(without.as_slice(), b"GED0").is_none());
+        assert!(find(without.as_slice(), b"_EVT").is_none());
+    }
+
+    #[test]
     fn a_window_above_4g_is_refused() {
         let high = DeviceSlot {
             base: 1 << 32,
             len: 0x1000,
             irq: 5,
         };
-        assert!(matches!(build(&[high]), Err(AcpiError::Window { .. })));
+        assert!(matches!(
+            build(&[high], None),
+            Err(AcpiError::Window { .. })
+        ));
     }
 }

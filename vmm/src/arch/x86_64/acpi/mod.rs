@@ -17,6 +17,7 @@ use crate::device_manager::allocator::DeviceSlot;
 
 pub mod dsdt;
 mod fadt;
+mod ged;
 mod madt;
 pub mod numa;
 
@@ -36,6 +37,8 @@ pub struct AcpiInput<'a> {
     pub vcpus: u32,
     /// The virtio-mmio devices, in the order the guest sees them.
     pub virtio: &'a [DeviceSlot],
+    /// The Generic Event Device that carries the power button, if the machine has one.
+    pub ged: Option<DeviceSlot>,
     /// More tables for the XSDT to list, each complete with its header and checksum: the
     /// SRAT and SLIT of a NUMA machine.
     pub extra: &'a [&'a dyn Aml],
@@ -86,7 +89,11 @@ pub fn build(input: &AcpiInput) -> Result<AcpiTables, AcpiError> {
         next = align(addr + table.len() as u64);
         (addr, table)
     };
-    let dsdt = place(dsdt::build(input.virtio)?.as_slice().to_vec());
+    let dsdt = place(
+        dsdt::build(input.virtio, input.ged.as_ref())?
+            .as_slice()
+            .to_vec(),
+    );
     let fadt = place(bytes(&fadt::build(dsdt.0)));
     let madt = place(madt::build(input.vcpus).as_slice().to_vec());
     let extra: Vec<_> = input.extra.iter().map(|t| place(bytes(*t))).collect();
@@ -165,6 +172,14 @@ pub(crate) mod tests {
             .collect()
     }
 
+    fn ged_slot() -> DeviceSlot {
+        DeviceSlot {
+            base: 0xc001_0000,
+            len: 0x1000,
+            irq: 23,
+        }
+    }
+
     fn table_at(t: &AcpiTables, addr: u64) -> &[u8] {
         &t.tables
             .iter()
@@ -182,6 +197,7 @@ pub(crate) mod tests {
         let t = build(&AcpiInput {
             vcpus: 2,
             virtio: &slots(3),
+            ged: Some(ged_slot()),
             extra: &[],
         })
         .unwrap();
@@ -224,6 +240,7 @@ pub(crate) mod tests {
         let t = build(&AcpiInput {
             vcpus: 1,
             virtio: &[],
+            ged: None,
             extra: &[&srat, &slit],
         })
         .unwrap();
@@ -242,8 +259,9 @@ pub(crate) mod tests {
         let t = build(&AcpiInput {
             vcpus: crate::config::MAX_VCPUS,
             virtio: &slots(
-                crate::device_manager::allocator::ResourceAllocator::max_devices() as u64,
+                crate::device_manager::allocator::ResourceAllocator::max_devices() as u64 - 1,
             ),
+            ged: Some(ged_slot()),
             extra: &[&numa],
         })
         .unwrap();
@@ -253,6 +271,7 @@ pub(crate) mod tests {
         let too_much = build(&AcpiInput {
             vcpus: 1,
             virtio: &[],
+            ged: None,
             extra: &[&huge],
         });
         assert!(matches!(too_much, Err(AcpiError::TooLarge { .. })));
@@ -317,6 +336,7 @@ pub(crate) mod tests {
             &AcpiInput {
                 vcpus: 1,
                 virtio: &slots(1),
+                ged: None,
                 extra: &[],
             },
         )
