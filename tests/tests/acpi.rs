@@ -110,6 +110,12 @@ fn check_tables(vcpus: u32, disks: usize) -> Output {
         .contains("DEVICE \\_SB_.COM1 hid=PNP0501 uid=0 io=0x3f8+8 irq=4 edge high\n"));
     assert!(out
         .stdout
+        .contains("DEVICE \\_SB_.PS2K hid=PNP0303 uid=0 io=0x60+1 io=0x64+1 irq=1 edge high\n"));
+    assert!(out
+        .stdout
+        .contains("DEVICE \\_SB_.RTC_ hid=PNP0B00 uid=0 io=0x70+2\n"));
+    assert!(out
+        .stdout
         .contains("DEVICE \\_SB_.PWRB hid=PNP0C0C uid=0\n"));
     let windows = dsdt_windows(&out);
     assert_eq!(windows.len(), disks + 2, "{out}");

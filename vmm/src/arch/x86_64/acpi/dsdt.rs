@@ -1,4 +1,5 @@
-//! The DSDT: in `\_SB_`, the COM1 serial port (`PNP0501`), the power button (`PNP0C0C`),
+//! The DSDT: in `\_SB_`, the COM1 serial port (`PNP0501`), the i8042 (`PNP0303`), the RTC
+//! (`PNP0B00`), the power button (`PNP0C0C`),
 //! the Generic Event Device that presses it (see [`super::ged`]), and each virtio-mmio device
 //! (`LNRO0005`, `V000`, `V001`, ... in the order the guest sees them on the MMIO bus), and at
 //! the root the `\_S5_` package that `devices::legacy::PowerManagement` acts on.
@@ -11,7 +12,10 @@ use acpi_tables::aml::{
 };
 use acpi_tables::sdt::Sdt;
 use acpi_tables::{Aml, AmlSink};
-use devices::legacy::{S5_SLP_TYP, SERIAL_IRQ, SERIAL_PORT, SERIAL_PORT_LEN};
+use devices::legacy::{
+    I8042_IRQ, I8042_PORT, RTC_PORT, RTC_PORT_LEN, S5_SLP_TYP, SERIAL_IRQ, SERIAL_PORT,
+    SERIAL_PORT_LEN,
+};
 
 use super::{AcpiError, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::device_manager::allocator::DeviceSlot;
@@ -52,6 +56,50 @@ fn serial_port() -> Raw {
             &Name::new(
                 Path::new("_HID"),
                 &acpi_tables::aml::EISAName::new("PNP0501"),
+            ),
+            &Name::new(Path::new("_UID"), &ZERO),
+            &Name::new(Path::new("_CRS"), &crs),
+        ],
+    ))
+}
+
+/// The i8042's keyboard port (`PNP0303`): its data (0x60) and command/status (0x64) ports
+/// and IRQ 1. A hardware-reduced Linux has no legacy PIC, so ISA IRQs are routed only where
+/// a device's `_CRS` (or an override) names them: without this its i8042 driver could not
+/// take IRQ 1, and Ctrl+Alt+Del would go nowhere.
+fn keyboard_controller() -> Raw {
+    let data = I8042_PORT as u16;
+    let command = data + 4;
+    let data_io = IO::new(data, data, 1, 1);
+    let command_io = IO::new(command, command, 1, 1);
+    let irq = edge_interrupt(I8042_IRQ);
+    let crs = ResourceTemplate::new(vec![&data_io, &command_io, &irq]);
+    serialise(&Device::new(
+        Path::new("PS2K"),
+        vec![
+            &Name::new(
+                Path::new("_HID"),
+                &acpi_tables::aml::EISAName::new("PNP0303"),
+            ),
+            &Name::new(Path::new("_UID"), &ZERO),
+            &Name::new(Path::new("_CRS"), &crs),
+        ],
+    ))
+}
+
+/// The RTC/CMOS (`PNP0B00`) at ports 0x70 and 0x71. petrel's RTC raises no interrupt, so its
+/// `_CRS` names none: a guest's driver then runs it without alarms rather than waiting for
+/// an IRQ 8 that never comes.
+fn rtc() -> Raw {
+    let port = RTC_PORT as u16;
+    let io = IO::new(port, port, 1, RTC_PORT_LEN as u8);
+    let crs = ResourceTemplate::new(vec![&io]);
+    serialise(&Device::new(
+        Path::new("RTC_"),
+        vec![
+            &Name::new(
+                Path::new("_HID"),
+                &acpi_tables::aml::EISAName::new("PNP0B00"),
             ),
             &Name::new(Path::new("_UID"), &ZERO),
             &Name::new(Path::new("_CRS"), &crs),
@@ -104,7 +152,7 @@ fn virtio_device(index: usize, slot: &DeviceSlot) -> Result<Raw, AcpiError> {
 /// The DSDT describing `virtio` devices besides the serial port and the power button, and
 /// the Generic Event Device at `ged` if the machine has one.
 pub fn build(virtio: &[DeviceSlot], ged: Option<&DeviceSlot>) -> Result<Sdt, AcpiError> {
-    let mut devices = vec![serial_port(), power_button()];
+    let mut devices = vec![serial_port(), keyboard_controller(), rtc(), power_button()];
     if let Some(slot) = ged {
         devices.extend(super::ged::devices(slot)?);
     }
@@ -206,6 +254,29 @@ mod tests {
             find(com1, &[0x89, 6, 0, 0b0011, 1, 4, 0, 0, 0]).is_some(),
             "IRQ 4"
         );
+        let ps2k = device(t, "PS2K");
+        // EISAID("PNP0303") is 0x0303d041.
+        assert!(find(ps2k, &[0x0c, 0x41, 0xd0, 0x03, 0x03]).is_some());
+        assert!(
+            find(ps2k, &[0x47, 1, 0x60, 0, 0x60, 0, 1, 1]).is_some(),
+            "IO 0x60"
+        );
+        assert!(
+            find(ps2k, &[0x47, 1, 0x64, 0, 0x64, 0, 1, 1]).is_some(),
+            "IO 0x64"
+        );
+        assert!(
+            find(ps2k, &[0x89, 6, 0, 0b0011, 1, 1, 0, 0, 0]).is_some(),
+            "IRQ 1"
+        );
+        let rtc = device(t, "RTC_");
+        // EISAID("PNP0B00") is 0x000bd041.
+        assert!(find(rtc, &[0x0c, 0x41, 0xd0, 0x0b, 0x00]).is_some());
+        assert!(
+            find(rtc, &[0x47, 1, 0x70, 0, 0x70, 0, 1, 2]).is_some(),
+            "IO 0x70"
+        );
+        assert!(find(rtc, &[0x89]).is_none(), "no interrupt");
         let pwrb = device(t, "PWRB");
         // EISAID("PNP0C0C") is 0x0c0cd041.
         assert!(find(pwrb, &[0x0c, 0x41, 0xd0, 0x0c, 0x0c]).is_some());
