@@ -383,6 +383,20 @@ mod tests {
         assert!(run_args(&["--vcpus", "300"]).unwrap().to_config().is_err());
     }
 
+    /// Writes `c` to a config file and checks `--config` reads back the same; returns the
+    /// file (and the directory that holds it).
+    fn same_through_a_config_file(c: &VmConfig) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(&path, serde_json::to_string(c).unwrap()).unwrap();
+        let from_file = run_args(&["--config", path.to_str().unwrap()])
+            .unwrap()
+            .to_config()
+            .unwrap();
+        assert_eq!(&from_file, c);
+        (dir, path)
+    }
+
     #[test]
     fn vsock_flag_and_config_file_agree_and_one_device_only() {
         let c = run_args(&["--vsock", "cid=7,uds=/run/v.sock"])
@@ -391,14 +405,7 @@ mod tests {
             .unwrap();
         let v = c.vsock.as_ref().unwrap();
         assert_eq!((v.guest_cid, v.id.as_str()), (7, "vsock0"));
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vm.json");
-        std::fs::write(&path, serde_json::to_string(&c).unwrap()).unwrap();
-        let from_file = run_args(&["--config", path.to_str().unwrap()])
-            .unwrap()
-            .to_config()
-            .unwrap();
-        assert_eq!(from_file, c);
+        same_through_a_config_file(&c);
         assert!(run_args(&["--vsock", "cid=3,uds=/a", "--vsock", "cid=4,uds=/b"]).is_err());
         assert!(run_args(&["--vsock", "cid=1,uds=/a"])
             .unwrap()
@@ -447,14 +454,7 @@ mod tests {
         assert_eq!(c.numa[0].cpus.0, vec![0, 2]);
         assert_eq!(c.numa[1].distances[0].distance, 30);
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vm.json");
-        std::fs::write(&path, serde_json::to_string(&c).unwrap()).unwrap();
-        let from_file = run_args(&["--config", path.to_str().unwrap()])
-            .unwrap()
-            .to_config()
-            .unwrap();
-        assert_eq!(from_file, c);
+        let (_dir, path) = same_through_a_config_file(&c);
         let replaced = run_args(&[
             "--config",
             path.to_str().unwrap(),
