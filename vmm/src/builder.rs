@@ -150,7 +150,7 @@ pub(crate) fn allocate_memory(
     layout: &MemoryLayout,
 ) -> Result<GuestMemoryMmap, memory::MemoryError> {
     let placement = config.memory_placement();
-    if config.machine.shared_memory {
+    if config.needs_shared_memory() {
         layout.allocate_shared_placed(&placement)
     } else {
         layout.allocate_placed(&placement)

@@ -9,8 +9,8 @@ use crate::config::parse_input;
 use crate::config::parse_numa;
 use crate::config::parse_vsock;
 use crate::config::{
-    parse_console, parse_disk, parse_gpu, parse_net, ByteSize, ConfigError, CpuTemplate,
-    SerialOutput, VmConfig,
+    parse_console, parse_disk, parse_gpu, parse_net, parse_vhost_user_blk, ByteSize, ConfigError,
+    CpuTemplate, SerialOutput, VmConfig,
 };
 use crate::ctl::CtlArgs;
 
@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// repeatable.
     #[arg(long = "disk", value_name = "OPTS")]
     pub disks: Vec<String>,
+    /// A vhost-user-blk disk served by a back end (such as qemu-storage-daemon) listening
+    /// on a Unix socket: socket=PATH[,id=ID]. Makes guest memory shared; repeatable.
+    #[arg(long = "vhost-user-blk", value_name = "OPTS")]
+    pub vhost_user_blks: Vec<String>,
     /// A virtio-net interface on a TAP: tap=NAME[,id=ID][,mac=MAC][,rate=...]. The TAP is
     /// created if it does not exist; repeatable.
     #[arg(long = "net", value_name = "OPTS")]
@@ -132,7 +136,7 @@ pub struct RunArgs {
 }
 
 /// Flags that describe a new machine, which a restored one already is.
-const RESTORE_CONFLICTS: [&str; 15] = [
+const RESTORE_CONFLICTS: [&str; 16] = [
     "config",
     "acpi",
     "kernel",
@@ -142,6 +146,7 @@ const RESTORE_CONFLICTS: [&str; 15] = [
     "memory",
     "cpu_template",
     "disks",
+    "vhost_user_blks",
     "nets",
     "consoles",
     "vsock",
@@ -251,6 +256,12 @@ impl RunArgs {
         for text in &self.disks {
             let index = config.disks.len();
             config.disks.push(parse_disk(text, index)?);
+        }
+        for text in &self.vhost_user_blks {
+            let index = config.vhost_user_blks.len();
+            config
+                .vhost_user_blks
+                .push(parse_vhost_user_blk(text, index)?);
         }
         for text in &self.nets {
             let index = config.nets.len();

@@ -57,6 +57,12 @@ impl QueueKicks {
         QueueKicks(evts)
     }
 
+    /// The notification eventfd of queue `index`, for a device whose queues another process
+    /// serves (vhost-user): it reads the eventfd itself.
+    pub fn eventfd(&self, index: usize) -> Option<&EventFd> {
+        self.0.get(index)
+    }
+
     /// Makes the event loop call `queue_notify(index)` again, after what else is ready.
     pub fn kick(&self, index: usize) {
         if let Some(evt) = self.0.get(index) {
@@ -138,6 +144,12 @@ pub trait VirtioDevice: Send + AsAny {
 
     /// The driver notified queue `index` (only called while the device is active).
     fn queue_notify(&mut self, index: usize);
+
+    /// Whether something other than the event loop reads the queue notification eventfds
+    /// (a vhost-user back end): the event loop then does not watch them.
+    fn handles_queue_notifications(&self) -> bool {
+        false
+    }
 
     /// Registers the device's host-side event sources with tokens from
     /// [`HOST_EVENT_BASE`] up. Called once when the device joins the event loop.

@@ -23,6 +23,7 @@ pub mod net;
 pub mod queue;
 #[cfg(test)]
 mod test_chains;
+pub mod vhost_user;
 pub mod vsock;
 
 pub use device::{

@@ -9,6 +9,7 @@ use devices::virtio::console::{ConsoleConfig, ConsoleOutput};
 use devices::virtio::gpu::{GpuConfig, DEFAULT_SIZE};
 use devices::virtio::input::{InputConfig, InputKind};
 use devices::virtio::net::{MacAddr, NetConfig};
+use devices::virtio::vhost_user::VhostUserBlkConfig;
 use devices::virtio::vsock::VsockConfig;
 
 use super::{ByteSize, ConfigError, Options, VmConfig};
@@ -65,6 +66,17 @@ pub fn parse_console(text: &str, index: usize) -> Result<ConsoleConfig, ConfigEr
         .unwrap_or(ConsoleOutput::Stdout);
     o.finish()?;
     Ok(ConsoleConfig { id, output })
+}
+
+/// `--vhost-user-blk socket=PATH[,id=ID]`.
+pub fn parse_vhost_user_blk(text: &str, index: usize) -> Result<VhostUserBlkConfig, ConfigError> {
+    let mut o = Options::parse("vhost-user-blk", text)?;
+    let config = VhostUserBlkConfig {
+        socket: o.require("socket")?.into(),
+        id: o.take("id").unwrap_or_else(|| format!("vublk{index}")),
+    };
+    o.finish()?;
+    Ok(config)
 }
 
 /// `--vsock cid=N,uds=PATH[,id=ID]`.
@@ -139,7 +151,13 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
         .chain(config.nets.iter().map(|n| ("net", &n.id)))
         .chain(config.consoles.iter().map(|c| ("console", &c.id)))
         .chain(config.vsock.iter().map(|v| ("vsock", &v.id)))
-        .chain(config.inputs.iter().map(|i| ("input", &i.id)));
+        .chain(config.inputs.iter().map(|i| ("input", &i.id)))
+        .chain(
+            config
+                .vhost_user_blks
+                .iter()
+                .map(|v| ("vhost-user-blk", &v.id)),
+        );
     let mut seen = HashSet::new();
     for (kind, id) in ids {
         if !valid_id(id) {
@@ -163,6 +181,15 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
         if let Some(r) = &d.rate_limiter {
             r.validate()
                 .map_err(|e| conflict(format!("disk {}: rate limit: {e}", d.id)))?;
+        }
+    }
+    let mut vhost_sockets = HashSet::new();
+    for v in &config.vhost_user_blks {
+        if !vhost_sockets.insert(v.socket.clone()) {
+            return Err(conflict(format!(
+                "vhost-user socket {} is used twice",
+                v.socket.display()
+            )));
         }
     }
     let mut taps = HashSet::new();

@@ -12,7 +12,7 @@ mod numa;
 mod options;
 pub use device_options::parse_gpu;
 pub use device_options::parse_input;
-pub use device_options::{parse_console, parse_disk, parse_net, parse_vsock};
+pub use device_options::{parse_console, parse_disk, parse_net, parse_vhost_user_blk, parse_vsock};
 pub use numa::{
     check_same_guest_topology, distance_matrix, parse_numa, CpuList, NodeDistance, NumaError,
     NumaNode, MAX_NUMA_NODES,
@@ -261,6 +261,10 @@ pub struct VmConfig {
     /// The virtio-gpu (one at most).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<::devices::virtio::gpu::GpuConfig>,
+    /// vhost-user-blk disks, served by back-end processes; the guest sees them after the
+    /// built-in disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vhost_user_blks: Vec<::devices::virtio::vhost_user::VhostUserBlkConfig>,
 }
 
 impl VmConfig {
@@ -272,6 +276,12 @@ impl VmConfig {
         };
         let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
         serde_json::from_str(&text).map_err(|e| file_err(e.to_string()))
+    }
+
+    /// Whether guest memory must be a shared memfd: asked for, or needed by a vhost-user
+    /// device (its back end maps the guest's memory).
+    pub fn needs_shared_memory(&self) -> bool {
+        self.machine.shared_memory || !self.vhost_user_blks.is_empty()
     }
 
     /// Checks every field that can be checked without touching the host.

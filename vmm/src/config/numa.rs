@@ -157,7 +157,7 @@ pub enum NumaError {
     HostNode { node: u32, host_node: u32, max: u32 },
     #[error(
         "NUMA node {node} uses huge pages, which shared memory (a memfd) cannot have: turn off \
-         shared_memory or hugepages"
+         shared_memory or hugepages (vhost-user devices need shared memory)"
     )]
     SharedHugePages { node: u32 },
     #[error(
@@ -306,7 +306,7 @@ fn check_memory(config: &VmConfig) -> Result<(), NumaError> {
                     start: ByteSize(start),
                 });
             }
-            if config.machine.shared_memory {
+            if config.needs_shared_memory() {
                 return Err(NumaError::SharedHugePages { node: n.node });
             }
         }

@@ -7,6 +7,7 @@ use devices::virtio::console::{Console, ConsoleError};
 use devices::virtio::gpu::Gpu;
 use devices::virtio::input::Input;
 use devices::virtio::net::Net;
+use devices::virtio::vhost_user::VhostUserBlk;
 use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 
@@ -25,7 +26,7 @@ fn open_error(kind: &'static str, id: &str, e: impl std::fmt::Display, user: boo
 /// A device opened on the host, with its id.
 pub type Opened = (String, Box<dyn VirtioDevice>);
 
-/// Every virtio device of `config` with its id: disks, then network interfaces, then
+/// Every virtio device of `config` with its id: disks, then vhost-user-blk disks, then network interfaces, then
 /// consoles, each in the order given, then the vsock device, then input devices in the
 /// order given, then the GPU.
 pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
@@ -36,6 +37,11 @@ pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
             open_error("disk", &disk.id, e, user)
         })?;
         opened.push((disk.id.clone(), Box::new(block)));
+    }
+    for v in &config.vhost_user_blks {
+        let device = VhostUserBlk::new(v.clone())
+            .map_err(|e| open_error("vhost-user-blk", &v.id, &e, e.is_user_error()))?;
+        opened.push((v.id.clone(), Box::new(device)));
     }
     for net in &config.nets {
         let device = Net::new(net.clone()).map_err(|e| {

@@ -30,7 +30,11 @@ impl VirtioSubscriber {
 impl MutEventSubscriber for VirtioSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         let mut transport = self.lock();
+        let watch_queues = !transport.device().handles_queue_notifications();
         for (index, evt) in transport.queue_evts().iter().enumerate() {
+            if !watch_queues {
+                break;
+            }
             if let Err(e) = ops.add(Events::with_data(evt, index as u32, EventSet::IN)) {
                 tracing::error!(?e, index, "cannot watch a queue notification");
             }

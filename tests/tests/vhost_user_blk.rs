@@ -1,0 +1,171 @@
+//! vhost-user-blk end to end: `qemu-storage-daemon` serves an image over a vhost-user socket,
+//! the test guest drives the disk through petrel with the same scenario as the built-in one,
+//! and the host checks the image.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tests::{fnv1a64, kvm_available, run, run_scenario, test_guest};
+
+const SECTOR: usize = 512;
+const QSD: &str = "/usr/bin/qemu-storage-daemon";
+
+/// A `qemu-storage-daemon` exporting one image as vhost-user-blk; killed when dropped.
+struct Daemon(Child);
+
+impl Daemon {
+    /// Starts the daemon on `image` and waits for its socket.
+    fn start(image: &Path, socket: &Path) -> Daemon {
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new(QSD)
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name=file0,filename={}",
+                image.display()
+            ))
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable=on",
+                socket.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start qemu-storage-daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "qemu-storage-daemon made no socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn available() -> bool {
+    kvm_available() && Path::new(QSD).exists()
+}
+
+fn image(dir: &Path, sectors: usize) -> PathBuf {
+    let bytes: Vec<u8> = (0..sectors * SECTOR)
+        .map(|i| ((i / SECTOR) as u8).wrapping_mul(13) ^ (i as u8).wrapping_mul(7))
+        .collect();
+    let path = dir.join("disk.img");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The pattern the guest writes to sectors 8..16.
+fn written_pattern() -> Vec<u8> {
+    (8..16u64)
+        .flat_map(|s| (0..SECTOR).map(move |k| ((s * 7 + k as u64) as u8) ^ 0x5a))
+        .collect()
+}
+
+#[test]
+fn guest_reads_and_writes_an_image_served_by_qemu_storage_daemon() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), 2048);
+    let before = std::fs::read(&img).unwrap();
+    let socket = dir.path().join("vublk.sock");
+    let _daemon = Daemon::start(&img, &socket);
+
+    let out = run_scenario(
+        "blk",
+        &[
+            "--vhost-user-blk",
+            &format!("socket={},id=vu0", socket.display()),
+        ],
+    );
+    out.assert_pass("blk");
+    assert_eq!(
+        out.lines_with("BLK 0 capacity"),
+        vec!["BLK 0 capacity=2048 ro=0"],
+        "{out}"
+    );
+    assert_eq!(
+        out.lines_with("BLK 0 read"),
+        vec![format!(
+            "BLK 0 read fnv={:016x}",
+            fnv1a64(&before[..8 * SECTOR])
+        )],
+        "{out}"
+    );
+    let after = std::fs::read(&img).unwrap();
+    assert_eq!(&after[8 * SECTOR..16 * SECTOR], &written_pattern()[..]);
+    assert_eq!(&after[..8 * SECTOR], &before[..8 * SECTOR]);
+    assert_eq!(&after[16 * SECTOR..], &before[16 * SECTOR..]);
+}
+
+fn start_fails(socket: &Path) -> tests::Output {
+    let out = run(
+        &[
+            "--kernel",
+            test_guest().to_str().unwrap(),
+            "--vhost-user-blk",
+            &format!("socket={}", socket.display()),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_ne!(out.status.code(), Some(0), "{out}");
+    out
+}
+
+#[test]
+fn a_socket_that_does_not_exist_fails_the_start_naming_it() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+    let out = start_fails(&socket);
+    assert!(
+        out.stderr
+            .contains("cannot connect to the vhost-user socket")
+            && out.stderr.contains("nobody.sock"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_peer_that_does_not_speak_vhost_user_fails_the_start() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("junk.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    // One peer answers with junk, the next closes at once.
+    let server = std::thread::spawn(move || {
+        for junk in [true, false] {
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            if junk {
+                let mut buf = [0u8; 12];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            }
+        }
+    });
+    for _ in 0..2 {
+        let out = start_fails(&socket);
+        assert!(out.stderr.contains("is it a vhost-user back end?"), "{out}");
+    }
+    server.join().unwrap();
+}
