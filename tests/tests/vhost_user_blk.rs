@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::{fnv1a64, kvm_available, run, run_scenario, test_guest};
+use tests::{fnv1a64, kvm_available, run, run_scenario, test_guest, Running};
 
 const SECTOR: usize = 512;
 const QSD: &str = "/usr/bin/qemu-storage-daemon";
@@ -168,4 +168,44 @@ fn a_peer_that_does_not_speak_vhost_user_fails_the_start() {
         assert!(out.stderr.contains("is it a vhost-user back end?"), "{out}");
     }
     server.join().unwrap();
+}
+
+#[test]
+fn io_resumes_when_the_daemon_is_killed_and_started_again() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), 64);
+    let socket = dir.path().join("vublk.sock");
+    let daemon = Daemon::start(&img, &socket);
+    let mut vm = Running::scenario(
+        "blkswap",
+        &["--vhost-user-blk", &format!("socket={}", socket.display())],
+    );
+    let before = vm.wait_line("BLKSWAP before", Duration::from_secs(60));
+
+    // The back end goes away while the guest reads sector 0 in a loop; the image changes
+    // meanwhile, and the new daemon serves the new contents to the same driver.
+    drop(daemon);
+    std::thread::sleep(Duration::from_millis(300));
+    let new_sector = vec![0xa5u8; SECTOR];
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[..SECTOR].copy_from_slice(&new_sector);
+    std::fs::write(&img, &bytes).unwrap();
+    let _daemon = Daemon::start(&img, &socket);
+
+    let after = vm.wait_line("BLKSWAP after", Duration::from_secs(60));
+    let out = vm.finish(Duration::from_secs(30));
+    out.assert_pass("blkswap");
+    assert_ne!(before, after);
+    assert!(
+        after.contains(&format!("fnv={:016x}", fnv1a64(&new_sector))),
+        "{after}\n{out}"
+    );
+    assert!(out.stderr.contains("vhost-user back end lost"), "{out}");
+    assert!(
+        out.stderr.contains("vhost-user back end reconnected"),
+        "{out}"
+    );
 }

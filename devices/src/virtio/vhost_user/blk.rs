@@ -210,7 +210,7 @@ impl VhostUserBlk {
         });
         match attempt {
             Ok((conn, space)) => {
-                tracing::info!(id = %self.config.id, "vhost-user back end reconnected");
+                tracing::warn!(id = %self.config.id, "vhost-user back end reconnected");
                 self.conn = Some(conn);
                 self.config_space = space;
                 let _ = self.reconnect.clear();
@@ -310,10 +310,7 @@ impl VirtioDevice for VhostUserBlk {
             }
             // The back end sends nothing unasked: readable means closed (or broken).
             TOKEN_SOCKET if peer_closed(self.conn.as_ref()) => {
-                self.lose(&VhostUserError::Protocol {
-                    what: "to stay connected",
-                    source: vhost::Error::VhostUserProtocol(vhost::vhost_user::Error::Disconnected),
-                });
+                self.lose(&VhostUserError::Disconnected);
             }
             TOKEN_TIMER => {
                 let _ = self.reconnect.wait();

@@ -55,6 +55,9 @@ pub enum VhostUserError {
         what: &'static str,
         source: vhost::Error,
     },
+    /// The back end closed the connection.
+    #[error("the vhost-user back end closed the connection")]
+    Disconnected,
     /// The back end lacks a feature petrel needs.
     #[error("the vhost-user back end lacks {0}")]
     MissingFeature(&'static str),
