@@ -294,6 +294,13 @@ mod tests {
             },
         );
         check(
+            "VhostUserBlk",
+            VhostUserBlk {
+                id: s("vu"),
+                socket: s("/run/vu.sock"),
+            },
+        );
+        check(
             "Vsock",
             Vsock {
                 guest_cid: 3,

@@ -9,7 +9,7 @@ use crate::types::SerialInput;
 use crate::types::{
     ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
     Metrics, MigrationReceiveParams, MigrationSendParams, NetworkInterface, NetworkInterfacePatch,
-    NumaConfig, SnapshotCreateParams, SnapshotLoadParams, VmState, Vsock,
+    NumaConfig, SnapshotCreateParams, SnapshotLoadParams, VhostUserBlk, VmState, Vsock,
 };
 
 /// A validated request for the VMM thread.
@@ -35,6 +35,8 @@ pub enum ApiRequest {
     PatchNetworkInterface(NetworkInterfacePatch),
     /// `PUT /consoles/{id}` (petrel's).
     PutConsole(Console),
+    /// `PUT /vhost-user-blk/{id}` (petrel's).
+    PutVhostUserBlk(VhostUserBlk),
     /// `PUT /vsock`.
     PutVsock(Vsock),
     /// `PUT /numa` (petrel's).
@@ -90,6 +92,7 @@ impl ApiRequest {
             R::PutNetworkInterface(_) => "PUT /network-interfaces",
             R::PatchNetworkInterface(_) => "PATCH /network-interfaces",
             R::PutConsole(_) => "PUT /consoles",
+            R::PutVhostUserBlk(_) => "PUT /vhost-user-blk",
             R::PutVsock(_) => "PUT /vsock",
             R::PutNuma(_) => "PUT /numa",
             R::Action(a) => return format!("PUT /actions {a:?}"),

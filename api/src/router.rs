@@ -11,7 +11,8 @@ use crate::types::SerialInput;
 use crate::types::{
     BootSource, Console, Drive, DrivePatch, InstanceActionInfo, Logger, MachineConfig,
     MachineConfigPatch, Metrics, MigrationReceiveParams, MigrationSendParams, NetworkInterface,
-    NetworkInterfacePatch, NumaConfig, SnapshotCreateParams, SnapshotLoadParams, Vm, Vsock,
+    NetworkInterfacePatch, NumaConfig, SnapshotCreateParams, SnapshotLoadParams, VhostUserBlk, Vm,
+    Vsock,
 };
 
 /// Every route and its methods. `{id}` stands for one path segment.
@@ -23,6 +24,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/drives/{drive_id}", &["PUT", "PATCH"]),
     ("/network-interfaces/{iface_id}", &["PUT", "PATCH"]),
     ("/consoles/{id}", &["PUT"]),
+    ("/vhost-user-blk/{id}", &["PUT"]),
     ("/vsock", &["PUT"]),
     ("/numa", &["PUT"]),
     ("/actions", &["PUT"]),
@@ -307,6 +309,12 @@ pub fn route_query(
             let console = parse::<Console>(body)?;
             same_id("id", id, &console.id)?;
             R::PutConsole(console)
+        }
+        ("/vhost-user-blk/{id}", "PUT") => {
+            let id = path_id("id", id)?;
+            let device = parse::<VhostUserBlk>(body)?;
+            same_id("id", id, &device.id)?;
+            R::PutVhostUserBlk(device)
         }
         ("/vsock", "PUT") => R::PutVsock(parse::<Vsock>(body)?),
         ("/numa", "PUT") => R::PutNuma(parse_with_arrays::<NumaConfig>(

@@ -235,6 +235,17 @@ pub struct Console {
     pub output: String,
 }
 
+/// `PUT /vhost-user-blk/{id}` (petrel's): a virtio-blk disk served by a vhost-user back end
+/// listening on a Unix socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostUserBlk {
+    /// Id of the device; equals the path's.
+    pub id: String,
+    /// The back end's Unix socket.
+    pub socket: String,
+}
+
 /// `PUT /vsock`: a virtio-vsock device proxied to a host Unix socket.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

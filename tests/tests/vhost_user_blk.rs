@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+use tests::api_vm::ApiVm;
 use tests::{fnv1a64, kvm_available, run, run_scenario, test_guest, Running};
 
 const SECTOR: usize = 512;
@@ -208,4 +210,49 @@ fn io_resumes_when_the_daemon_is_killed_and_started_again() {
         out.stderr.contains("vhost-user back end reconnected"),
         "{out}"
     );
+}
+
+#[test]
+fn api_adds_the_device_before_start_and_snapshots_and_migration_are_refused() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), 64);
+    let socket = dir.path().join("vublk.sock");
+    let _daemon = Daemon::start(&img, &socket);
+    let vm = ApiVm::spawn(&[]);
+    vm.ok(
+        "PUT",
+        "/boot-source",
+        json!({ "kernel_image_path": test_guest(), "boot_args": "petrel.test=count" }),
+    );
+    vm.ok(
+        "PUT",
+        "/vhost-user-blk/vu0",
+        json!({ "id": "vu0", "socket": socket }),
+    );
+    let config = vm.get("/vm/config");
+    assert_eq!(config["vhost_user_blks"][0]["id"], "vu0", "{config}");
+    vm.ok("PUT", "/actions", json!({ "action_type": "InstanceStart" }));
+    assert_eq!(vm.state(), "Running");
+    vm.set_state("Paused");
+    let msg = vm.fails(
+        "PUT",
+        "/snapshot/create",
+        Some(
+            json!({"snapshot_type": "Full", "snapshot_path": dir.path().join("s"),
+                    "mem_file_path": dir.path().join("m")}),
+        ),
+        400,
+    );
+    assert!(msg.contains("vhost-user device \"vu0\""), "{msg}");
+    let msg = vm.fails(
+        "PUT",
+        "/migration/send",
+        Some(json!({ "url": "unix:/nonexistent" })),
+        400,
+    );
+    assert!(msg.contains("vhost-user device \"vu0\""), "{msg}");
+    vm.kill();
 }

@@ -122,6 +122,15 @@ fn every_route_reaches_the_vmm() {
         ),
         (
             "PUT",
+            "/vhost-user-blk/vu0",
+            Some(json!({"id": "vu0", "socket": "/run/vu.sock"})),
+            R::PutVhostUserBlk(VhostUserBlk {
+                id: "vu0".into(),
+                socket: "/run/vu.sock".into(),
+            }),
+        ),
+        (
+            "PUT",
             "/numa",
             Some(json!({"nodes": [
                 {"node_id": 0, "cpus": [0, 1], "mem_size_mib": 512, "host_node": 0},

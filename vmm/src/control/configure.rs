@@ -4,17 +4,18 @@
 
 use std::path::{Path, PathBuf};
 
-use api::types::Vsock;
 use api::types::{
     BootSource, Console, Drive, DrivePatch, MachineConfig, MachineConfigPatch, NetworkInterface,
     NetworkInterfacePatch, RateLimiter, TokenBucket,
 };
 use api::types::{NumaConfig, NumaNode};
+use api::types::{VhostUserBlk, Vsock};
 use api::ApiResponse;
 use devices::rate_limiter::{RateLimitConfig, TokenBucketConfig};
 use devices::virtio::block::BlockConfig;
 use devices::virtio::console::ConsoleConfig;
 use devices::virtio::net::{MacAddr, NetConfig};
+use devices::virtio::vhost_user::VhostUserBlkConfig;
 use devices::virtio::vsock::VsockConfig;
 
 use crate::config::{ByteSize, CpuList, CpuTemplate, NodeDistance, RootDisk, VmConfig};
@@ -359,6 +360,19 @@ pub fn put_console(config: &mut VmConfig, console: Console) -> Result<(), ApiRes
     };
     edit(config, |c| {
         upsert(&mut c.consoles, console, |c| &c.id);
+        Ok(())
+    })
+}
+
+/// `PUT /vhost-user-blk/{id}`: adds a vhost-user-blk disk or changes its socket. The back
+/// end is connected at start; a socket nobody serves then fails the start.
+pub fn put_vhost_user_blk(config: &mut VmConfig, device: VhostUserBlk) -> Result<(), ApiResponse> {
+    let device = VhostUserBlkConfig {
+        id: device.id,
+        socket: device.socket.into(),
+    };
+    edit(config, |c| {
+        upsert(&mut c.vhost_user_blks, device, |v| &v.id);
         Ok(())
     })
 }

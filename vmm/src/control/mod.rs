@@ -255,6 +255,7 @@ impl ControlHandler {
             R::PutDrive(d) => done(configure::put_drive(config, d)),
             R::PutNetworkInterface(n) => done(configure::put_net(config, n)),
             R::PutConsole(c) => done(configure::put_console(config, c)),
+            R::PutVhostUserBlk(v) => done(configure::put_vhost_user_blk(config, v)),
             R::PatchDrive(p) => done(match &self.runtime {
                 Some(rt) => rt.patch_drive(config, p),
                 None => configure::patch_drive(config, p),

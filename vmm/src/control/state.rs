@@ -56,6 +56,7 @@ pub fn allowed_states(request: &ApiRequest) -> &'static [Lifecycle] {
         | R::PutDrive(_)
         | R::PutNetworkInterface(_)
         | R::PutConsole(_)
+        | R::PutVhostUserBlk(_)
         | R::PutVsock(_)
         | R::PutNuma(_)
         | R::LoadSnapshot(_) => BEFORE_START,
