@@ -384,6 +384,31 @@ mod tests {
     }
 
     #[test]
+    fn vhost_user_blk_flag_fills_the_config_and_makes_memory_shared() {
+        let v = parse_vhost_user_blk("socket=/run/vu.sock", 0).unwrap();
+        assert_eq!(
+            (v.id.as_str(), v.socket.to_str()),
+            ("vublk0", Some("/run/vu.sock"))
+        );
+        let v = parse_vhost_user_blk("socket=/s,id=vu", 1).unwrap();
+        assert_eq!(v.id, "vu");
+        for bad in ["", "id=vu", "socket=/s,path=/x", "socket=/s,socket=/t"] {
+            assert!(parse_vhost_user_blk(bad, 0).is_err(), "{bad}");
+        }
+        let mut c = VmConfig::default();
+        assert!(!c.needs_shared_memory());
+        c.vhost_user_blks.push(v.clone());
+        assert!(c.needs_shared_memory());
+        assert_eq!(validate(&c), Ok(()));
+        c.vhost_user_blks
+            .push(parse_vhost_user_blk("socket=/s", 1).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        c.vhost_user_blks[1].socket = "/t".into();
+        c.disks.push(parse_disk("path=/a,id=vu", 0).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+    }
+
+    #[test]
     fn duplicate_ids_and_shared_backends_conflict() {
         let mut c = VmConfig::default();
         c.disks.push(parse_disk("path=/a,id=x", 0).unwrap());

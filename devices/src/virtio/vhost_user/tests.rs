@@ -1,1 +1,98 @@
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::thread::JoinHandle;
 
+use super::{VhostUserBlk, VhostUserBlkConfig, VhostUserError};
+use crate::virtio::features;
+
+const GET_FEATURES: u32 = 1;
+/// Header flags of a reply: version 1 and the reply bit.
+const REPLY_FLAGS: u32 = 0x1 | 0x4;
+
+fn config(socket: &Path) -> VhostUserBlkConfig {
+    VhostUserBlkConfig {
+        id: "vu".into(),
+        socket: socket.to_path_buf(),
+    }
+}
+
+/// A peer that answers GET_FEATURES with `offered` and ignores SET_OWNER, then hangs up
+/// when the front end does.
+fn fake_backend(listener: UnixListener, offered: u64) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut header = [0u8; 12];
+        while conn.read_exact(&mut header).is_ok() {
+            let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap());
+            let mut body = vec![0u8; word(8) as usize];
+            if conn.read_exact(&mut body).is_err() {
+                return;
+            }
+            if word(0) == GET_FEATURES {
+                let mut reply = Vec::new();
+                reply.extend_from_slice(&GET_FEATURES.to_le_bytes());
+                reply.extend_from_slice(&REPLY_FLAGS.to_le_bytes());
+                reply.extend_from_slice(&8u32.to_le_bytes());
+                reply.extend_from_slice(&offered.to_le_bytes());
+                if conn.write_all(&reply).is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn a_socket_nobody_serves_is_a_connect_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("absent.sock");
+    let Err(e) = VhostUserBlk::new(config(&socket)) else {
+        panic!("connected to nothing");
+    };
+    assert!(matches!(e, VhostUserError::Connect { .. }), "{e}");
+    assert!(e.to_string().contains("absent.sock"), "{e}");
+    assert!(e.is_user_error());
+}
+
+#[test]
+fn a_peer_that_hangs_up_at_once_fails_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("closer.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let peer = std::thread::spawn(move || drop(listener.accept()));
+    let Err(e) = VhostUserBlk::new(config(&socket)) else {
+        panic!("a closed peer was accepted");
+    };
+    peer.join().unwrap();
+    assert!(matches!(e, VhostUserError::Protocol { .. }), "{e}");
+    assert!(
+        e.to_string().contains("is it a vhost-user back end?"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_back_end_without_version_1_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("legacy.sock");
+    let peer = fake_backend(UnixListener::bind(&socket).unwrap(), 0);
+    let Err(e) = VhostUserBlk::new(config(&socket)) else {
+        panic!("a legacy back end was accepted");
+    };
+    peer.join().unwrap();
+    assert!(e.to_string().contains("VIRTIO_F_VERSION_1"), "{e}");
+}
+
+#[test]
+fn a_back_end_without_protocol_features_cannot_give_the_config_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("noconfig.sock");
+    let peer = fake_backend(UnixListener::bind(&socket).unwrap(), features::VERSION_1);
+    let Err(e) = VhostUserBlk::new(config(&socket)) else {
+        panic!("a back end without GET_CONFIG was accepted");
+    };
+    peer.join().unwrap();
+    assert!(matches!(e, VhostUserError::MissingFeature(_)), "{e}");
+    assert!(e.to_string().contains("CONFIG protocol feature"), "{e}");
+}
