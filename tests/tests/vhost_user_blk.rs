@@ -231,14 +231,14 @@ fn io_resumes_when_the_daemon_is_killed_and_started_again() {
 }
 
 #[test]
-fn api_adds_the_device_before_start_and_snapshots_and_migration_are_refused() {
+fn api_adds_the_device_snapshots_and_migration_are_refused_and_a_vanished_back_end_is_survived() {
     if !available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), 64);
     let socket = dir.path().join("vublk.sock");
-    let _daemon = Daemon::start(&img, &socket);
+    let daemon = Daemon::start(&img, &socket);
     let vm = ApiVm::spawn(&[]);
     vm.ok(
         "PUT",
@@ -272,5 +272,14 @@ fn api_adds_the_device_before_start_and_snapshots_and_migration_are_refused() {
         400,
     );
     assert!(msg.contains("vhost-user device \"vu0\""), "{msg}");
+
+    // The back end disappears for good: petrel and the guest keep running.
+    vm.set_state("Resumed");
+    drop(daemon);
+    let seen = vm.last_count();
+    vm.wait_count_above(seen);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(vm.state(), "Running");
+    vm.wait_count_above(vm.last_count());
     vm.kill();
 }

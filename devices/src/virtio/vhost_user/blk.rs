@@ -71,6 +71,10 @@ pub struct VhostUserBlk {
     /// The back end's used-buffer notifications, relayed to the interrupt.
     call: EventFd,
     reconnect: TimerFd,
+    /// Why the last reconnection attempt failed, so each new reason is logged once.
+    last_failure: Option<String>,
+    /// Bumped when a new back end has a different config space.
+    config_generation: u32,
     active: Option<Active>,
 }
 
@@ -94,6 +98,8 @@ impl VhostUserBlk {
             queue_sizes: [QUEUE_SIZE],
             call,
             reconnect,
+            last_failure: None,
+            config_generation: 0,
             active: None,
         })
     }
@@ -212,14 +218,28 @@ impl VhostUserBlk {
             Ok((conn, space)) => {
                 tracing::warn!(id = %self.config.id, "vhost-user back end reconnected");
                 self.conn = Some(conn);
+                self.last_failure = None;
+                let changed = space != self.config_space;
                 self.config_space = space;
+                if changed {
+                    self.config_generation = self.config_generation.wrapping_add(1);
+                }
                 let _ = self.reconnect.clear();
                 if let Some(active) = &self.active {
                     // Completions the old back end signalled may not have been relayed.
                     active.env.interrupt.signal_used_queue();
+                    if changed {
+                        active.env.interrupt.signal_config_change();
+                    }
                 }
             }
-            Err(e) => tracing::debug!(id = %self.config.id, %e, "reconnection failed"),
+            Err(e) => {
+                let reason = e.to_string();
+                if self.last_failure.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(id = %self.config.id, %e, "vhost-user reconnection failed; retrying");
+                    self.last_failure = Some(reason);
+                }
+            }
         }
     }
 }
@@ -245,7 +265,9 @@ impl VirtioDevice for VhostUserBlk {
         let active = Active { queues, env };
         if let Some(conn) = self.conn.as_mut() {
             if let Err(e) = Self::start(conn, &active, &self.call) {
-                if let VhostUserError::MemoryNotShared = e {
+                if !e.is_connection_lost() {
+                    // The back end answered and refused (or petrel cannot describe the
+                    // memory): the device needs a reset, reconnecting would not help.
                     return Err(ActivateError::Backend(e.to_string()));
                 }
                 self.active = Some(active);
@@ -285,6 +307,10 @@ impl VirtioDevice for VhostUserBlk {
 
     fn handles_queue_notifications(&self) -> bool {
         true
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.config_generation
     }
 
     fn init_host_events(&mut self, ops: &mut EventOps) {

@@ -76,6 +76,27 @@ pub enum VhostUserError {
 }
 
 impl VhostUserError {
+    /// Whether the connection itself failed (closed, broken, timed out), as opposed to a
+    /// back end that answered and refused.
+    pub fn is_connection_lost(&self) -> bool {
+        use vhost::vhost_user::Error as E;
+        match self {
+            VhostUserError::Disconnected => true,
+            VhostUserError::Protocol {
+                source: vhost::Error::VhostUserProtocol(e),
+                ..
+            } => matches!(
+                e,
+                E::Disconnected
+                    | E::PartialMessage
+                    | E::SocketBroken(_)
+                    | E::SocketError(_)
+                    | E::SocketRetry(_)
+            ),
+            _ => false,
+        }
+    }
+
     /// Whether the user's input is at fault (a path, the peer at it), not the host.
     pub fn is_user_error(&self) -> bool {
         !matches!(self, VhostUserError::Os { .. })
