@@ -129,8 +129,13 @@ impl VhostUserBlk {
         self.conn.is_some()
     }
 
-    /// Hands the running device to the back end.
-    fn start(conn: &mut Connection, active: &Active, call: &EventFd) -> Result<(), VhostUserError> {
+    /// Hands the running device to the back end; `resume` after a lost back end.
+    fn start(
+        conn: &mut Connection,
+        active: &Active,
+        call: &EventFd,
+        resume: bool,
+    ) -> Result<(), VhostUserError> {
         let mem = &active.env.mem;
         let mut vrings = Vec::with_capacity(active.queues.len());
         for (index, queue) in active.queues.iter().enumerate() {
@@ -139,9 +144,11 @@ impl VhostUserBlk {
                 .kicks
                 .eventfd(index)
                 .ok_or(VhostUserError::MissingFeature("a kick eventfd per queue"))?;
-            // Where the back end resumes: the used index in guest memory (equal to the next
-            // available index on a first start, and what a lost back end finished).
-            let base = if queue.ready() {
+            // Where the back end starts: the queue's start on a first start; after a lost
+            // back end, the used index in guest memory (what it finished).
+            let base = if !resume {
+                queue.next_avail()
+            } else if queue.ready() {
                 queue
                     .used_idx(mem, std::sync::atomic::Ordering::Acquire)
                     .map_err(|_| VhostUserError::RingAddress(queue.used_ring()))?
@@ -210,7 +217,7 @@ impl VhostUserBlk {
                 ));
             }
             if let Some(active) = &self.active {
-                Self::start(&mut conn, active, &self.call)?;
+                Self::start(&mut conn, active, &self.call, true)?;
             }
             Ok((conn, space))
         });
@@ -264,7 +271,7 @@ impl VirtioDevice for VhostUserBlk {
     fn activate(&mut self, queues: Vec<Queue>, env: DeviceEnv) -> Result<(), ActivateError> {
         let active = Active { queues, env };
         if let Some(conn) = self.conn.as_mut() {
-            if let Err(e) = Self::start(conn, &active, &self.call) {
+            if let Err(e) = Self::start(conn, &active, &self.call, false) {
                 if !e.is_connection_lost() {
                     // The back end answered and refused (or petrel cannot describe the
                     // memory): the device needs a reset, reconnecting would not help.
