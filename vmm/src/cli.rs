@@ -425,6 +425,26 @@ mod tests {
     }
 
     #[test]
+    fn vhost_user_blk_flags_and_config_file_agree() {
+        let c = run_args(&[
+            "--vhost-user-blk",
+            "socket=/run/a.sock",
+            "--vhost-user-blk",
+            "socket=/run/b.sock,id=vb",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        let ids: Vec<&str> = c.vhost_user_blks.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(ids, ["vublk0", "vb"]);
+        same_through_a_config_file(&c);
+        assert!(run_args(&["--vhost-user-blk", "path=/x"])
+            .unwrap()
+            .to_config()
+            .is_err());
+    }
+
+    #[test]
     fn bad_config_files_are_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vm.json");
