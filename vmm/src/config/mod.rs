@@ -341,6 +341,8 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(config.inputs.len(), 2);
         assert!(config.vsock.is_some() && config.gpu.is_some());
+        assert_eq!(config.vhost_user_blks.len(), 1);
+        assert!(config.needs_shared_memory());
     }
 
     #[test]
