@@ -88,6 +88,22 @@ impl VhostUserBlk {
         let reconnect = TimerFd::new()
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
             .map_err(os("a timer"))?;
+        // Non-blocking: a vCPU thread may re-arm the timer (which resets its count) between
+        // the event loop seeing it ready and reading it.
+        // SAFETY: fcntl on the timer descriptor this function owns, with F_SETFL and flags
+        // read from it just before; it touches no memory.
+        let nonblocking = unsafe {
+            let flags = libc::fcntl(reconnect.as_raw_fd(), libc::F_GETFL);
+            flags >= 0
+                && libc::fcntl(
+                    reconnect.as_raw_fd(),
+                    libc::F_SETFL,
+                    flags | libc::O_NONBLOCK,
+                ) == 0
+        };
+        if !nonblocking {
+            return Err(os("a non-blocking timer")(std::io::Error::last_os_error()));
+        }
         Ok(VhostUserBlk {
             config,
             conn: Some(conn),
@@ -219,10 +235,14 @@ impl VhostUserBlk {
             if let Some(active) = &self.active {
                 Self::start(&mut conn, active, &self.call, true)?;
             }
-            Ok((conn, space))
+            Ok((conn, (features, space)))
         });
         match attempt {
-            Ok((conn, space)) => {
+            Ok((conn, (features, space))) => {
+                if self.active.is_none() {
+                    // The driver has not started the device: offer what this back end has.
+                    self.avail_features = features;
+                }
                 tracing::warn!(id = %self.config.id, "vhost-user back end reconnected");
                 self.conn = Some(conn);
                 self.last_failure = None;
@@ -349,6 +369,8 @@ impl VirtioDevice for VhostUserBlk {
                 let _ = self.reconnect.wait();
                 if self.conn.is_none() {
                     self.try_reconnect();
+                } else {
+                    let _ = self.reconnect.clear();
                 }
             }
             _ => {}
