@@ -281,5 +281,12 @@ fn api_adds_the_device_snapshots_and_migration_are_refused_and_a_vanished_back_e
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(vm.state(), "Running");
     vm.wait_count_above(vm.last_count());
+    let metrics = vm.request("GET", "/metrics", None).1;
+    for line in [
+        "petrel_virtio_vhost_user_connected{device=\"vu0\",type=\"block\"} 0",
+        "petrel_virtio_vhost_user_disconnections{device=\"vu0\",type=\"block\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
     vm.kill();
 }

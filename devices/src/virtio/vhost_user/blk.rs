@@ -75,6 +75,9 @@ pub struct VhostUserBlk {
     last_failure: Option<String>,
     /// Bumped when a new back end has a different config space.
     config_generation: u32,
+    /// Connections lost and connections made again since the device was created.
+    disconnections: u64,
+    reconnections: u64,
     active: Option<Active>,
 }
 
@@ -116,6 +119,8 @@ impl VhostUserBlk {
             reconnect,
             last_failure: None,
             config_generation: 0,
+            disconnections: 0,
+            reconnections: 0,
             active: None,
         })
     }
@@ -185,6 +190,7 @@ impl VhostUserBlk {
     /// The connection failed: keep what the driver set up and try again later.
     fn lose(&mut self, e: &VhostUserError) {
         tracing::warn!(id = %self.config.id, %e, "vhost-user back end lost; reconnecting");
+        self.disconnections += 1;
         self.stale = self.conn.take().or(self.stale.take());
         self.arm_reconnect();
     }
@@ -245,6 +251,7 @@ impl VhostUserBlk {
                 }
                 tracing::warn!(id = %self.config.id, "vhost-user back end reconnected");
                 self.conn = Some(conn);
+                self.reconnections += 1;
                 self.last_failure = None;
                 let changed = space != self.config_space;
                 self.config_space = space;
@@ -338,6 +345,14 @@ impl VirtioDevice for VhostUserBlk {
 
     fn config_generation(&self) -> u32 {
         self.config_generation
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        serde_json::json!({
+            "vhost_user_connected": self.conn.is_some(),
+            "vhost_user_disconnections": self.disconnections,
+            "vhost_user_reconnections": self.reconnections,
+        })
     }
 
     fn init_host_events(&mut self, ops: &mut EventOps) {
