@@ -18,6 +18,7 @@ pub mod every_device;
 pub mod http;
 pub mod netns;
 pub mod snapshot_guest;
+pub mod vhost_user_net_loop;
 pub mod web_vm;
 
 /// The workspace root.
