@@ -57,8 +57,9 @@ fn failed(what: &'static str) -> impl FnOnce(vhost::Error) -> VhostUserError {
 
 impl Connection {
     /// Connects to the back end listening on `path` and handshakes: SET_OWNER,
-    /// GET_FEATURES and, when it has them, GET/SET_PROTOCOL_FEATURES.
-    pub fn open(path: &Path) -> Result<Self, VhostUserError> {
+    /// GET_FEATURES and, when it has them, GET/SET_PROTOCOL_FEATURES. The device has
+    /// `queues` queues.
+    pub fn open(path: &Path, queues: usize) -> Result<Self, VhostUserError> {
         let stream = UnixStream::connect(path).map_err(|source| VhostUserError::Connect {
             path: path.to_path_buf(),
             source,
@@ -69,7 +70,7 @@ impl Connection {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let mut frontend = Frontend::from_stream(stream, 1);
+        let mut frontend = Frontend::from_stream(stream, queues as u64);
         frontend.set_owner().map_err(failed("SET_OWNER"))?;
         let features = frontend.get_features().map_err(failed("GET_FEATURES"))?;
         let mut protocol = VhostUserProtocolFeatures::empty();
@@ -114,8 +115,9 @@ impl Connection {
         Ok(space)
     }
 
-    /// Hands the back end a running device: the driver's features, the guest's memory and
-    /// every queue.
+    /// Hands the back end a running device: the driver's features (those the back end
+    /// offered: petrel may emulate others, such as a net device's MAC), the guest's memory
+    /// and every queue.
     pub fn start(
         &mut self,
         acked_features: u64,
@@ -124,7 +126,7 @@ impl Connection {
     ) -> Result<(), VhostUserError> {
         let protocol_bit = self.features & PROTOCOL_FEATURES_BIT;
         self.frontend
-            .set_features(acked_features | protocol_bit)
+            .set_features((acked_features & self.features) | protocol_bit)
             .map_err(failed("SET_FEATURES"))?;
         let regions = mem
             .iter()

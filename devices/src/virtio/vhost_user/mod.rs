@@ -4,8 +4,11 @@
 //!
 //! - [`connection`]: one connection — handshake, config space, handing the rings to the
 //!   back end and taking them back.
+//! - [`device`]: [`VhostUserDevice`], what every vhost-user device does: the call relay,
+//!   starting and stopping the back end, reconnection; a [`VhostUserKind`] says which device.
 //! - [`blk`]: [`VhostUserBlk`], a virtio-blk device whose requests a back end such as
 //!   `qemu-storage-daemon` serves.
+//! - [`net`]: [`VhostUserNet`], a virtio-net device whose queues a back end serves.
 //!
 //! # What goes where
 //!
@@ -28,6 +31,8 @@
 
 pub mod blk;
 pub mod connection;
+pub mod device;
+pub mod net;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +40,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use blk::{VhostUserBlk, VhostUserBlkConfig};
+pub use device::{VhostUserDevice, VhostUserKind};
+pub use net::{VhostUserNet, VhostUserNetConfig, VhostUserNetKind};
 
 /// How often a device that lost its back end tries to connect again.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
