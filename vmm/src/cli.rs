@@ -9,8 +9,8 @@ use crate::config::parse_input;
 use crate::config::parse_numa;
 use crate::config::parse_vsock;
 use crate::config::{
-    parse_console, parse_disk, parse_gpu, parse_net, parse_vhost_user_blk, ByteSize, ConfigError,
-    CpuTemplate, SerialOutput, VmConfig,
+    parse_console, parse_disk, parse_gpu, parse_net, parse_vhost_user_blk, parse_vhost_user_net,
+    ByteSize, ConfigError, CpuTemplate, SerialOutput, VmConfig,
 };
 use crate::ctl::CtlArgs;
 
@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// on a Unix socket: socket=PATH[,id=ID]. Makes guest memory shared; repeatable.
     #[arg(long = "vhost-user-blk", value_name = "OPTS")]
     pub vhost_user_blks: Vec<String>,
+    /// A vhost-user-net interface served by a back end listening on a Unix socket:
+    /// socket=PATH[,id=ID][,mac=MAC]. Makes guest memory shared; repeatable.
+    #[arg(long = "vhost-user-net", value_name = "OPTS")]
+    pub vhost_user_nets: Vec<String>,
     /// A virtio-net interface on a TAP: tap=NAME[,id=ID][,mac=MAC][,rate=...]. The TAP is
     /// created if it does not exist; repeatable.
     #[arg(long = "net", value_name = "OPTS")]
@@ -136,7 +140,7 @@ pub struct RunArgs {
 }
 
 /// Flags that describe a new machine, which a restored one already is.
-const RESTORE_CONFLICTS: [&str; 16] = [
+const RESTORE_CONFLICTS: [&str; 17] = [
     "config",
     "acpi",
     "kernel",
@@ -147,6 +151,7 @@ const RESTORE_CONFLICTS: [&str; 16] = [
     "cpu_template",
     "disks",
     "vhost_user_blks",
+    "vhost_user_nets",
     "nets",
     "consoles",
     "vsock",
@@ -262,6 +267,12 @@ impl RunArgs {
             config
                 .vhost_user_blks
                 .push(parse_vhost_user_blk(text, index)?);
+        }
+        for text in &self.vhost_user_nets {
+            let index = config.vhost_user_nets.len();
+            config
+                .vhost_user_nets
+                .push(parse_vhost_user_net(text, index)?);
         }
         for text in &self.nets {
             let index = config.nets.len();

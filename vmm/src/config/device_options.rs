@@ -9,7 +9,7 @@ use devices::virtio::console::{ConsoleConfig, ConsoleOutput};
 use devices::virtio::gpu::{GpuConfig, DEFAULT_SIZE};
 use devices::virtio::input::{InputConfig, InputKind};
 use devices::virtio::net::{MacAddr, NetConfig};
-use devices::virtio::vhost_user::VhostUserBlkConfig;
+use devices::virtio::vhost_user::{VhostUserBlkConfig, VhostUserNetConfig};
 use devices::virtio::vsock::VsockConfig;
 
 use super::{ByteSize, ConfigError, Options, VmConfig};
@@ -74,6 +74,18 @@ pub fn parse_vhost_user_blk(text: &str, index: usize) -> Result<VhostUserBlkConf
     let config = VhostUserBlkConfig {
         socket: o.require("socket")?.into(),
         id: o.take("id").unwrap_or_else(|| format!("vublk{index}")),
+    };
+    o.finish()?;
+    Ok(config)
+}
+
+/// `--vhost-user-net socket=PATH[,id=ID][,mac=MAC]`.
+pub fn parse_vhost_user_net(text: &str, index: usize) -> Result<VhostUserNetConfig, ConfigError> {
+    let mut o = Options::parse("vhost-user-net", text)?;
+    let config = VhostUserNetConfig {
+        socket: o.require("socket")?.into(),
+        id: o.take("id").unwrap_or_else(|| format!("vunet{index}")),
+        mac: o.take_parsed("mac", |m| m.parse::<MacAddr>())?,
     };
     o.finish()?;
     Ok(config)
@@ -152,12 +164,7 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
         .chain(config.consoles.iter().map(|c| ("console", &c.id)))
         .chain(config.vsock.iter().map(|v| ("vsock", &v.id)))
         .chain(config.inputs.iter().map(|i| ("input", &i.id)))
-        .chain(
-            config
-                .vhost_user_blks
-                .iter()
-                .map(|v| ("vhost-user-blk", &v.id)),
-        );
+        .chain(config.vhost_user_devices().map(|(kind, id, _)| (kind, id)));
     let mut seen = HashSet::new();
     for (kind, id) in ids {
         if !valid_id(id) {
@@ -184,11 +191,11 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
         }
     }
     let mut vhost_sockets = HashSet::new();
-    for v in &config.vhost_user_blks {
-        if !vhost_sockets.insert(v.socket.clone()) {
+    for (_, _, socket) in config.vhost_user_devices() {
+        if !vhost_sockets.insert(socket) {
             return Err(conflict(format!(
                 "vhost-user socket {} is used twice",
-                v.socket.display()
+                socket.display()
             )));
         }
     }

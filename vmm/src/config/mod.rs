@@ -12,7 +12,9 @@ mod numa;
 mod options;
 pub use device_options::parse_gpu;
 pub use device_options::parse_input;
-pub use device_options::{parse_console, parse_disk, parse_net, parse_vhost_user_blk, parse_vsock};
+pub use device_options::{
+    parse_console, parse_disk, parse_net, parse_vhost_user_blk, parse_vhost_user_net, parse_vsock,
+};
 pub use numa::{
     check_same_guest_topology, distance_matrix, parse_numa, CpuList, NodeDistance, NumaError,
     NumaNode, MAX_NUMA_NODES,
@@ -265,6 +267,10 @@ pub struct VmConfig {
     /// built-in disks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vhost_user_blks: Vec<::devices::virtio::vhost_user::VhostUserBlkConfig>,
+    /// vhost-user-net interfaces, served by back-end processes; the guest sees them after
+    /// the built-in network interfaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vhost_user_nets: Vec<::devices::virtio::vhost_user::VhostUserNetConfig>,
 }
 
 impl VmConfig {
@@ -281,7 +287,17 @@ impl VmConfig {
     /// Whether guest memory must be a shared memfd: asked for, or needed by a vhost-user
     /// device (its back end maps the guest's memory).
     pub fn needs_shared_memory(&self) -> bool {
-        self.machine.shared_memory || !self.vhost_user_blks.is_empty()
+        self.machine.shared_memory || self.vhost_user_devices().next().is_some()
+    }
+
+    /// Every vhost-user device as (kind, id, socket): blk, then net.
+    pub fn vhost_user_devices(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, &String, &std::path::PathBuf)> {
+        let blks = self.vhost_user_blks.iter();
+        let nets = self.vhost_user_nets.iter();
+        blks.map(|v| ("vhost-user-blk", &v.id, &v.socket))
+            .chain(nets.map(|v| ("vhost-user-net", &v.id, &v.socket)))
     }
 
     /// Checks every field that can be checked without touching the host.

@@ -397,11 +397,10 @@ impl MutEventSubscriber for ControlHandler {
 /// end writes guest memory behind petrel's dirty log (dirty-log sharing is not implemented),
 /// so both are refused while one is attached.
 fn refuse_vhost_user(config: &crate::config::VmConfig, what: &str) -> Result<(), ApiResponse> {
-    match config.vhost_user_blks.first() {
-        Some(v) => Err(ApiResponse::bad_request(format!(
-            "{what} is not possible with the vhost-user device {:?} attached: its back end \
-             writes guest memory without petrel's dirty log",
-            v.id
+    match config.vhost_user_devices().next() {
+        Some((_, id, _)) => Err(ApiResponse::bad_request(format!(
+            "{what} is not possible with the vhost-user device {id:?} attached: its back end \
+             writes guest memory without petrel's dirty log"
         ))),
         None => Ok(()),
     }
