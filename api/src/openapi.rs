@@ -301,6 +301,14 @@ mod tests {
             },
         );
         check(
+            "VhostUserNet",
+            VhostUserNet {
+                id: s("vu"),
+                socket: s("/run/vu.sock"),
+                mac: Some(s("02:00:00:00:00:01")),
+            },
+        );
+        check(
             "Vsock",
             Vsock {
                 guest_cid: 3,

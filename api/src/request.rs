@@ -9,7 +9,8 @@ use crate::types::SerialInput;
 use crate::types::{
     ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
     Metrics, MigrationReceiveParams, MigrationSendParams, NetworkInterface, NetworkInterfacePatch,
-    NumaConfig, SnapshotCreateParams, SnapshotLoadParams, VhostUserBlk, VmState, Vsock,
+    NumaConfig, SnapshotCreateParams, SnapshotLoadParams, VhostUserBlk, VhostUserNet, VmState,
+    Vsock,
 };
 
 /// A validated request for the VMM thread.
@@ -37,6 +38,8 @@ pub enum ApiRequest {
     PutConsole(Console),
     /// `PUT /vhost-user-blk/{id}` (petrel's).
     PutVhostUserBlk(VhostUserBlk),
+    /// `PUT /vhost-user-net/{id}` (petrel's).
+    PutVhostUserNet(VhostUserNet),
     /// `PUT /vsock`.
     PutVsock(Vsock),
     /// `PUT /numa` (petrel's).
@@ -93,6 +96,7 @@ impl ApiRequest {
             R::PatchNetworkInterface(_) => "PATCH /network-interfaces",
             R::PutConsole(_) => "PUT /consoles",
             R::PutVhostUserBlk(_) => "PUT /vhost-user-blk",
+            R::PutVhostUserNet(_) => "PUT /vhost-user-net",
             R::PutVsock(_) => "PUT /vsock",
             R::PutNuma(_) => "PUT /numa",
             R::Action(a) => return format!("PUT /actions {a:?}"),

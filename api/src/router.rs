@@ -11,8 +11,8 @@ use crate::types::SerialInput;
 use crate::types::{
     BootSource, Console, Drive, DrivePatch, InstanceActionInfo, Logger, MachineConfig,
     MachineConfigPatch, Metrics, MigrationReceiveParams, MigrationSendParams, NetworkInterface,
-    NetworkInterfacePatch, NumaConfig, SnapshotCreateParams, SnapshotLoadParams, VhostUserBlk, Vm,
-    Vsock,
+    NetworkInterfacePatch, NumaConfig, SnapshotCreateParams, SnapshotLoadParams, VhostUserBlk,
+    VhostUserNet, Vm, Vsock,
 };
 
 /// Every route and its methods. `{id}` stands for one path segment.
@@ -25,6 +25,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/network-interfaces/{iface_id}", &["PUT", "PATCH"]),
     ("/consoles/{id}", &["PUT"]),
     ("/vhost-user-blk/{id}", &["PUT"]),
+    ("/vhost-user-net/{id}", &["PUT"]),
     ("/vsock", &["PUT"]),
     ("/numa", &["PUT"]),
     ("/actions", &["PUT"]),
@@ -315,6 +316,12 @@ pub fn route_query(
             let device = parse::<VhostUserBlk>(body)?;
             same_id("id", id, &device.id)?;
             R::PutVhostUserBlk(device)
+        }
+        ("/vhost-user-net/{id}", "PUT") => {
+            let id = path_id("id", id)?;
+            let device = parse::<VhostUserNet>(body)?;
+            same_id("id", id, &device.id)?;
+            R::PutVhostUserNet(device)
         }
         ("/vsock", "PUT") => R::PutVsock(parse::<Vsock>(body)?),
         ("/numa", "PUT") => R::PutNuma(parse_with_arrays::<NumaConfig>(

@@ -246,6 +246,20 @@ pub struct VhostUserBlk {
     pub socket: String,
 }
 
+/// `PUT /vhost-user-net/{id}` (petrel's): a virtio-net interface served by a vhost-user back
+/// end listening on a Unix socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostUserNet {
+    /// Id of the device; equals the path's.
+    pub id: String,
+    /// The back end's Unix socket.
+    pub socket: String,
+    /// The guest's MAC address; without it, the back end's or a generated one.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
 /// `PUT /vsock`: a virtio-vsock device proxied to a host Unix socket.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

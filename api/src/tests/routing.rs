@@ -131,6 +131,16 @@ fn every_route_reaches_the_vmm() {
         ),
         (
             "PUT",
+            "/vhost-user-net/vu1",
+            Some(json!({"id": "vu1", "socket": "/run/vu.sock", "mac": "02:00:00:00:00:01"})),
+            R::PutVhostUserNet(VhostUserNet {
+                id: "vu1".into(),
+                socket: "/run/vu.sock".into(),
+                mac: Some("02:00:00:00:00:01".into()),
+            }),
+        ),
+        (
+            "PUT",
             "/numa",
             Some(json!({"nodes": [
                 {"node_id": 0, "cpus": [0, 1], "mem_size_mib": 512, "host_node": 0},

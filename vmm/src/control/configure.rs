@@ -9,13 +9,13 @@ use api::types::{
     NetworkInterfacePatch, RateLimiter, TokenBucket,
 };
 use api::types::{NumaConfig, NumaNode};
-use api::types::{VhostUserBlk, Vsock};
+use api::types::{VhostUserBlk, VhostUserNet, Vsock};
 use api::ApiResponse;
 use devices::rate_limiter::{RateLimitConfig, TokenBucketConfig};
 use devices::virtio::block::BlockConfig;
 use devices::virtio::console::ConsoleConfig;
 use devices::virtio::net::{MacAddr, NetConfig};
-use devices::virtio::vhost_user::VhostUserBlkConfig;
+use devices::virtio::vhost_user::{VhostUserBlkConfig, VhostUserNetConfig};
 use devices::virtio::vsock::VsockConfig;
 
 use crate::config::{ByteSize, CpuList, CpuTemplate, NodeDistance, RootDisk, VmConfig};
@@ -373,6 +373,25 @@ pub fn put_vhost_user_blk(config: &mut VmConfig, device: VhostUserBlk) -> Result
     };
     edit(config, |c| {
         upsert(&mut c.vhost_user_blks, device, |v| &v.id);
+        Ok(())
+    })
+}
+
+/// `PUT /vhost-user-net/{id}`: adds a vhost-user-net interface or changes it. The back end
+/// is connected at start; a socket nobody serves then fails the start.
+pub fn put_vhost_user_net(config: &mut VmConfig, device: VhostUserNet) -> Result<(), ApiResponse> {
+    let mac = device
+        .mac
+        .map(|m| m.parse::<MacAddr>())
+        .transpose()
+        .map_err(|e| bad(format!("mac: {e}")))?;
+    let device = VhostUserNetConfig {
+        id: device.id,
+        socket: device.socket.into(),
+        mac,
+    };
+    edit(config, |c| {
+        upsert(&mut c.vhost_user_nets, device, |v| &v.id);
         Ok(())
     })
 }

@@ -57,6 +57,7 @@ pub fn allowed_states(request: &ApiRequest) -> &'static [Lifecycle] {
         | R::PutNetworkInterface(_)
         | R::PutConsole(_)
         | R::PutVhostUserBlk(_)
+        | R::PutVhostUserNet(_)
         | R::PutVsock(_)
         | R::PutNuma(_)
         | R::LoadSnapshot(_) => BEFORE_START,
