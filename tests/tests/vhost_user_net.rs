@@ -5,6 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use resources::snapshot_proto::{fnv1a64, net_frame};
+use serde_json::json;
+use tests::api_vm::ApiVm;
 use tests::snapshot_guest::SnapshotGuest;
 use tests::vhost_user_net_loop::{LoopConfig, LoopServer};
 use tests::{kvm_available, run, test_guest};
@@ -24,6 +26,21 @@ fn loop_server(socket: &Path) -> std::sync::Arc<tests::vhost_user_net_loop::Coun
     counters
 }
 
+/// Sends frame `n` with `n`, waits for it with `m`, and returns it as (length, hash).
+fn loop_frame(vm: &ApiVm, guest: &mut SnapshotGuest) -> (u64, (usize, u64)) {
+    let n = guest.net(vm);
+    let start = Instant::now();
+    loop {
+        if let Some(got) = guest.net_recv(vm) {
+            return (n, got);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "frame {n} did not come back"
+        );
+    }
+}
+
 #[test]
 fn a_frame_the_guest_sends_comes_back_through_the_loop_back_back_end() {
     if !kvm_available() {
@@ -35,23 +52,64 @@ fn a_frame_the_guest_sends_comes_back_through_the_loop_back_back_end() {
 
     let device = format!("socket={}", socket.display());
     let (mut vm, mut guest) = SnapshotGuest::boot("128M", &["--vhost-user-net", &device]);
-    let n = guest.net(&vm);
-    let start = Instant::now();
-    let got = loop {
-        if let Some(got) = guest.net_recv(&vm) {
-            break got;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "frame {n} did not come back"
-        );
-    };
+    let (n, got) = loop_frame(&vm, &mut guest);
 
     // The guest used the back end's MAC (from its config space) as the source.
     let frame = net_frame(BACKEND_MAC, n);
     assert_eq!(got, (frame.len(), fnv1a64(&frame)), "frame {n}");
     assert!(counters.looped() >= 1);
     guest.quit(&mut vm);
+}
+
+#[test]
+fn api_adds_the_device_with_a_mac_of_its_own_and_snapshots_are_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("net.sock");
+    loop_server(&socket);
+    let mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x42];
+
+    let vm = ApiVm::spawn(&[]);
+    vm.ok(
+        "PUT",
+        "/boot-source",
+        json!({ "kernel_image_path": test_guest(), "boot_args": "petrel.test=snapshot" }),
+    );
+    vm.ok(
+        "PUT",
+        "/machine-config",
+        json!({ "vcpu_count": 1, "mem_size_mib": 128 }),
+    );
+    vm.ok(
+        "PUT",
+        "/vhost-user-net/vn0",
+        json!({ "id": "vn0", "socket": socket, "mac": "02:00:00:00:00:42" }),
+    );
+    let config = vm.get("/vm/config");
+    assert_eq!(config["vhost_user_nets"][0]["mac"], "02:00:00:00:00:42");
+    vm.ok("PUT", "/actions", json!({ "action_type": "InstanceStart" }));
+    let mut guest = SnapshotGuest::new();
+    guest.wait_ready(&vm);
+
+    // The guest uses the configured MAC, not the back end's.
+    let (n, got) = loop_frame(&vm, &mut guest);
+    let frame = net_frame(mac, n);
+    assert_eq!(got, (frame.len(), fnv1a64(&frame)), "frame {n}");
+
+    vm.set_state("Paused");
+    let msg = vm.fails(
+        "PUT",
+        "/snapshot/create",
+        Some(
+            json!({"snapshot_type": "Full", "snapshot_path": dir.path().join("s"),
+                    "mem_file_path": dir.path().join("m")}),
+        ),
+        400,
+    );
+    assert!(msg.contains("vhost-user device \"vn0\""), "{msg}");
+    vm.kill();
 }
 
 #[test]

@@ -416,6 +416,31 @@ mod tests {
     }
 
     #[test]
+    fn vhost_user_net_flag_takes_a_mac_and_shares_sockets_and_ids_with_blk() {
+        let v = parse_vhost_user_net("socket=/n,mac=02:00:00:00:00:09", 0).unwrap();
+        assert_eq!(v.id, "vunet0");
+        assert_eq!(v.mac.map(|m| m.bytes()), Some([2, 0, 0, 0, 0, 9]));
+        assert_eq!(parse_vhost_user_net("socket=/n,id=x", 1).unwrap().mac, None);
+        for bad in [
+            "",
+            "mac=02:00:00:00:00:09",
+            "socket=/n,mac=01:00:00:00:00:00",
+        ] {
+            assert!(parse_vhost_user_net(bad, 0).is_err(), "{bad}");
+        }
+        let mut c = VmConfig::default();
+        c.vhost_user_nets.push(v.clone());
+        assert!(c.needs_shared_memory());
+        assert_eq!(validate(&c), Ok(()));
+        c.vhost_user_blks
+            .push(parse_vhost_user_blk("socket=/n", 0).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        c.vhost_user_blks[0].socket = "/b".into();
+        c.vhost_user_blks[0].id = "vunet0".into();
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+    }
+
+    #[test]
     fn duplicate_ids_and_shared_backends_conflict() {
         let mut c = VmConfig::default();
         c.disks.push(parse_disk("path=/a,id=x", 0).unwrap());

@@ -3,8 +3,10 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::thread::JoinHandle;
 
-use super::{VhostUserBlk, VhostUserBlkConfig, VhostUserError};
+use super::{VhostUserBlk, VhostUserBlkConfig, VhostUserError, VhostUserNet, VhostUserNetConfig};
 use crate::virtio::features;
+use crate::virtio::net::MacAddr;
+use crate::virtio::VirtioDevice;
 
 const GET_FEATURES: u32 = 1;
 /// Header flags of a reply: version 1 and the reply bit.
@@ -95,4 +97,63 @@ fn a_back_end_without_protocol_features_cannot_give_the_config_space() {
     peer.join().unwrap();
     assert!(matches!(e, VhostUserError::MissingFeature(_)), "{e}");
     assert!(e.to_string().contains("CONFIG protocol feature"), "{e}");
+}
+
+/// A vhost-user-net device on a fake back end offering `offered` (no protocol features, so
+/// no config space), with `mac` configured; its offered features and config space.
+fn net_on_fake_backend(offered: u64, mac: Option<MacAddr>) -> (u64, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("net.sock");
+    let peer = fake_backend(UnixListener::bind(&socket).unwrap(), offered);
+    let device = VhostUserNet::new(VhostUserNetConfig {
+        id: "vn".into(),
+        socket: socket.clone(),
+        mac,
+    })
+    .unwrap();
+    let mut space = vec![0u8; 12];
+    device.read_config(0, &mut space);
+    let features = device.avail_features();
+    drop(device);
+    peer.join().unwrap();
+    (features, space)
+}
+
+const NET_MAC: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+const NET_STATUS: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_STATUS;
+const NET_MRG_RXBUF: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+const NET_CTRL_VQ: u64 = 1 << virtio_bindings::virtio_net::VIRTIO_NET_F_CTRL_VQ;
+
+#[test]
+fn net_presents_the_configured_mac_and_passes_only_supported_features() {
+    let mac: MacAddr = "02:00:00:00:00:07".parse().unwrap();
+    let offered = features::VERSION_1 | NET_MRG_RXBUF | NET_STATUS | NET_CTRL_VQ;
+    let (avail, space) = net_on_fake_backend(offered, Some(mac));
+    assert_eq!(&space[..6], &mac.bytes());
+    // MAC is petrel's own; STATUS needs the back end's config space; no control queue.
+    assert_eq!(avail, features::VERSION_1 | NET_MRG_RXBUF | NET_MAC);
+}
+
+#[test]
+fn net_without_a_mac_anywhere_generates_a_local_unicast_one() {
+    let (avail, space) = net_on_fake_backend(features::VERSION_1 | NET_MAC, None);
+    assert_eq!(space[0] & 0b11, 0b10, "{space:?}");
+    assert_ne!(&space[..6], &[0u8; 6]);
+    assert_eq!(avail, features::VERSION_1 | NET_MAC);
+}
+
+#[test]
+fn net_without_version_1_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("legacy.sock");
+    let peer = fake_backend(UnixListener::bind(&socket).unwrap(), NET_MAC);
+    let Err(e) = VhostUserNet::new(VhostUserNetConfig {
+        id: "vn".into(),
+        socket,
+        mac: None,
+    }) else {
+        panic!("a legacy back end was accepted");
+    };
+    peer.join().unwrap();
+    assert!(e.to_string().contains("VIRTIO_F_VERSION_1"), "{e}");
 }
