@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tests::api_vm::ApiVm;
-use tests::{fnv1a64, kvm_available, run, run_scenario, test_guest, Running};
+use tests::{fnv1a64, kvm_available, run_scenario, test_guest, Running};
 
 const SECTOR: usize = 512;
 const QSD: &str = "/usr/bin/qemu-storage-daemon";
@@ -133,17 +133,7 @@ fn blk_scenario_through_the_daemon(machine: &[&str]) {
 }
 
 fn start_fails(socket: &Path) -> tests::Output {
-    let out = run(
-        &[
-            "--kernel",
-            test_guest().to_str().unwrap(),
-            "--vhost-user-blk",
-            &format!("socket={}", socket.display()),
-        ],
-        Duration::from_secs(30),
-    );
-    assert_ne!(out.status.code(), Some(0), "{out}");
-    out
+    tests::vhost_user_start_fails("--vhost-user-blk", socket)
 }
 
 #[test]
@@ -151,15 +141,7 @@ fn a_socket_that_does_not_exist_fails_the_start_naming_it() {
     if !available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("nobody.sock");
-    let out = start_fails(&socket);
-    assert!(
-        out.stderr
-            .contains("cannot connect to the vhost-user socket")
-            && out.stderr.contains("nobody.sock"),
-        "{out}"
-    );
+    tests::assert_missing_vhost_user_socket_fails_start("--vhost-user-blk");
 }
 
 #[test]

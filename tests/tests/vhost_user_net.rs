@@ -9,7 +9,7 @@ use serde_json::json;
 use tests::api_vm::ApiVm;
 use tests::snapshot_guest::SnapshotGuest;
 use tests::vhost_user_net_loop::{LoopConfig, LoopServer};
-use tests::{kvm_available, run, test_guest};
+use tests::{kvm_available, test_guest};
 
 /// The back end's MAC, which the guest sees when petrel is given none.
 const BACKEND_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0x01];
@@ -117,22 +117,5 @@ fn a_socket_that_does_not_exist_fails_the_start_naming_it() {
     if !kvm_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("nobody.sock");
-    let out = run(
-        &[
-            "--kernel",
-            test_guest().to_str().unwrap(),
-            "--vhost-user-net",
-            &format!("socket={}", socket.display()),
-        ],
-        Duration::from_secs(30),
-    );
-    assert_ne!(out.status.code(), Some(0), "{out}");
-    assert!(
-        out.stderr
-            .contains("cannot connect to the vhost-user socket")
-            && out.stderr.contains("nobody.sock"),
-        "{out}"
-    );
+    tests::assert_missing_vhost_user_socket_fails_start("--vhost-user-net");
 }
