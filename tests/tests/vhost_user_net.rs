@@ -2,6 +2,7 @@
 //! serves the guest's NIC over a vhost-user socket; a frame the guest sends comes back to it.
 
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use resources::snapshot_proto::{fnv1a64, net_frame};
@@ -58,6 +59,87 @@ fn a_frame_the_guest_sends_comes_back_through_the_loop_back_back_end() {
     let frame = net_frame(BACKEND_MAC, n);
     assert_eq!(got, (frame.len(), fnv1a64(&frame)), "frame {n}");
     assert!(counters.looped() >= 1);
+    guest.quit(&mut vm);
+}
+
+/// The `vhost-user-net-loop` binary serving `socket`; killed when dropped.
+struct LoopProcess(Child);
+
+impl LoopProcess {
+    /// Starts the binary and waits until it listens.
+    fn start(socket: &Path) -> LoopProcess {
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-net-loop"))
+            .arg("--socket")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start vhost-user-net-loop");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "vhost-user-net-loop made no socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        LoopProcess(child)
+    }
+}
+
+impl Drop for LoopProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until petrel's metrics (`GET /metrics`) have `line`.
+fn wait_metric(vm: &ApiVm, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = vm.request("GET", "/metrics", None).1;
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{line}\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn frames_loop_again_after_the_back_end_is_killed_and_started_again() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("net.sock");
+    let backend = LoopProcess::start(&socket);
+    let mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x43];
+    let device = format!("socket={},id=vn0,mac=02:00:00:00:00:43", socket.display());
+    let (mut vm, mut guest) = SnapshotGuest::boot("128M", &["--vhost-user-net", &device]);
+    let (n, got) = loop_frame(&vm, &mut guest);
+    assert_eq!(got.1, fnv1a64(&net_frame(mac, n)), "frame {n}");
+
+    drop(backend);
+    wait_metric(
+        &vm,
+        "petrel_virtio_vhost_user_connected{device=\"vn0\",type=\"net\"} 0",
+    );
+    let _backend = LoopProcess::start(&socket);
+    wait_metric(
+        &vm,
+        "petrel_virtio_vhost_user_reconnections{device=\"vn0\",type=\"net\"} 1",
+    );
+
+    let (n, got) = loop_frame(&vm, &mut guest);
+    assert_eq!(
+        got.1,
+        fnv1a64(&net_frame(mac, n)),
+        "frame {n} after the restart"
+    );
     guest.quit(&mut vm);
 }
 
