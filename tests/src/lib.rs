@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod api_vm;
+pub mod backend_process;
 pub mod browser;
 pub mod display;
 pub mod every_device;

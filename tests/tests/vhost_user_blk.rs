@@ -5,55 +5,32 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::json;
 use tests::api_vm::ApiVm;
+use tests::backend_process::BackendProcess;
 use tests::{fnv1a64, kvm_available, run_scenario, test_guest, Running};
 
 const SECTOR: usize = 512;
 const QSD: &str = "/usr/bin/qemu-storage-daemon";
 
-/// A `qemu-storage-daemon` exporting one image as vhost-user-blk; killed when dropped.
-struct Daemon(Child);
-
-impl Daemon {
-    /// Starts the daemon on `image` and waits for its socket.
-    fn start(image: &Path, socket: &Path) -> Daemon {
-        let _ = std::fs::remove_file(socket);
-        let child = Command::new(QSD)
-            .arg("--blockdev")
-            .arg(format!(
-                "driver=file,node-name=file0,filename={}",
-                image.display()
-            ))
-            .arg("--export")
-            .arg(format!(
-                "type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable=on",
-                socket.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start qemu-storage-daemon");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "qemu-storage-daemon made no socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon(child)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A `qemu-storage-daemon` exporting `image` as vhost-user-blk on `socket`; killed when
+/// dropped.
+fn start_daemon(image: &Path, socket: &Path) -> BackendProcess {
+    let mut qsd = Command::new(QSD);
+    qsd.arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=file0,filename={}",
+            image.display()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable=on",
+            socket.display()
+        ));
+    BackendProcess::start(qsd, socket)
 }
 
 fn available() -> bool {
@@ -104,7 +81,7 @@ fn blk_scenario_through_the_daemon(machine: &[&str]) {
     let img = image(dir.path(), 2048);
     let before = std::fs::read(&img).unwrap();
     let socket = dir.path().join("vublk.sock");
-    let _daemon = Daemon::start(&img, &socket);
+    let _daemon = start_daemon(&img, &socket);
 
     let device = format!("socket={},id=vu0", socket.display());
     let mut args = vec!["--vhost-user-blk", &device];
@@ -180,7 +157,7 @@ fn io_resumes_when_the_daemon_is_killed_and_started_again() {
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), 64);
     let socket = dir.path().join("vublk.sock");
-    let daemon = Daemon::start(&img, &socket);
+    let daemon = start_daemon(&img, &socket);
     let mut vm = Running::scenario(
         "blkswap",
         &["--vhost-user-blk", &format!("socket={}", socket.display())],
@@ -195,7 +172,7 @@ fn io_resumes_when_the_daemon_is_killed_and_started_again() {
     let mut bytes = std::fs::read(&img).unwrap();
     bytes[..SECTOR].copy_from_slice(&new_sector);
     std::fs::write(&img, &bytes).unwrap();
-    let _daemon = Daemon::start(&img, &socket);
+    let _daemon = start_daemon(&img, &socket);
 
     let after = vm.wait_line("BLKSWAP after", Duration::from_secs(60));
     let out = vm.finish(Duration::from_secs(30));
@@ -220,7 +197,7 @@ fn api_adds_the_device_snapshots_and_migration_are_refused_and_a_vanished_back_e
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), 64);
     let socket = dir.path().join("vublk.sock");
-    let daemon = Daemon::start(&img, &socket);
+    let daemon = start_daemon(&img, &socket);
     let vm = ApiVm::spawn(&[]);
     vm.ok(
         "PUT",

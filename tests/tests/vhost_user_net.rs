@@ -2,12 +2,13 @@
 //! serves the guest's NIC over a vhost-user socket; a frame the guest sends comes back to it.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use resources::snapshot_proto::{fnv1a64, net_frame};
 use serde_json::json;
 use tests::api_vm::ApiVm;
+use tests::backend_process::BackendProcess;
 use tests::snapshot_guest::SnapshotGuest;
 use tests::vhost_user_net_loop::{LoopConfig, LoopServer};
 use tests::{kvm_available, test_guest};
@@ -63,37 +64,10 @@ fn a_frame_the_guest_sends_comes_back_through_the_loop_back_back_end() {
 }
 
 /// The `vhost-user-net-loop` binary serving `socket`; killed when dropped.
-struct LoopProcess(Child);
-
-impl LoopProcess {
-    /// Starts the binary and waits until it listens.
-    fn start(socket: &Path) -> LoopProcess {
-        let _ = std::fs::remove_file(socket);
-        let child = Command::new(env!("CARGO_BIN_EXE_vhost-user-net-loop"))
-            .arg("--socket")
-            .arg(socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start vhost-user-net-loop");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "vhost-user-net-loop made no socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        LoopProcess(child)
-    }
-}
-
-impl Drop for LoopProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn loop_process(socket: &Path) -> BackendProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vhost-user-net-loop"));
+    command.arg("--socket").arg(socket).stderr(Stdio::null());
+    BackendProcess::start(command, socket)
 }
 
 /// Waits until petrel's metrics (`GET /metrics`) have `line`.
@@ -116,7 +90,7 @@ fn frames_loop_again_after_the_back_end_is_killed_and_started_again() {
     }
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("net.sock");
-    let backend = LoopProcess::start(&socket);
+    let backend = loop_process(&socket);
     let mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0x43];
     let device = format!("socket={},id=vn0,mac=02:00:00:00:00:43", socket.display());
     let (mut vm, mut guest) = SnapshotGuest::boot("128M", &["--vhost-user-net", &device]);
@@ -128,7 +102,7 @@ fn frames_loop_again_after_the_back_end_is_killed_and_started_again() {
         &vm,
         "petrel_virtio_vhost_user_connected{device=\"vn0\",type=\"net\"} 0",
     );
-    let _backend = LoopProcess::start(&socket);
+    let _backend = loop_process(&socket);
     wait_metric(
         &vm,
         "petrel_virtio_vhost_user_reconnections{device=\"vn0\",type=\"net\"} 1",
