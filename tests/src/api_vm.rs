@@ -228,6 +228,14 @@ impl ApiVm {
         );
     }
 
+    /// `PUT /snapshot/create` of a full snapshot into `dir`, which must be refused with a
+    /// 400; returns the reason.
+    pub fn snapshot_refused(&self, dir: &Path) -> String {
+        let body = json!({"snapshot_type": "Full", "snapshot_path": dir.join("s"),
+                          "mem_file_path": dir.join("m")});
+        self.fails("PUT", "/snapshot/create", Some(body), 400)
+    }
+
     /// `PUT /snapshot/load` of `state` with `resume_vm`, its memory from `mem` (or the file
     /// the state names); asserts a 204.
     pub fn load_snapshot(&self, state: &Path, mem: Option<&Path>) {

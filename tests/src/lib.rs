@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub mod api_vm;
 pub mod backend_process;
+pub mod blk_image;
 pub mod browser;
 pub mod display;
 pub mod every_device;

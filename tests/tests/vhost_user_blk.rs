@@ -4,16 +4,16 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 use tests::api_vm::ApiVm;
 use tests::backend_process::BackendProcess;
+use tests::blk_image::{image, written_pattern, SECTOR};
 use tests::{fnv1a64, kvm_available, run_scenario, test_guest, Running};
 
-const SECTOR: usize = 512;
 const QSD: &str = "/usr/bin/qemu-storage-daemon";
 
 /// A `qemu-storage-daemon` exporting `image` as vhost-user-blk on `socket`; killed when
@@ -35,22 +35,6 @@ fn start_daemon(image: &Path, socket: &Path) -> BackendProcess {
 
 fn available() -> bool {
     kvm_available() && Path::new(QSD).exists()
-}
-
-fn image(dir: &Path, sectors: usize) -> PathBuf {
-    let bytes: Vec<u8> = (0..sectors * SECTOR)
-        .map(|i| ((i / SECTOR) as u8).wrapping_mul(13) ^ (i as u8).wrapping_mul(7))
-        .collect();
-    let path = dir.join("disk.img");
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-/// The pattern the guest writes to sectors 8..16.
-fn written_pattern() -> Vec<u8> {
-    (8..16u64)
-        .flat_map(|s| (0..SECTOR).map(move |k| ((s * 7 + k as u64) as u8) ^ 0x5a))
-        .collect()
 }
 
 #[test]
@@ -78,7 +62,7 @@ fn blk_scenario_through_the_daemon(machine: &[&str]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path(), 2048);
+    let img = image(dir.path(), "disk.img", 2048, 0);
     let before = std::fs::read(&img).unwrap();
     let socket = dir.path().join("vublk.sock");
     let _daemon = start_daemon(&img, &socket);
@@ -155,7 +139,7 @@ fn io_resumes_when_the_daemon_is_killed_and_started_again() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path(), 64);
+    let img = image(dir.path(), "disk.img", 64, 0);
     let socket = dir.path().join("vublk.sock");
     let daemon = start_daemon(&img, &socket);
     let mut vm = Running::scenario(
@@ -195,7 +179,7 @@ fn api_adds_the_device_snapshots_and_migration_are_refused_and_a_vanished_back_e
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let img = image(dir.path(), 64);
+    let img = image(dir.path(), "disk.img", 64, 0);
     let socket = dir.path().join("vublk.sock");
     let daemon = start_daemon(&img, &socket);
     let vm = ApiVm::spawn(&[]);
@@ -214,15 +198,7 @@ fn api_adds_the_device_snapshots_and_migration_are_refused_and_a_vanished_back_e
     vm.ok("PUT", "/actions", json!({ "action_type": "InstanceStart" }));
     assert_eq!(vm.state(), "Running");
     vm.set_state("Paused");
-    let msg = vm.fails(
-        "PUT",
-        "/snapshot/create",
-        Some(
-            json!({"snapshot_type": "Full", "snapshot_path": dir.path().join("s"),
-                    "mem_file_path": dir.path().join("m")}),
-        ),
-        400,
-    );
+    let msg = vm.snapshot_refused(dir.path());
     assert!(msg.contains("vhost-user device \"vu0\""), "{msg}");
     let msg = vm.fails(
         "PUT",

@@ -155,15 +155,7 @@ fn api_adds_the_device_with_a_mac_of_its_own_and_snapshots_are_refused() {
     assert_eq!(got, (frame.len(), fnv1a64(&frame)), "frame {n}");
 
     vm.set_state("Paused");
-    let msg = vm.fails(
-        "PUT",
-        "/snapshot/create",
-        Some(
-            json!({"snapshot_type": "Full", "snapshot_path": dir.path().join("s"),
-                    "mem_file_path": dir.path().join("m")}),
-        ),
-        400,
-    );
+    let msg = vm.snapshot_refused(dir.path());
     assert!(msg.contains("vhost-user device \"vn0\""), "{msg}");
     vm.kill();
 }

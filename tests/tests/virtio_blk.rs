@@ -1,29 +1,10 @@
 //! virtio-blk end to end: the test guest drives petrel's disks with `virtio-drivers`.
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::time::Duration;
 
+use tests::blk_image::{image, written_pattern, SECTOR};
 use tests::{fnv1a64, kvm_available, run_scenario, Running};
-
-const SECTOR: usize = 512;
-
-/// An image of `sectors` sectors whose bytes are a known function of their position.
-fn image(dir: &Path, name: &str, sectors: usize, seed: u8) -> std::path::PathBuf {
-    let bytes: Vec<u8> = (0..sectors * SECTOR)
-        .map(|i| ((i / SECTOR) as u8).wrapping_mul(13) ^ (i as u8).wrapping_mul(7) ^ seed)
-        .collect();
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
-/// The pattern the guest writes to sectors 8..16.
-fn written_pattern() -> Vec<u8> {
-    (8..16u64)
-        .flat_map(|s| (0..SECTOR).map(move |k| ((s * 7 + k as u64) as u8) ^ 0x5a))
-        .collect()
-}
 
 #[test]
 fn guest_reads_writes_flushes_and_identifies_two_disks_one_read_only() {
