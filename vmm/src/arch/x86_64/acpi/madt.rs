@@ -19,7 +19,7 @@ const MADT_REVISION: u8 = 5;
 /// MADT flags: the machine also has dual 8259 PICs (KVM's irqchip has them).
 const PCAT_COMPAT: u32 = 1;
 /// The largest id a (non-x2) local APIC structure may carry; 255 is the broadcast id.
-const MAX_XAPIC_ID: u32 = 254;
+pub(super) const MAX_XAPIC_ID: u32 = 254;
 /// MPS INTI flags: polarity and trigger "conforming to the bus" (ISA: active high, edge),
 /// what the MP table's interrupt entries say.
 const INTI_CONFORMING: u16 = 0;

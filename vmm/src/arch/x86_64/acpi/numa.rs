@@ -13,6 +13,7 @@ use memory::MemoryLayout;
 use zerocopy::byteorder::{LE, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use super::madt::MAX_XAPIC_ID;
 use super::{bytes, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 
 /// SRAT revision of ACPI 3.0 and later.
@@ -22,9 +23,6 @@ const SRAT_HEADER_LEN: u32 = 48;
 const TYPE_LOCAL_APIC_AFFINITY: u8 = 0;
 const TYPE_X2APIC_AFFINITY: u8 = 2;
 const AFFINITY_ENABLED: u32 = 1;
-/// The largest APIC id a local APIC affinity structure (8-bit id) may name; the MADT uses
-/// x2APIC structures from 255 on, and so does the SRAT.
-const MAX_XAPIC_ID: u32 = 254;
 
 /// Processor Local APIC/SAPIC Affinity (type 0, 16 bytes).
 #[repr(C, packed)]
