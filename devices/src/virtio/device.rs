@@ -102,6 +102,11 @@ pub enum ActivateError {
     Backend(String),
 }
 
+/// Why a device cannot log the guest pages it writes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DirtyLogError(pub String);
+
 /// A virtio device, independent of its transport. `queue_notify`, `init_host_events` and
 /// `host_event` run on the VMM thread; `read_config`, `write_config`, `activate` and `reset`
 /// run on the vCPU thread whose MMIO access caused them. All run with the transport locked.
@@ -166,7 +171,28 @@ pub trait VirtioDevice: Send + AsAny {
 
     /// Finishes whatever the device has in flight (requests handed to an I/O thread) and
     /// puts it on the used rings, so that saved queues hide nothing. The vCPUs are paused.
+    /// A device that must stop for this (a vhost-user back end) stays stopped until
+    /// [`Self::resume`].
     fn quiesce(&mut self) {}
+
+    /// The VM runs again after a [`Self::quiesce`]: what it stopped starts again.
+    fn resume(&mut self) {}
+
+    /// Starts or stops logging the guest pages the device writes where petrel's dirty log
+    /// cannot see them (a vhost-user back end's writes). Devices that write guest memory
+    /// only through petrel's own mappings have nothing to do.
+    fn set_dirty_logging(&mut self, _on: bool) -> Result<(), DirtyLogError> {
+        Ok(())
+    }
+
+    /// Whether [`Self::set_dirty_logging`] can turn logging on, and why not.
+    fn can_log_dirty(&self) -> Result<(), DirtyLogError> {
+        Ok(())
+    }
+
+    /// Adds to `set` (a RAM-order page set, see the `memory` crate) the pages logged since
+    /// the last call, and clears them.
+    fn take_dirty(&mut self, _set: &mut [u64]) {}
 
     /// The device-specific config generation changes whenever the device changes its config
     /// space on its own (for example link status or console size).

@@ -27,8 +27,8 @@ pub mod vhost_user;
 pub mod vsock;
 
 pub use device::{
-    read_config_bytes, ActivateError, AsAny, DeviceEnv, QueueKicks, VirtioDevice, CHAINS_PER_PASS,
-    HOST_EVENT_BASE,
+    read_config_bytes, ActivateError, AsAny, DeviceEnv, DirtyLogError, QueueKicks, VirtioDevice,
+    CHAINS_PER_PASS, HOST_EVENT_BASE,
 };
 pub use interrupt::Interrupt;
 pub use queue::QueueState;

@@ -268,8 +268,7 @@ impl ControlHandler {
             R::PutVsock(v) => done(configure::put_vsock(config, v)),
             R::PutNuma(n) => done(configure::put_numa(config, n)),
             R::CreateSnapshot(params) => done(match &self.runtime {
-                Some(rt) => refuse_vhost_user(config, "a snapshot")
-                    .and_then(|()| crate::persist::create::create(rt, config, &params)),
+                Some(rt) => crate::persist::create::create(rt, config, &params),
                 None => Err(ApiResponse::error(500, "the VM has no machine")),
             }),
             R::LoadSnapshot(_) | R::Action(ActionType::InstanceStart) if self.start.is_some() => {
@@ -287,10 +286,7 @@ impl ControlHandler {
                 self.pending = Some(Pending::Restore(request));
                 return None;
             }
-            R::MigrationSend(params) => done(
-                refuse_vhost_user(config, "a live migration")
-                    .and_then(|()| self.send_migration(&params)),
-            ),
+            R::MigrationSend(params) => done(self.send_migration(&params)),
             R::MigrationReceive(params) => done(self.receive_migration(&params)),
             R::GetMigration => ApiResponse::json(&self.migration_info()),
             R::PatchVm(VmState::Paused) => done(self.runtime().and_then(Runtime::pause)),
@@ -391,18 +387,5 @@ impl MutEventSubscriber for ControlHandler {
             MIGRATION => self.migration_event(),
             other => tracing::debug!(token = other, "unknown control event"),
         }
-    }
-}
-
-/// Snapshots and live migration need every page the guest's devices write; a vhost-user back
-/// end writes guest memory behind petrel's dirty log (dirty-log sharing is not implemented),
-/// so both are refused while one is attached.
-fn refuse_vhost_user(config: &crate::config::VmConfig, what: &str) -> Result<(), ApiResponse> {
-    match config.vhost_user_devices().next() {
-        Some((_, id, _)) => Err(ApiResponse::bad_request(format!(
-            "{what} is not possible with the vhost-user device {id:?} attached: its back end \
-             writes guest memory without petrel's dirty log"
-        ))),
-        None => Ok(()),
     }
 }

@@ -136,9 +136,18 @@ impl Runtime {
             .collect()
     }
 
-    /// Lets the vCPUs run again.
+    /// Lets the vCPUs run again, after the devices start what a save stopped.
     pub fn resume(&self) {
+        crate::device_manager::virtio::resume(&self.virtio);
         self.pause.release();
+    }
+
+    /// The pages written since the last call, as one RAM-order page set: by the guest
+    /// (KVM's dirty log), by petrel, and by vhost-user back ends (their shared logs).
+    pub fn take_dirty(&self) -> Result<Vec<u64>, crate::vstate::vm::VmError> {
+        let mut set = crate::vstate::vm::take_dirty(&self.vm, &self.memory)?;
+        crate::device_manager::virtio::take_dirty(&self.virtio, &mut set);
+        Ok(set)
     }
 
     /// Presses Ctrl+Alt+Del on the i8042 keyboard.

@@ -10,6 +10,10 @@ use devices::virtio::gpu::{Gpu, GpuState};
 use devices::virtio::input::{Input, InputState};
 use devices::virtio::mmio::{MmioState, MmioTransport};
 use devices::virtio::net::{Net, NetState};
+use devices::virtio::vhost_user::{
+    VhostUserBlk, VhostUserBlkConfig, VhostUserError, VhostUserKind, VhostUserNet,
+    VhostUserNetKind, VhostUserState,
+};
 use devices::virtio::vsock::{Vsock, VsockState};
 use devices::virtio::VirtioDevice;
 use serde::{Deserialize, Serialize};
@@ -29,6 +33,8 @@ pub enum DeviceState {
     Vsock(VsockState),
     Input(InputState),
     Gpu(GpuState),
+    VhostUserBlk(VhostUserState<VhostUserBlkConfig>),
+    VhostUserNet(VhostUserState<VhostUserNetKind>),
 }
 
 impl DeviceState {
@@ -41,6 +47,8 @@ impl DeviceState {
             DeviceState::Vsock(_) => "vsock",
             DeviceState::Input(_) => "input",
             DeviceState::Gpu(_) => "gpu",
+            DeviceState::VhostUserBlk(_) => "vhost-user-blk",
+            DeviceState::VhostUserNet(_) => "vhost-user-net",
         }
     }
 }
@@ -144,10 +152,28 @@ impl DevicesState {
                 DeviceState::Gpu(_) => {
                     config.gpu.iter().find(|g| g.id == id).ok_or_else(missing)?;
                 }
+                DeviceState::VhostUserBlk(s) => use_socket_here(config, id, kind, &mut s.config)?,
+                DeviceState::VhostUserNet(s) => use_socket_here(config, id, kind, &mut s.config)?,
             }
         }
         Ok(())
     }
+}
+
+/// A saved vhost-user device takes the back-end socket `config` gives the device of the
+/// same id and kind.
+fn use_socket_here(
+    config: &VmConfig,
+    id: &str,
+    kind: &str,
+    saved: &mut impl VhostUserKind,
+) -> Result<(), String> {
+    let (_, _, socket) = config
+        .vhost_user_devices()
+        .find(|(k, i, _)| *k == kind && i.as_str() == id)
+        .ok_or_else(|| format!("device {id} ({kind}) is not configured here"))?;
+    saved.set_socket(socket.clone());
+    Ok(())
 }
 
 /// Saves one virtio device: the device first (a disk finishes its requests in flight and
@@ -189,6 +215,12 @@ fn save_device(device: &mut dyn VirtioDevice) -> Option<DeviceState> {
     if let Some(d) = any.downcast_ref::<Input>() {
         return Some(DeviceState::Input(d.save()));
     }
+    if let Some(d) = any.downcast_ref::<VhostUserBlk>() {
+        return Some(DeviceState::VhostUserBlk(d.save()));
+    }
+    if let Some(d) = any.downcast_ref::<VhostUserNet>() {
+        return Some(DeviceState::VhostUserNet(d.save()));
+    }
     any.downcast_ref::<Gpu>()
         .map(|d| DeviceState::Gpu(d.save()))
 }
@@ -214,6 +246,14 @@ pub fn restore_device(id: &str, state: &DeviceState) -> Result<Box<dyn VirtioDev
         }
         DeviceState::Input(s) => Box::new(Input::restore(s).map_err(|e| err(e.to_string(), true))?),
         DeviceState::Gpu(s) => Box::new(Gpu::restore(s).map_err(|e| err(e.to_string(), true))?),
+        DeviceState::VhostUserBlk(s) => {
+            let vu = |e: VhostUserError| err(e.to_string(), e.is_user_error());
+            Box::new(VhostUserBlk::restore(s).map_err(vu)?)
+        }
+        DeviceState::VhostUserNet(s) => {
+            let vu = |e: VhostUserError| err(e.to_string(), e.is_user_error());
+            Box::new(VhostUserNet::restore(s).map_err(vu)?)
+        }
     })
 }
 

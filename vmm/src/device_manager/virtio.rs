@@ -109,3 +109,57 @@ fn place(
         transport,
     })
 }
+
+fn lock(transport: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
+    transport
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Turns on (or off) every device's logging of the guest pages it writes where KVM's dirty
+/// log cannot see them (vhost-user back ends). Turning on stops at the first device that
+/// cannot log, turns the others off again and fails naming that device.
+pub fn set_dirty_logging(handles: &[VirtioHandle], on: bool) -> Result<(), DeviceError> {
+    for (i, handle) in handles.iter().enumerate() {
+        if let Err(e) = lock(&handle.transport).device_mut().set_dirty_logging(on) {
+            if on {
+                for done in &handles[..i] {
+                    let _ = lock(&done.transport).device_mut().set_dirty_logging(false);
+                }
+            }
+            return Err(DeviceError::Virtio {
+                id: handle.id.clone(),
+                reason: e.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Adds to `set` (a RAM-order page set) the pages the devices logged since the last call.
+pub fn take_dirty(handles: &[VirtioHandle], set: &mut [u64]) {
+    for handle in handles {
+        lock(&handle.transport).device_mut().take_dirty(set);
+    }
+}
+
+/// The VM runs again after a save: every device starts what it stopped for it.
+pub fn resume(handles: &[VirtioHandle]) {
+    for handle in handles {
+        lock(&handle.transport).device_mut().resume();
+    }
+}
+
+/// Whether every device can log the pages it writes outside KVM's dirty log; the error names
+/// the first that cannot.
+pub fn can_log_dirty(handles: &[VirtioHandle]) -> Result<(), DeviceError> {
+    for handle in handles {
+        if let Err(e) = lock(&handle.transport).device().can_log_dirty() {
+            return Err(DeviceError::Virtio {
+                id: handle.id.clone(),
+                reason: e.to_string(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -28,6 +28,7 @@ use super::progress::{self, Progress};
 use super::throttle::Throttle;
 use crate::config::VmConfig;
 use crate::control::runtime::Runtime;
+use crate::device_manager::virtio;
 use crate::vstate::vm;
 
 /// How long connecting may take.
@@ -138,6 +139,13 @@ pub fn start(
                 "local: this VM's memory is not shared: start it with --shared-memory (machine-config shared_memory) to hand the memory over",
             ));
         }
+    } else {
+        // Pre-copy needs every page a vhost-user back end writes.
+        crate::device_manager::virtio::can_log_dirty(&rt.virtio).map_err(|e| {
+            bad(format!(
+                "{e}, so it cannot take part in a live migration (a local one with shared memory needs no log)"
+            ))
+        })?;
     }
     let config_json = serde_json::to_vec(config)
         .map_err(|e| ApiResponse::error(500, format!("cannot encode the configuration: {e}")))?;
@@ -190,8 +198,9 @@ impl Outgoing {
     }
 }
 
-/// KVM's dirty log, turned on for the migration if the machine does not keep it on anyway
-/// (for Diff snapshots); off again when dropped.
+/// KVM's dirty log and the vhost-user back ends' logs, turned on for the migration if the
+/// machine does not keep them on anyway (for Diff snapshots); off again when dropped. A
+/// back end that cannot log refuses the migration before anything moves.
 pub(super) struct DirtyLog {
     rt: Arc<Runtime>,
     turned_on: bool,
@@ -201,7 +210,13 @@ impl DirtyLog {
     fn start(rt: &Arc<Runtime>) -> Result<DirtyLog, String> {
         let turned_on = !rt.track_dirty;
         if turned_on {
-            vm::set_dirty_log(&rt.vm, &rt.memory, true).map_err(|e| e.to_string())?;
+            virtio::set_dirty_logging(&rt.virtio, true).map_err(|e| {
+                format!("{e}: a live migration needs every page the back end writes")
+            })?;
+            if let Err(e) = vm::set_dirty_log(&rt.vm, &rt.memory, true) {
+                let _ = virtio::set_dirty_logging(&rt.virtio, false);
+                return Err(e.to_string());
+            }
         }
         Ok(DirtyLog {
             rt: rt.clone(),
@@ -216,6 +231,9 @@ impl Drop for DirtyLog {
             if let Err(e) = vm::set_dirty_log(&self.rt.vm, &self.rt.memory, false) {
                 tracing::warn!(%e, "cannot turn the dirty log off after the migration");
             }
+            if let Err(e) = virtio::set_dirty_logging(&self.rt.virtio, false) {
+                tracing::warn!(%e, "cannot turn a back end's dirty log off after the migration");
+            }
         }
     }
 }
@@ -224,7 +242,7 @@ impl Drop for DirtyLog {
 /// snapshots, they are kept for the next snapshot too: a migration that fails must not
 /// make it miss them.
 pub(super) fn take_dirty(rt: &Runtime) -> Result<Vec<u64>, String> {
-    let set = vm::take_dirty(&rt.vm, &rt.memory).map_err(|e| e.to_string())?;
+    let set = rt.take_dirty().map_err(|e| e.to_string())?;
     if rt.track_dirty {
         let mut book = rt.book();
         if book.pending_dirty.is_empty() {

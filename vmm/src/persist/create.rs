@@ -19,7 +19,6 @@ use crate::control::runtime::Runtime;
 use crate::device_manager::persist::DevicesState;
 use crate::device_manager::DeviceManager;
 use crate::vstate::vcpu_state::VcpuState;
-use crate::vstate::vm;
 use crate::vstate::vm_state::{save_vm_state, VmState};
 
 /// Full or Diff.
@@ -89,7 +88,7 @@ pub fn create(
     // (Both are page sets over the whole RAM, or the pending one is empty.)
     let pending = std::mem::take(&mut book.pending_dirty);
     let dirty = if rt.track_dirty {
-        match vm::take_dirty(&rt.vm, &rt.memory) {
+        match rt.take_dirty() {
             Ok(mut now) => {
                 memory::union_into(&mut now, &pending);
                 now

@@ -52,6 +52,10 @@ impl VhostUserKind for VhostUserBlkConfig {
         &self.socket
     }
 
+    fn set_socket(&mut self, socket: PathBuf) {
+        self.socket = socket;
+    }
+
     fn probe(&mut self, conn: &mut Connection) -> Result<(u64, Vec<u8>), VhostUserError> {
         let offered = conn.features();
         if offered & features::VERSION_1 == 0 {

@@ -2,20 +2,22 @@
 //! features, config space), the vring setup that hands the back end a running device, and
 //! stopping it again.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
 use memory::GuestMemoryMmap;
-use vhost::vhost_user::message::VhostUserConfigFlags;
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserVringAddrFlags};
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::log::DirtyLog;
 use super::VhostUserError;
 
 /// How long a reply may take: a peer that accepts the connection but never answers (it
@@ -26,9 +28,14 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// start disabled until `SET_VRING_ENABLE`.
 pub const PROTOCOL_FEATURES_BIT: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
+/// `VHOST_F_LOG_ALL`: the back end logs the guest pages it writes while the front end asks.
+pub const LOG_ALL_BIT: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
+
 /// The protocol features petrel uses when the back end has them.
 fn wanted_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::LOG_SHMFD
 }
 
 /// One queue as the back end gets it.
@@ -100,6 +107,13 @@ impl Connection {
         self.protocol.contains(VhostUserProtocolFeatures::CONFIG)
     }
 
+    /// Whether the back end can log the guest pages it writes into a log petrel shares
+    /// (`VHOST_F_LOG_ALL` with the `LOG_SHMFD` protocol feature).
+    pub fn can_log(&self) -> bool {
+        self.features & LOG_ALL_BIT != 0
+            && self.protocol.contains(VhostUserProtocolFeatures::LOG_SHMFD)
+    }
+
     /// The socket, for the event loop to notice a hangup.
     pub fn socket(&self) -> &Frontend {
         &self.frontend
@@ -115,18 +129,26 @@ impl Connection {
         Ok(space)
     }
 
-    /// Hands the back end a running device: the driver's features (those the back end
-    /// offered: petrel may emulate others, such as a net device's MAC), the guest's memory
-    /// and every queue.
+    /// The features to set: the driver's (those the back end offered: petrel may emulate
+    /// others, such as a net device's MAC), the protocol-features bit, and `LOG_ALL` while
+    /// logging.
+    fn features_to_set(&self, acked_features: u64, logging: bool) -> u64 {
+        let log_bit = if logging { LOG_ALL_BIT } else { 0 };
+        (acked_features & self.features) | (self.features & PROTOCOL_FEATURES_BIT) | log_bit
+    }
+
+    /// Hands the back end a running device: the driver's features, the guest's memory,
+    /// the dirty log when there is one, and every queue.
     pub fn start(
         &mut self,
         acked_features: u64,
         mem: &GuestMemoryMmap,
         vrings: &[VringSetup<'_>],
+        log: Option<&DirtyLog>,
     ) -> Result<(), VhostUserError> {
         let protocol_bit = self.features & PROTOCOL_FEATURES_BIT;
         self.frontend
-            .set_features((acked_features & self.features) | protocol_bit)
+            .set_features(self.features_to_set(acked_features, log.is_some()))
             .map_err(failed("SET_FEATURES"))?;
         let regions = mem
             .iter()
@@ -136,6 +158,9 @@ impl Connection {
         self.frontend
             .set_mem_table(&regions)
             .map_err(failed("SET_MEM_TABLE"))?;
+        if let Some(log) = log {
+            self.set_log_base(log)?;
+        }
         for (index, v) in vrings.iter().enumerate() {
             let q = v.queue;
             if !q.ready() {
@@ -144,16 +169,7 @@ impl Connection {
             let f = &mut self.frontend;
             f.set_vring_num(index, q.size())
                 .map_err(failed("SET_VRING_NUM"))?;
-            let addr = VringConfigData {
-                queue_max_size: q.max_size(),
-                queue_size: q.size(),
-                flags: 0,
-                desc_table_addr: host_addr(mem, q.desc_table())?,
-                used_ring_addr: host_addr(mem, q.used_ring())?,
-                avail_ring_addr: host_addr(mem, q.avail_ring())?,
-                log_addr: None,
-            };
-            f.set_vring_addr(index, &addr)
+            f.set_vring_addr(index, &vring_addr(mem, q, log.is_some())?)
                 .map_err(failed("SET_VRING_ADDR"))?;
             f.set_vring_base(index, v.base)
                 .map_err(failed("SET_VRING_BASE"))?;
@@ -169,11 +185,54 @@ impl Connection {
         Ok(())
     }
 
-    /// Stops the back end's rings (the driver reset the device): each enabled ring is
-    /// disabled and GET_VRING_BASE stops it.
-    pub fn stop(&mut self, queues: &[Queue]) -> Result<(), VhostUserError> {
+    /// Starts or stops the running back end's dirty logging: `SET_LOG_BASE` with the log,
+    /// the features again with or without `LOG_ALL`, and every ring's addresses again with
+    /// or without its used ring logged (as QEMU does).
+    pub fn set_logging(
+        &mut self,
+        acked_features: u64,
+        mem: &GuestMemoryMmap,
+        queues: &[Queue],
+        log: Option<&DirtyLog>,
+    ) -> Result<(), VhostUserError> {
+        if let Some(log) = log {
+            self.set_log_base(log)?;
+        }
+        self.frontend
+            .set_features(self.features_to_set(acked_features, log.is_some()))
+            .map_err(failed("SET_FEATURES"))?;
+        for (index, q) in queues.iter().enumerate().filter(|(_, q)| q.ready()) {
+            self.frontend
+                .set_vring_addr(index, &vring_addr(mem, q, log.is_some())?)
+                .map_err(failed("SET_VRING_ADDR"))?;
+        }
+        Ok(())
+    }
+
+    fn set_log_base(&mut self, log: &DirtyLog) -> Result<(), VhostUserError> {
+        if !self.can_log() {
+            return Err(VhostUserError::MissingFeature(
+                "dirty page logging (VHOST_F_LOG_ALL and the LOG_SHMFD protocol feature)",
+            ));
+        }
+        let region = VhostUserDirtyLogRegion {
+            mmap_size: log.size(),
+            mmap_offset: 0,
+            mmap_handle: log.file().as_raw_fd(),
+        };
+        self.frontend
+            .set_log_base(0, Some(region))
+            .map_err(failed("SET_LOG_BASE"))
+    }
+
+    /// Stops the back end's rings (the driver reset the device, or the VM is being saved):
+    /// each enabled ring is disabled and GET_VRING_BASE stops it. Returns where each ring's
+    /// back end stopped in the available ring (`None` for a ring that was not running).
+    pub fn stop(&mut self, queues: &[Queue]) -> Result<Vec<Option<u16>>, VhostUserError> {
+        let mut bases = Vec::with_capacity(queues.len());
         for (index, q) in queues.iter().enumerate() {
             if !q.ready() {
+                bases.push(None);
                 continue;
             }
             if self.features & PROTOCOL_FEATURES_BIT != 0 {
@@ -181,12 +240,36 @@ impl Connection {
                     .set_vring_enable(index, false)
                     .map_err(failed("SET_VRING_ENABLE"))?;
             }
-            self.frontend
+            let base = self
+                .frontend
                 .get_vring_base(index)
                 .map_err(failed("GET_VRING_BASE"))?;
+            bases.push(Some(base as u16));
         }
-        Ok(())
+        Ok(bases)
     }
+}
+
+/// A ring's addresses for SET_VRING_ADDR; with `log`, the back end logs its used-ring
+/// writes (at the used ring's guest-physical address).
+fn vring_addr(
+    mem: &GuestMemoryMmap,
+    q: &Queue,
+    log: bool,
+) -> Result<VringConfigData, VhostUserError> {
+    Ok(VringConfigData {
+        queue_max_size: q.max_size(),
+        queue_size: q.size(),
+        flags: if log {
+            VhostUserVringAddrFlags::VHOST_VRING_F_LOG.bits()
+        } else {
+            0
+        },
+        desc_table_addr: host_addr(mem, q.desc_table())?,
+        used_ring_addr: host_addr(mem, q.used_ring())?,
+        avail_ring_addr: host_addr(mem, q.avail_ring())?,
+        log_addr: log.then_some(q.used_ring()),
+    })
 }
 
 /// The back end maps the guest's memory itself and translates ring addresses given as

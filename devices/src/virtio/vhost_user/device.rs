@@ -12,8 +12,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{Connection, VringSetup};
+use super::log::DirtyLog;
 use super::{VhostUserError, RECONNECT_INTERVAL};
-use crate::virtio::{read_config_bytes, ActivateError, DeviceEnv, VirtioDevice, HOST_EVENT_BASE};
+use crate::virtio::{
+    read_config_bytes, ActivateError, DeviceEnv, DirtyLogError, VirtioDevice, HOST_EVENT_BASE,
+};
 
 /// What differs between vhost-user devices; implemented by each kind's configuration.
 pub trait VhostUserKind: Send + 'static {
@@ -25,6 +28,9 @@ pub trait VhostUserKind: Send + 'static {
     fn id(&self) -> &str;
     /// The back end's Unix socket.
     fn socket(&self) -> &Path;
+    /// Serves the device from the back end at `socket` (a restored or migrated device's,
+    /// on this host).
+    fn set_socket(&mut self, socket: std::path::PathBuf);
     /// The features to offer the driver and the config space to present, from a fresh
     /// connection (which has done the handshake).
     fn probe(&mut self, conn: &mut Connection) -> Result<(u64, Vec<u8>), VhostUserError>;
@@ -36,33 +42,39 @@ const TOKEN_TIMER: u32 = HOST_EVENT_BASE + 1;
 const TOKEN_CALL: u32 = HOST_EVENT_BASE + 2;
 
 /// A running device: what the back end needs again after a reconnection.
-struct Active {
-    queues: Vec<Queue>,
-    env: DeviceEnv,
+pub(super) struct Active {
+    pub(super) queues: Vec<Queue>,
+    pub(super) env: DeviceEnv,
 }
 
 /// A virtio device whose queues a vhost-user back end serves.
 pub struct VhostUserDevice<C> {
-    config: C,
+    pub(super) config: C,
     /// The connection, `None` while the back end is away.
-    conn: Option<Connection>,
+    pub(super) conn: Option<Connection>,
     /// A lost connection still registered with the event loop, dropped on the VMM thread.
     stale: Option<Connection>,
     /// Whether the connection is registered with the event loop.
     watched: bool,
-    avail_features: u64,
-    config_space: Vec<u8>,
+    pub(super) avail_features: u64,
+    pub(super) config_space: Vec<u8>,
     /// The back end's used-buffer notifications, relayed to the interrupt.
-    call: EventFd,
+    pub(super) call: EventFd,
     reconnect: TimerFd,
     /// Why the last reconnection attempt failed, so each new reason is logged once.
     last_failure: Option<String>,
     /// Bumped when a new back end has a different config space.
-    config_generation: u32,
+    pub(super) config_generation: u32,
     /// Connections lost and connections made again since the device was created.
     disconnections: u64,
     reconnections: u64,
-    active: Option<Active>,
+    pub(super) active: Option<Active>,
+    /// Whether the back end is to log the pages it writes (for Diff snapshots or a live
+    /// migration), and the log once the device is active.
+    pub(super) logging: bool,
+    pub(super) log: Option<DirtyLog>,
+    /// The back end's rings are stopped for a save (`quiesce`) until `resume`.
+    pub(super) stopped: bool,
 }
 
 impl<C: VhostUserKind> VhostUserDevice<C> {
@@ -106,6 +118,9 @@ impl<C: VhostUserKind> VhostUserDevice<C> {
             disconnections: 0,
             reconnections: 0,
             active: None,
+            logging: false,
+            log: None,
+            stopped: false,
         })
     }
 
@@ -120,11 +135,12 @@ impl<C: VhostUserKind> VhostUserDevice<C> {
     }
 
     /// Hands the running device to the back end; `resume` after a lost back end.
-    fn start(
+    pub(super) fn start(
         conn: &mut Connection,
         active: &Active,
         call: &EventFd,
         resume: bool,
+        log: Option<&DirtyLog>,
     ) -> Result<(), VhostUserError> {
         let mem = &active.env.mem;
         let mut vrings = Vec::with_capacity(active.queues.len());
@@ -153,11 +169,11 @@ impl<C: VhostUserKind> VhostUserDevice<C> {
                 call,
             });
         }
-        conn.start(active.env.acked_features, mem, &vrings)
+        conn.start(active.env.acked_features, mem, &vrings, log)
     }
 
     /// The connection failed: keep what the driver set up and try again later.
-    fn lose(&mut self, e: &VhostUserError) {
+    pub(super) fn lose(&mut self, e: &VhostUserError) {
         tracing::warn!(id = %self.config.id(), %e, "vhost-user back end lost; reconnecting");
         self.disconnections += 1;
         self.stale = self.conn.take().or(self.stale.take());
@@ -208,8 +224,14 @@ impl<C: VhostUserKind> VhostUserDevice<C> {
                         "the features the driver accepted from the previous back end",
                     ));
                 }
-                if let Some(active) = &self.active {
-                    Self::start(&mut conn, active, &self.call, true)?;
+                if self.logging && !conn.can_log() {
+                    return Err(VhostUserError::MissingFeature(
+                        "dirty page logging (LOG_SHMFD), which petrel has on for this VM",
+                    ));
+                }
+                // Stopped for a save: `resume` starts the rings.
+                if let (Some(active), false) = (&self.active, self.stopped) {
+                    Self::start(&mut conn, active, &self.call, true, self.log.as_ref())?;
                 }
                 Ok((conn, (features, space)))
             });
@@ -267,8 +289,14 @@ impl<C: VhostUserKind> VirtioDevice for VhostUserDevice<C> {
 
     fn activate(&mut self, queues: Vec<Queue>, env: DeviceEnv) -> Result<(), ActivateError> {
         let active = Active { queues, env };
+        if self.logging && self.log.is_none() {
+            let log = DirtyLog::new(&active.env.mem)
+                .map_err(|e| ActivateError::Backend(e.to_string()))?;
+            self.log = Some(log);
+        }
+        self.stopped = false;
         if let Some(conn) = self.conn.as_mut() {
-            if let Err(e) = Self::start(conn, &active, &self.call, false) {
+            if let Err(e) = Self::start(conn, &active, &self.call, false, self.log.as_ref()) {
                 if !e.is_connection_lost() {
                     // The back end answered and refused (or petrel cannot describe the
                     // memory): the device needs a reset, reconnecting would not help.
@@ -284,6 +312,7 @@ impl<C: VhostUserKind> VirtioDevice for VhostUserDevice<C> {
     }
 
     fn reset(&mut self) {
+        self.stopped = false;
         let Some(active) = self.active.take() else {
             return;
         };
@@ -311,6 +340,34 @@ impl<C: VhostUserKind> VirtioDevice for VhostUserDevice<C> {
 
     fn handles_queue_notifications(&self) -> bool {
         true
+    }
+
+    fn quiesce(&mut self) {
+        self.stop_for_save();
+    }
+
+    fn resume(&mut self) {
+        self.start_after_save();
+    }
+
+    fn set_dirty_logging(&mut self, on: bool) -> Result<(), DirtyLogError> {
+        self.change_logging(on)
+            .map_err(|e| DirtyLogError(e.to_string()))
+    }
+
+    fn can_log_dirty(&self) -> Result<(), DirtyLogError> {
+        match &self.conn {
+            Some(conn) if !conn.can_log() => {
+                Err(DirtyLogError(super::persist::CANNOT_LOG.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn take_dirty(&mut self, set: &mut [u64]) {
+        if let (Some(log), Some(active)) = (&self.log, &self.active) {
+            log.take_into(&active.env.mem, set);
+        }
     }
 
     fn config_generation(&self) -> u32 {

@@ -9,6 +9,8 @@
 //! - [`blk`]: [`VhostUserBlk`], a virtio-blk device whose requests a back end such as
 //!   `qemu-storage-daemon` serves.
 //! - [`net`]: [`VhostUserNet`], a virtio-net device whose queues a back end serves.
+//! - [`persist`]: saving and restoring, stopping the back end for a save, and the back
+//!   end's dirty log ([`log`]) for Diff snapshots and live migration.
 //!
 //! # What goes where
 //!
@@ -32,7 +34,9 @@
 pub mod blk;
 pub mod connection;
 pub mod device;
+pub mod log;
 pub mod net;
+pub mod persist;
 #[cfg(test)]
 mod tests;
 
@@ -42,6 +46,7 @@ use std::time::Duration;
 pub use blk::{VhostUserBlk, VhostUserBlkConfig};
 pub use device::{VhostUserDevice, VhostUserKind};
 pub use net::{VhostUserNet, VhostUserNetConfig, VhostUserNetKind};
+pub use persist::VhostUserState;
 
 /// How often a device that lost its back end tries to connect again.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(100);

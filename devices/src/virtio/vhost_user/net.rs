@@ -37,10 +37,13 @@ pub struct VhostUserNetConfig {
 /// A virtio-net device whose queues a vhost-user back end serves.
 pub type VhostUserNet = VhostUserDevice<VhostUserNetKind>;
 
-/// The configuration and the MAC generated for it, if one was needed.
-#[derive(Debug, Clone)]
+/// The configuration and the MAC generated for it, if one was needed (saved with the
+/// device: the guest keeps its MAC across a restore or a migration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VhostUserNetKind {
     config: VhostUserNetConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     generated: Option<MacAddr>,
 }
 
@@ -92,6 +95,10 @@ impl VhostUserKind for VhostUserNetKind {
 
     fn socket(&self) -> &Path {
         &self.config.socket
+    }
+
+    fn set_socket(&mut self, socket: PathBuf) {
+        self.config.socket = socket;
     }
 
     fn probe(&mut self, conn: &mut Connection) -> Result<(u64, Vec<u8>), VhostUserError> {
