@@ -39,3 +39,25 @@ impl Drop for BackendProcess {
         let _ = self.0.wait();
     }
 }
+
+/// Debian's `qemu-storage-daemon` (package qemu-utils), a vhost-user-blk back end.
+pub const QEMU_STORAGE_DAEMON: &str = "/usr/bin/qemu-storage-daemon";
+
+/// A `qemu-storage-daemon` exporting `image` writable as vhost-user-blk on `socket`. Without
+/// `locking` it takes no lock on the image, so that a second daemon can serve the same image
+/// (a live migration's destination on the same host).
+pub fn qemu_storage_daemon(image: &Path, socket: &Path, locking: bool) -> BackendProcess {
+    let mut qsd = Command::new(QEMU_STORAGE_DAEMON);
+    let locking = if locking { "" } else { ",locking=off" };
+    qsd.arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=file0,filename={}{locking}",
+            image.display()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path={},writable=on",
+            socket.display()
+        ));
+    BackendProcess::start(qsd, socket)
+}

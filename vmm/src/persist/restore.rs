@@ -107,8 +107,21 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
         )));
     }
     let (base, data_offset) = chain.base();
-    let mem = layout.map_file(base, data_offset)?;
-    bind_restored(&config, &layout, &mem)?;
+    let mem = if config.needs_shared_memory() {
+        // Memory shared with another process (a vhost-user back end maps it from its file)
+        // cannot be a private mapping of the snapshot: the back end would see the file, not
+        // petrel's pages, and write into the snapshot. The saved pages go into a new memfd.
+        let mem = crate::builder::allocate_memory(&config, &layout)?;
+        copy_saved_pages(base, data_offset, &mem).map_err(|source| BuildError::Io {
+            what: "cannot read the snapshot's memory into shared memory",
+            source,
+        })?;
+        mem
+    } else {
+        let mem = layout.map_file(base, data_offset)?;
+        bind_restored(&config, &layout, &mem)?;
+        mem
+    };
     // SAFETY: the memory was just mapped and nothing else (no vCPU, no device) exists yet
     // to touch it; the slices are dropped at the end of this statement.
     chain.apply_layers(&mut unsafe { memory::ram_slices_mut(&mem) })?;
@@ -133,6 +146,33 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
         mem_path.display()
     );
     Ok(machine)
+}
+
+/// Copies guest RAM from `file` (from byte `data_offset` on, in RAM order) into `mem`, fresh
+/// memory that nothing else touches yet. Chunks that are all zero are skipped, so the pages
+/// of fresh memory they cover are never touched.
+fn copy_saved_pages(
+    file: &std::fs::File,
+    data_offset: u64,
+    mem: &memory::GuestMemoryMmap,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = data_offset;
+    // SAFETY: `mem` was just allocated; no vCPU or device exists yet to touch it, and the
+    // slices are dropped at the end of this function.
+    for slice in unsafe { memory::ram_slices_mut(mem) } {
+        for chunk in slice.chunks_mut(CHUNK) {
+            let buf = &mut buf[..chunk.len()];
+            file.read_exact_at(buf, at)?;
+            if buf.iter().any(|&b| b != 0) {
+                chunk.copy_from_slice(buf);
+            }
+            at += chunk.len() as u64;
+        }
+    }
+    Ok(())
 }
 
 /// Binds restored memory (mapped from a file or handed over, not allocated here) to the

@@ -2,7 +2,9 @@
 //! features, config space), the vring setup that hands the back end a running device, and
 //! stopping it again.
 
-use std::os::fd::AsRawFd;
+use std::io::Read;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -12,10 +14,11 @@ use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserVringAddrFlags};
 use vhost::vhost_user::{
     Frontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
-use vhost::{VhostBackend, VhostUserDirtyLogRegion, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::log::DirtyLog;
 use super::VhostUserError;
@@ -27,6 +30,14 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: the back end has protocol features, and its rings
 /// start disabled until `SET_VRING_ENABLE`.
 pub const PROTOCOL_FEATURES_BIT: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+
+/// The SET_LOG_BASE request, the header's version 1 and its reply bit.
+const SET_LOG_BASE: u32 = 6;
+const HEADER_VERSION: u32 = 0x1;
+const REPLY_FLAG: u32 = 0x4;
+/// The largest SET_LOG_BASE reply petrel reads: the u64 of libvhost-user or the 16-byte
+/// `VhostUserLog` of the `vhost` crate's back ends.
+const MAX_LOG_BASE_REPLY: usize = 16;
 
 /// `VHOST_F_LOG_ALL`: the back end logs the guest pages it writes while the front end asks.
 pub const LOG_ALL_BIT: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
@@ -209,20 +220,46 @@ impl Connection {
         Ok(())
     }
 
+    /// SET_LOG_BASE in its `LOG_SHMFD` form (the log's memfd, its size and offset), written
+    /// by petrel on the connection's socket: the `vhost` crate's front end insists on a
+    /// 16-byte reply, where libvhost-user back ends (QEMU's: qemu-storage-daemon, virtiofsd)
+    /// answer with the specification's u64. Like QEMU's front end, petrel takes either.
     fn set_log_base(&mut self, log: &DirtyLog) -> Result<(), VhostUserError> {
         if !self.can_log() {
             return Err(VhostUserError::MissingFeature(
                 "dirty page logging (VHOST_F_LOG_ALL and the LOG_SHMFD protocol feature)",
             ));
         }
-        let region = VhostUserDirtyLogRegion {
-            mmap_size: log.size(),
-            mmap_offset: 0,
-            mmap_handle: log.file().as_raw_fd(),
+        let fail = |e: vhost::vhost_user::Error| VhostUserError::Protocol {
+            what: "SET_LOG_BASE",
+            source: vhost::Error::VhostUserProtocol(e),
         };
-        self.frontend
-            .set_log_base(0, Some(region))
-            .map_err(failed("SET_LOG_BASE"))
+        let io = |e: std::io::Error| fail(vhost::vhost_user::Error::SocketError(e));
+        let mut msg = Vec::with_capacity(28);
+        for word in [SET_LOG_BASE, HEADER_VERSION, 16] {
+            msg.extend_from_slice(&word.to_le_bytes());
+        }
+        msg.extend_from_slice(&log.size().to_le_bytes());
+        msg.extend_from_slice(&0u64.to_le_bytes());
+        // SAFETY: the connection's socket, borrowed as a `UnixStream` that is never dropped
+        // (`ManuallyDrop`), so the descriptor stays the front end's.
+        let socket =
+            ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(self.frontend.as_raw_fd()) });
+        socket
+            .send_with_fd(&msg[..], log.file().as_raw_fd())
+            .map_err(|e| io(std::io::Error::from_raw_os_error(e.errno())))?;
+        // The reply: a header for SET_LOG_BASE with the reply bit, and a small payload.
+        let mut header = [0u8; 12];
+        (&*socket).read_exact(&mut header).map_err(io)?;
+        let word =
+            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        let size = word(8) as usize;
+        if word(0) != SET_LOG_BASE || word(4) & REPLY_FLAG == 0 || size > MAX_LOG_BASE_REPLY {
+            return Err(fail(vhost::vhost_user::Error::InvalidMessage));
+        }
+        let mut payload = [0u8; MAX_LOG_BASE_REPLY];
+        (&*socket).read_exact(&mut payload[..size]).map_err(io)?;
+        Ok(())
     }
 
     /// Stops the back end's rings (the driver reset the device, or the VM is being saved):
