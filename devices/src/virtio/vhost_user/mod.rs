@@ -9,6 +9,8 @@
 //! - [`blk`]: [`VhostUserBlk`], a virtio-blk device whose requests a back end such as
 //!   `qemu-storage-daemon` serves.
 //! - [`net`]: [`VhostUserNet`], a virtio-net device whose queues a back end serves.
+//! - [`fs`]: [`VhostUserFs`], a virtio-fs device whose FUSE requests a back end such as
+//!   `virtiofsd` serves.
 //!
 //! # What goes where
 //!
@@ -32,6 +34,7 @@
 pub mod blk;
 pub mod connection;
 pub mod device;
+pub mod fs;
 pub mod net;
 #[cfg(test)]
 mod tests;
@@ -41,6 +44,7 @@ use std::time::Duration;
 
 pub use blk::{VhostUserBlk, VhostUserBlkConfig};
 pub use device::{VhostUserDevice, VhostUserKind};
+pub use fs::{FsTag, TagError, VhostUserFs, VhostUserFsConfig};
 pub use net::{VhostUserNet, VhostUserNetConfig, VhostUserNetKind};
 
 /// How often a device that lost its back end tries to connect again.
