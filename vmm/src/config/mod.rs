@@ -365,6 +365,7 @@ mod tests {
         assert_eq!(config.inputs.len(), 2);
         assert!(config.vsock.is_some() && config.gpu.is_some());
         assert_eq!(config.vhost_user_blks.len(), 1);
+        assert_eq!(config.vhost_user_fs[0].tag.as_str(), "shared");
         assert!(config.needs_shared_memory());
     }
 
