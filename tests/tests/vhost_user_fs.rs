@@ -203,3 +203,34 @@ fn a_bad_tag_is_refused_before_anything_starts() {
         assert!(out.stderr.contains("--vhost-user-fs"), "{out}");
     }
 }
+
+#[test]
+fn snapshots_and_migration_are_refused_while_attached() {
+    if !available() {
+        return;
+    }
+    let share = share();
+    let dir = tempfile::tempdir().unwrap();
+    let vm = ApiVm::spawn(&[]);
+    vm.ok(
+        "PUT",
+        "/boot-source",
+        json!({ "kernel_image_path": test_guest(), "boot_args": "petrel.test=count" }),
+    );
+    vm.ok(
+        "PUT",
+        "/vhost-user-fs/vf0",
+        json!({ "id": "vf0", "socket": share.socket, "tag": "myfs" }),
+    );
+    vm.ok("PUT", "/actions", json!({ "action_type": "InstanceStart" }));
+    vm.wait_count_above(None);
+    vm.set_state("Paused");
+    let msg = vm.snapshot_refused(dir.path());
+    assert!(msg.contains("vhost-user device \"vf0\""), "{msg}");
+    let body = json!({ "url": "unix:/nonexistent" });
+    let msg = vm.fails("PUT", "/migration/send", Some(body), 400);
+    assert!(msg.contains("vhost-user device \"vf0\""), "{msg}");
+    vm.set_state("Resumed");
+    assert_eq!(vm.state(), "Running");
+    vm.kill();
+}
