@@ -48,6 +48,8 @@ PATH_FIELDS = {
     "snapshot_path",
     "mem_file_path",
     "backend_path",
+    # A vhost-user back end's socket (PUT /vhost-user-blk|net|fs/{id}), connected at start.
+    "socket",
 }
 # Body fields that hold a console or serial output (`file:PATH`, `socket:PATH`, `pty`, ...).
 OUTPUT_FIELDS = {"output", "serial"}

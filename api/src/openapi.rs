@@ -309,6 +309,14 @@ mod tests {
             },
         );
         check(
+            "VhostUserFs",
+            VhostUserFs {
+                id: s("vf"),
+                socket: s("/run/vf.sock"),
+                tag: s("myfs"),
+            },
+        );
+        check(
             "Vsock",
             Vsock {
                 guest_cid: 3,

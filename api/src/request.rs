@@ -9,8 +9,8 @@ use crate::types::SerialInput;
 use crate::types::{
     ActionType, BootSource, Console, Drive, DrivePatch, Logger, MachineConfig, MachineConfigPatch,
     Metrics, MigrationReceiveParams, MigrationSendParams, NetworkInterface, NetworkInterfacePatch,
-    NumaConfig, SnapshotCreateParams, SnapshotLoadParams, VhostUserBlk, VhostUserNet, VmState,
-    Vsock,
+    NumaConfig, SnapshotCreateParams, SnapshotLoadParams, VhostUserBlk, VhostUserFs, VhostUserNet,
+    VmState, Vsock,
 };
 
 /// A validated request for the VMM thread.
@@ -40,6 +40,8 @@ pub enum ApiRequest {
     PutVhostUserBlk(VhostUserBlk),
     /// `PUT /vhost-user-net/{id}` (petrel's).
     PutVhostUserNet(VhostUserNet),
+    /// `PUT /vhost-user-fs/{id}` (petrel's).
+    PutVhostUserFs(VhostUserFs),
     /// `PUT /vsock`.
     PutVsock(Vsock),
     /// `PUT /numa` (petrel's).
@@ -97,6 +99,7 @@ impl ApiRequest {
             R::PutConsole(_) => "PUT /consoles",
             R::PutVhostUserBlk(_) => "PUT /vhost-user-blk",
             R::PutVhostUserNet(_) => "PUT /vhost-user-net",
+            R::PutVhostUserFs(_) => "PUT /vhost-user-fs",
             R::PutVsock(_) => "PUT /vsock",
             R::PutNuma(_) => "PUT /numa",
             R::Action(a) => return format!("PUT /actions {a:?}"),

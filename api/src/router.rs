@@ -12,7 +12,7 @@ use crate::types::{
     BootSource, Console, Drive, DrivePatch, InstanceActionInfo, Logger, MachineConfig,
     MachineConfigPatch, Metrics, MigrationReceiveParams, MigrationSendParams, NetworkInterface,
     NetworkInterfacePatch, NumaConfig, SnapshotCreateParams, SnapshotLoadParams, VhostUserBlk,
-    VhostUserNet, Vm, Vsock,
+    VhostUserFs, VhostUserNet, Vm, Vsock,
 };
 
 /// Every route and its methods. `{id}` stands for one path segment.
@@ -26,6 +26,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/consoles/{id}", &["PUT"]),
     ("/vhost-user-blk/{id}", &["PUT"]),
     ("/vhost-user-net/{id}", &["PUT"]),
+    ("/vhost-user-fs/{id}", &["PUT"]),
     ("/vsock", &["PUT"]),
     ("/numa", &["PUT"]),
     ("/actions", &["PUT"]),
@@ -322,6 +323,12 @@ pub fn route_query(
             let device = parse::<VhostUserNet>(body)?;
             same_id("id", id, &device.id)?;
             R::PutVhostUserNet(device)
+        }
+        ("/vhost-user-fs/{id}", "PUT") => {
+            let id = path_id("id", id)?;
+            let device = parse::<VhostUserFs>(body)?;
+            same_id("id", id, &device.id)?;
+            R::PutVhostUserFs(device)
         }
         ("/vsock", "PUT") => R::PutVsock(parse::<Vsock>(body)?),
         ("/numa", "PUT") => R::PutNuma(parse_with_arrays::<NumaConfig>(

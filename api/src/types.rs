@@ -260,6 +260,19 @@ pub struct VhostUserNet {
     pub mac: Option<String>,
 }
 
+/// `PUT /vhost-user-fs/{id}` (petrel's): a virtio-fs shared directory served by a vhost-user
+/// back end (such as virtiofsd) listening on a Unix socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostUserFs {
+    /// Id of the device; equals the path's.
+    pub id: String,
+    /// The back end's Unix socket.
+    pub socket: String,
+    /// The tag the guest mounts the file system by: 1 to 36 bytes of UTF-8, no NUL.
+    pub tag: String,
+}
+
 /// `PUT /vsock`: a virtio-vsock device proxied to a host Unix socket.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -171,19 +171,26 @@ pub fn run(args: &[&str], timeout: Duration) -> Output {
 /// Runs petrel with the test guest and a vhost-user device, `flag socket=PATH` (such as
 /// `--vhost-user-net`), and asserts that it fails to start; returns what it left.
 pub fn vhost_user_start_fails(flag: &str, socket: &Path) -> Output {
-    let device = format!("socket={}", socket.display());
+    vhost_user_start_fails_with(flag, socket, "")
+}
+
+/// [`vhost_user_start_fails`] with more device options, `,key=value...` (such as a
+/// vhost-user-fs tag).
+pub fn vhost_user_start_fails_with(flag: &str, socket: &Path, more: &str) -> Output {
+    let device = format!("socket={}{more}", socket.display());
     let args = ["--kernel", test_guest().to_str().unwrap(), flag, &device];
     let out = run(&args, Duration::from_secs(30));
     assert_ne!(out.status.code(), Some(0), "{out}");
     out
 }
 
-/// Asserts that petrel with a vhost-user device (`flag`) on a socket nobody serves fails to
-/// start, naming the socket.
-pub fn assert_missing_vhost_user_socket_fails_start(flag: &str) {
+/// Asserts that petrel with a vhost-user device (`flag`, with the options `more` after the
+/// socket's, `""` or `,key=value...`) on a socket nobody serves fails to start, naming the
+/// socket.
+pub fn assert_missing_vhost_user_socket_fails_start(flag: &str, more: &str) {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nobody.sock");
-    let out = vhost_user_start_fails(flag, &socket);
+    let out = vhost_user_start_fails_with(flag, &socket, more);
     let stderr = &out.stderr;
     assert!(
         stderr.contains("cannot connect to the vhost-user socket")

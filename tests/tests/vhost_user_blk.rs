@@ -88,7 +88,7 @@ fn a_socket_that_does_not_exist_fails_the_start_naming_it() {
     if !available() {
         return;
     }
-    tests::assert_missing_vhost_user_socket_fails_start("--vhost-user-blk");
+    tests::assert_missing_vhost_user_socket_fails_start("--vhost-user-blk", "");
 }
 
 #[test]

@@ -212,5 +212,5 @@ fn a_socket_that_does_not_exist_fails_the_start_naming_it() {
     if !kvm_available() {
         return;
     }
-    tests::assert_missing_vhost_user_socket_fails_start("--vhost-user-net");
+    tests::assert_missing_vhost_user_socket_fails_start("--vhost-user-net", "");
 }

@@ -9,8 +9,8 @@ use crate::config::parse_input;
 use crate::config::parse_numa;
 use crate::config::parse_vsock;
 use crate::config::{
-    parse_console, parse_disk, parse_gpu, parse_net, parse_vhost_user_blk, parse_vhost_user_net,
-    ByteSize, ConfigError, CpuTemplate, SerialOutput, VmConfig,
+    parse_console, parse_disk, parse_gpu, parse_net, parse_vhost_user_blk, parse_vhost_user_fs,
+    parse_vhost_user_net, ByteSize, ConfigError, CpuTemplate, SerialOutput, VmConfig,
 };
 use crate::ctl::CtlArgs;
 
@@ -81,6 +81,11 @@ pub struct RunArgs {
     /// socket=PATH[,id=ID][,mac=MAC]. Makes guest memory shared; repeatable.
     #[arg(long = "vhost-user-net", value_name = "OPTS")]
     pub vhost_user_nets: Vec<String>,
+    /// A vhost-user-fs shared directory (virtio-fs) served by a back end (such as virtiofsd)
+    /// listening on a Unix socket: socket=PATH,tag=TAG[,id=ID]. The guest mounts it by TAG
+    /// (1 to 36 bytes). Makes guest memory shared; repeatable.
+    #[arg(long = "vhost-user-fs", value_name = "OPTS")]
+    pub vhost_user_fs: Vec<String>,
     /// A virtio-net interface on a TAP: tap=NAME[,id=ID][,mac=MAC][,rate=...]. The TAP is
     /// created if it does not exist; repeatable.
     #[arg(long = "net", value_name = "OPTS")]
@@ -140,7 +145,7 @@ pub struct RunArgs {
 }
 
 /// Flags that describe a new machine, which a restored one already is.
-const RESTORE_CONFLICTS: [&str; 17] = [
+const RESTORE_CONFLICTS: [&str; 18] = [
     "config",
     "acpi",
     "kernel",
@@ -152,6 +157,7 @@ const RESTORE_CONFLICTS: [&str; 17] = [
     "disks",
     "vhost_user_blks",
     "vhost_user_nets",
+    "vhost_user_fs",
     "nets",
     "consoles",
     "vsock",
@@ -273,6 +279,10 @@ impl RunArgs {
             config
                 .vhost_user_nets
                 .push(parse_vhost_user_net(text, index)?);
+        }
+        for text in &self.vhost_user_fs {
+            let index = config.vhost_user_fs.len();
+            config.vhost_user_fs.push(parse_vhost_user_fs(text, index)?);
         }
         for text in &self.nets {
             let index = config.nets.len();
@@ -453,6 +463,28 @@ mod tests {
             .unwrap()
             .to_config()
             .is_err());
+    }
+
+    #[test]
+    fn vhost_user_fs_flags_and_config_file_agree() {
+        let c = run_args(&[
+            "--vhost-user-fs",
+            "socket=/run/fs.sock,tag=myfs",
+            "--vhost-user-fs",
+            "socket=/run/g.sock,tag=other,id=vf",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap();
+        let ids: Vec<&str> = c.vhost_user_fs.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(ids, ["vufs0", "vf"]);
+        assert_eq!(c.vhost_user_fs[1].tag.as_str(), "other");
+        same_through_a_config_file(&c);
+        let too_long = format!("socket=/s,tag={}", "x".repeat(40));
+        for bad in ["socket=/s", "socket=/s,tag=", too_long.as_str()] {
+            let args = run_args(&["--vhost-user-fs", bad]).unwrap();
+            assert!(args.to_config().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -141,6 +141,16 @@ fn every_route_reaches_the_vmm() {
         ),
         (
             "PUT",
+            "/vhost-user-fs/vf",
+            Some(json!({"id": "vf", "socket": "/run/vf.sock", "tag": "myfs"})),
+            R::PutVhostUserFs(VhostUserFs {
+                id: "vf".into(),
+                socket: "/run/vf.sock".into(),
+                tag: "myfs".into(),
+            }),
+        ),
+        (
+            "PUT",
             "/numa",
             Some(json!({"nodes": [
                 {"node_id": 0, "cpus": [0, 1], "mem_size_mib": 512, "host_node": 0},

@@ -175,6 +175,11 @@ pub trait VirtioDevice: Send + AsAny {
     /// [`Self::resume`].
     fn quiesce(&mut self) {}
 
+    /// Why the device cannot be saved for a snapshot or a live migration, if it cannot.
+    fn unsavable(&self) -> Option<&'static str> {
+        None
+    }
+
     /// The VM runs again after a [`Self::quiesce`]: what it stopped starts again.
     fn resume(&mut self) {}
 

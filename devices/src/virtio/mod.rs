@@ -41,6 +41,7 @@ pub mod ids {
     pub const VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
     pub const INPUT: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_INPUT;
     pub const GPU: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_GPU;
+    pub const FS: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 }
 
 /// Feature bits every device shares (virtio 1.2, section 6).

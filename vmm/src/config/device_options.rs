@@ -9,7 +9,9 @@ use devices::virtio::console::{ConsoleConfig, ConsoleOutput};
 use devices::virtio::gpu::{GpuConfig, DEFAULT_SIZE};
 use devices::virtio::input::{InputConfig, InputKind};
 use devices::virtio::net::{MacAddr, NetConfig};
-use devices::virtio::vhost_user::{VhostUserBlkConfig, VhostUserNetConfig};
+use devices::virtio::vhost_user::{
+    FsTag, VhostUserBlkConfig, VhostUserFsConfig, VhostUserNetConfig,
+};
 use devices::virtio::vsock::VsockConfig;
 
 use super::{ByteSize, ConfigError, Options, VmConfig};
@@ -89,6 +91,19 @@ pub fn parse_vhost_user_net(text: &str, index: usize) -> Result<VhostUserNetConf
     };
     o.finish()?;
     Ok(config)
+}
+
+/// `--vhost-user-fs socket=PATH,tag=TAG[,id=ID]`.
+pub fn parse_vhost_user_fs(text: &str, index: usize) -> Result<VhostUserFsConfig, ConfigError> {
+    let mut o = Options::parse("vhost-user-fs", text)?;
+    let socket = o.require("socket")?.into();
+    let tag = o.require("tag")?;
+    let tag = tag
+        .parse::<FsTag>()
+        .map_err(|e| o.invalid("tag", &tag, &e.to_string()))?;
+    let id = o.take("id").unwrap_or_else(|| format!("vufs{index}"));
+    o.finish()?;
+    Ok(VhostUserFsConfig { id, socket, tag })
 }
 
 /// `--vsock cid=N,uds=PATH[,id=ID]`.
@@ -437,6 +452,42 @@ mod tests {
         assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
         c.vhost_user_blks[0].socket = "/b".into();
         c.vhost_user_blks[0].id = "vunet0".into();
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+    }
+
+    #[test]
+    fn vhost_user_fs_flag_needs_a_valid_tag_and_shares_sockets_and_ids_with_the_others() {
+        let v = parse_vhost_user_fs("socket=/f,tag=myfs", 0).unwrap();
+        assert_eq!((v.id.as_str(), v.tag.as_str()), ("vufs0", "myfs"));
+        assert_eq!(
+            parse_vhost_user_fs("tag=t,socket=/f,id=x", 1).unwrap().id,
+            "x"
+        );
+        let long = format!("socket=/f,tag={}", "t".repeat(37));
+        for bad in [
+            "",
+            "socket=/f",
+            "tag=t",
+            "socket=/f,tag=",
+            &long,
+            "socket=/f,tag=t,mac=x",
+        ] {
+            assert!(parse_vhost_user_fs(bad, 0).is_err(), "{bad}");
+        }
+        let e = parse_vhost_user_fs(&long, 0).unwrap_err().to_string();
+        assert!(
+            e.contains("--vhost-user-fs") && e.contains("37 bytes"),
+            "{e}"
+        );
+        let mut c = VmConfig::default();
+        c.vhost_user_fs.push(v);
+        assert!(c.needs_shared_memory());
+        assert_eq!(validate(&c), Ok(()));
+        c.vhost_user_nets
+            .push(parse_vhost_user_net("socket=/f", 0).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        c.vhost_user_nets[0].socket = "/n".into();
+        c.vhost_user_nets[0].id = "vufs0".into();
         assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
     }
 

@@ -13,7 +13,8 @@ mod options;
 pub use device_options::parse_gpu;
 pub use device_options::parse_input;
 pub use device_options::{
-    parse_console, parse_disk, parse_net, parse_vhost_user_blk, parse_vhost_user_net, parse_vsock,
+    parse_console, parse_disk, parse_net, parse_vhost_user_blk, parse_vhost_user_fs,
+    parse_vhost_user_net, parse_vsock,
 };
 pub use numa::{
     check_same_guest_topology, distance_matrix, parse_numa, CpuList, NodeDistance, NumaError,
@@ -271,6 +272,10 @@ pub struct VmConfig {
     /// the built-in network interfaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vhost_user_nets: Vec<::devices::virtio::vhost_user::VhostUserNetConfig>,
+    /// vhost-user-fs shared directories (virtio-fs), served by back-end processes such as
+    /// virtiofsd; the guest sees them after the vhost-user-net interfaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vhost_user_fs: Vec<::devices::virtio::vhost_user::VhostUserFsConfig>,
 }
 
 impl VmConfig {
@@ -290,14 +295,16 @@ impl VmConfig {
         self.machine.shared_memory || self.vhost_user_devices().next().is_some()
     }
 
-    /// Every vhost-user device as (kind, id, socket): blk, then net.
+    /// Every vhost-user device as (kind, id, socket): blk, then net, then fs.
     pub fn vhost_user_devices(
         &self,
     ) -> impl Iterator<Item = (&'static str, &String, &std::path::PathBuf)> {
         let blks = self.vhost_user_blks.iter();
         let nets = self.vhost_user_nets.iter();
+        let fs = self.vhost_user_fs.iter();
         blks.map(|v| ("vhost-user-blk", &v.id, &v.socket))
             .chain(nets.map(|v| ("vhost-user-net", &v.id, &v.socket)))
+            .chain(fs.map(|v| ("vhost-user-fs", &v.id, &v.socket)))
     }
 
     /// Checks every field that can be checked without touching the host.
@@ -358,6 +365,7 @@ mod tests {
         assert_eq!(config.inputs.len(), 2);
         assert!(config.vsock.is_some() && config.gpu.is_some());
         assert_eq!(config.vhost_user_blks.len(), 1);
+        assert_eq!(config.vhost_user_fs[0].tag.as_str(), "shared");
         assert!(config.needs_shared_memory());
     }
 

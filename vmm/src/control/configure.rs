@@ -9,13 +9,15 @@ use api::types::{
     NetworkInterfacePatch, RateLimiter, TokenBucket,
 };
 use api::types::{NumaConfig, NumaNode};
-use api::types::{VhostUserBlk, VhostUserNet, Vsock};
+use api::types::{VhostUserBlk, VhostUserFs, VhostUserNet, Vsock};
 use api::ApiResponse;
 use devices::rate_limiter::{RateLimitConfig, TokenBucketConfig};
 use devices::virtio::block::BlockConfig;
 use devices::virtio::console::ConsoleConfig;
 use devices::virtio::net::{MacAddr, NetConfig};
-use devices::virtio::vhost_user::{VhostUserBlkConfig, VhostUserNetConfig};
+use devices::virtio::vhost_user::{
+    FsTag, VhostUserBlkConfig, VhostUserFsConfig, VhostUserNetConfig,
+};
 use devices::virtio::vsock::VsockConfig;
 
 use crate::config::{ByteSize, CpuList, CpuTemplate, NodeDistance, RootDisk, VmConfig};
@@ -392,6 +394,24 @@ pub fn put_vhost_user_net(config: &mut VmConfig, device: VhostUserNet) -> Result
     };
     edit(config, |c| {
         upsert(&mut c.vhost_user_nets, device, |v| &v.id);
+        Ok(())
+    })
+}
+
+/// `PUT /vhost-user-fs/{id}`: adds a vhost-user-fs device or changes it. A bad tag is a 400;
+/// the back end is connected at start, where a socket nobody serves fails the start.
+pub fn put_vhost_user_fs(config: &mut VmConfig, device: VhostUserFs) -> Result<(), ApiResponse> {
+    let tag = device
+        .tag
+        .parse::<FsTag>()
+        .map_err(|e| bad(format!("tag: {e}")))?;
+    let device = VhostUserFsConfig {
+        id: device.id,
+        socket: device.socket.into(),
+        tag,
+    };
+    edit(config, |c| {
+        upsert(&mut c.vhost_user_fs, device, |v| &v.id);
         Ok(())
     })
 }

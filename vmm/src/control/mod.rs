@@ -257,6 +257,7 @@ impl ControlHandler {
             R::PutConsole(c) => done(configure::put_console(config, c)),
             R::PutVhostUserBlk(v) => done(configure::put_vhost_user_blk(config, v)),
             R::PutVhostUserNet(v) => done(configure::put_vhost_user_net(config, v)),
+            R::PutVhostUserFs(v) => done(configure::put_vhost_user_fs(config, v)),
             R::PatchDrive(p) => done(match &self.runtime {
                 Some(rt) => rt.patch_drive(config, p),
                 None => configure::patch_drive(config, p),

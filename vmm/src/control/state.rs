@@ -58,6 +58,7 @@ pub fn allowed_states(request: &ApiRequest) -> &'static [Lifecycle] {
         | R::PutConsole(_)
         | R::PutVhostUserBlk(_)
         | R::PutVhostUserNet(_)
+        | R::PutVhostUserFs(_)
         | R::PutVsock(_)
         | R::PutNuma(_)
         | R::LoadSnapshot(_) => BEFORE_START,

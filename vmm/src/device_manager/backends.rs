@@ -7,7 +7,7 @@ use devices::virtio::console::{Console, ConsoleError};
 use devices::virtio::gpu::Gpu;
 use devices::virtio::input::Input;
 use devices::virtio::net::Net;
-use devices::virtio::vhost_user::{VhostUserBlk, VhostUserNet};
+use devices::virtio::vhost_user::{VhostUserBlk, VhostUserFs, VhostUserNet};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 
@@ -26,8 +26,8 @@ fn open_error(kind: &'static str, id: &str, e: impl std::fmt::Display, user: boo
 /// A device opened on the host, with its id.
 pub type Opened = (String, Box<dyn VirtioDevice>);
 
-/// Every virtio device of `config` with its id: disks, then vhost-user-blk disks, then network interfaces, then
-/// vhost-user-net interfaces, then
+/// Every virtio device of `config` with its id: disks, then vhost-user-blk disks, then
+/// network interfaces, then vhost-user-net interfaces, then vhost-user-fs devices, then
 /// consoles, each in the order given, then the vsock device, then input devices in the
 /// order given, then the GPU.
 pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
@@ -54,6 +54,11 @@ pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
     for v in &config.vhost_user_nets {
         let device = VhostUserNet::new(v.clone())
             .map_err(|e| open_error("vhost-user-net", &v.id, &e, e.is_user_error()))?;
+        opened.push((v.id.clone(), Box::new(device)));
+    }
+    for v in &config.vhost_user_fs {
+        let device = VhostUserFs::new(v.clone())
+            .map_err(|e| open_error("vhost-user-fs", &v.id, &e, e.is_user_error()))?;
         opened.push((v.id.clone(), Box::new(device)));
     }
     for console in &config.consoles {

@@ -163,3 +163,17 @@ pub fn can_log_dirty(handles: &[VirtioHandle]) -> Result<(), DeviceError> {
     }
     Ok(())
 }
+
+/// Whether every device can be saved (for a snapshot or a live migration); the error names
+/// the first that cannot and why.
+pub fn check_savable(handles: &[VirtioHandle]) -> Result<(), DeviceError> {
+    for handle in handles {
+        if let Some(why) = lock(&handle.transport).device().unsavable() {
+            return Err(DeviceError::Virtio {
+                id: handle.id.clone(),
+                reason: why.to_string(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -128,6 +128,8 @@ pub fn start(
     wake: Arc<EventFd>,
 ) -> Result<(Progress, Outgoing), ApiResponse> {
     let options = SendOptions::from_api(params)?;
+    virtio::check_savable(&rt.virtio)
+        .map_err(|e| bad(format!("a live migration is not possible: {e}")))?;
     if options.local {
         if !matches!(options.url, MigrationUrl::Unix(_)) {
             return Err(bad(
@@ -141,7 +143,7 @@ pub fn start(
         }
     } else {
         // Pre-copy needs every page a vhost-user back end writes.
-        crate::device_manager::virtio::can_log_dirty(&rt.virtio).map_err(|e| {
+        virtio::can_log_dirty(&rt.virtio).map_err(|e| {
             bad(format!(
                 "{e}, so it cannot take part in a live migration (a local one with shared memory needs no log)"
             ))

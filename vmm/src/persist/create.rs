@@ -61,6 +61,8 @@ pub fn create(
 ) -> Result<(), ApiResponse> {
     let started = Instant::now();
     let kind = kind(params)?;
+    crate::device_manager::virtio::check_savable(&rt.virtio)
+        .map_err(|e| bad(format!("a snapshot is not possible: {e}")))?;
     let state_path = non_empty("snapshot_path", &params.snapshot_path)?;
     let mem_path = non_empty("mem_file_path", &params.mem_file_path)?;
     if state_path == mem_path {

@@ -97,6 +97,12 @@ impl Connection {
                 .get_protocol_features()
                 .map_err(failed("GET_PROTOCOL_FEATURES"))?;
             protocol = offered & wanted_protocol_features();
+            tracing::debug!(
+                path = %path.display(),
+                features = format_args!("{features:#x}"),
+                protocol = format_args!("{:#x}", offered.bits()),
+                "vhost-user back end's features and protocol features"
+            );
             frontend
                 .set_protocol_features(protocol)
                 .map_err(failed("SET_PROTOCOL_FEATURES"))?;

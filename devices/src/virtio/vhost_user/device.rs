@@ -24,6 +24,8 @@ pub trait VhostUserKind: Send + 'static {
     const DEVICE_TYPE: u32;
     /// The maximum size of each queue, one entry per queue.
     const QUEUE_SIZES: &'static [u16];
+    /// Why the device cannot be saved (snapshots, live migration), if it cannot.
+    const UNSAVABLE: Option<&'static str> = None;
     /// The device's id.
     fn id(&self) -> &str;
     /// The back end's Unix socket.
@@ -353,6 +355,10 @@ impl<C: VhostUserKind> VirtioDevice for VhostUserDevice<C> {
     fn set_dirty_logging(&mut self, on: bool) -> Result<(), DirtyLogError> {
         self.change_logging(on)
             .map_err(|e| DirtyLogError(e.to_string()))
+    }
+
+    fn unsavable(&self) -> Option<&'static str> {
+        C::UNSAVABLE
     }
 
     fn can_log_dirty(&self) -> Result<(), DirtyLogError> {

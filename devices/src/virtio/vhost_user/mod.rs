@@ -9,6 +9,8 @@
 //! - [`blk`]: [`VhostUserBlk`], a virtio-blk device whose requests a back end such as
 //!   `qemu-storage-daemon` serves.
 //! - [`net`]: [`VhostUserNet`], a virtio-net device whose queues a back end serves.
+//! - [`fs`]: [`VhostUserFs`], a virtio-fs device whose FUSE requests a back end such as
+//!   `virtiofsd` serves.
 //! - [`persist`]: saving and restoring, stopping the back end for a save, and the back
 //!   end's dirty log ([`log`]) for Diff snapshots and live migration.
 //!
@@ -34,6 +36,7 @@
 pub mod blk;
 pub mod connection;
 pub mod device;
+pub mod fs;
 pub mod log;
 pub mod net;
 pub mod persist;
@@ -45,6 +48,7 @@ use std::time::Duration;
 
 pub use blk::{VhostUserBlk, VhostUserBlkConfig};
 pub use device::{VhostUserDevice, VhostUserKind};
+pub use fs::{FsTag, TagError, VhostUserFs, VhostUserFsConfig};
 pub use net::{VhostUserNet, VhostUserNetConfig, VhostUserNetKind};
 pub use persist::VhostUserState;
 

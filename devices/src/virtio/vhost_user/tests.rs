@@ -3,7 +3,10 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::thread::JoinHandle;
 
-use super::{VhostUserBlk, VhostUserBlkConfig, VhostUserError, VhostUserNet, VhostUserNetConfig};
+use super::{
+    VhostUserBlk, VhostUserBlkConfig, VhostUserError, VhostUserFs, VhostUserFsConfig, VhostUserNet,
+    VhostUserNetConfig,
+};
 use crate::virtio::features;
 use crate::virtio::net::MacAddr;
 use crate::virtio::VirtioDevice;
@@ -156,4 +159,28 @@ fn net_without_version_1_is_refused() {
     };
     peer.join().unwrap();
     assert!(e.to_string().contains("VIRTIO_F_VERSION_1"), "{e}");
+}
+
+#[test]
+fn fs_presents_its_own_config_space_without_get_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("fs.sock");
+    // Like virtiofsd: VERSION_1, no CONFIG protocol feature (here no protocol features at all).
+    let offered = features::VERSION_1 | features::RING_EVENT_IDX;
+    let peer = fake_backend(UnixListener::bind(&socket).unwrap(), offered);
+    let device = VhostUserFs::new(VhostUserFsConfig {
+        id: "fs0".into(),
+        socket,
+        tag: "shared".parse().unwrap(),
+    })
+    .unwrap();
+    assert_eq!(device.device_type(), 26);
+    assert_eq!(device.queue_max_sizes().len(), 2);
+    assert_eq!(device.avail_features(), offered);
+    let mut space = [0xffu8; 40];
+    device.read_config(0, &mut space);
+    assert_eq!(&space[..7], b"shared\0");
+    assert_eq!(&space[36..], &1u32.to_le_bytes());
+    drop(device);
+    peer.join().unwrap();
 }

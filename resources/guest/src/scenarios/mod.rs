@@ -13,6 +13,7 @@ mod console;
 mod count;
 mod crash;
 mod demo;
+mod fs;
 mod gpu;
 mod input;
 mod machine;
@@ -144,6 +145,11 @@ pub static SCENARIOS: &[Scenario] = &[
         name: "acpi",
         run: acpi::run,
         exit: Exit::PowerOff,
+    },
+    Scenario {
+        name: "fs",
+        run: fs::run,
+        exit: Exit::Reset,
     },
     Scenario {
         name: "powerbutton",

@@ -17,6 +17,7 @@ use virtio_drivers::transport::mmio::{MmioError, MmioTransport, MmioVersion, Vir
 use virtio_drivers::transport::{DeviceType, Transport};
 
 use super::cmdline::{self, MmioWindow};
+use super::raw::RawMmio;
 use crate::rt::bootparams::BootParams;
 
 /// The end of the VMM's identity map: windows must lie below it.
@@ -68,6 +69,36 @@ pub fn take_kinds(boot: &BootParams, kinds: &[DeviceType]) -> Result<Vec<Device>
     Ok(devices)
 }
 
+/// Probes every virtio-mmio window for version 2 devices with device id `id`, which
+/// `virtio-drivers` has no type for (the file system device), and returns their register
+/// blocks in window order. Shares `take`'s once-per-run guard.
+pub fn take_raw(boot: &BootParams, id: u32) -> Result<Vec<RawMmio>, String> {
+    let windows = windows(boot)?;
+    check_disjoint(&windows)?;
+    if PROBED.swap(true, Ordering::SeqCst) {
+        return Err("the virtio-mmio devices were already probed".into());
+    }
+    let mut devices = Vec::new();
+    for window in windows {
+        check_placement(&window)?;
+        if window.size < RAW_MIN_SIZE {
+            continue;
+        }
+        // SAFETY: the window is a virtio-mmio register block (the VMM's contract for the
+        // command line and the DSDT), identity-mapped below 4 GiB and aligned
+        // (`check_placement`), at least `RAW_MIN_SIZE` long, overlapping no other window and
+        // probed once per run, so this value is the only user of these registers.
+        let regs = unsafe { RawMmio::new(window) };
+        if regs.is_modern(id) {
+            devices.push(regs);
+        }
+    }
+    Ok(devices)
+}
+
+/// The register header up to the config space.
+const RAW_MIN_SIZE: u64 = 0x100;
+
 /// Checks that no two windows overlap (each transport must own its registers).
 fn check_disjoint(windows: &[MmioWindow]) -> Result<(), String> {
     for (i, a) in windows.iter().enumerate() {
@@ -82,8 +113,8 @@ fn check_disjoint(windows: &[MmioWindow]) -> Result<(), String> {
     Ok(())
 }
 
-/// Creates the transport for `window`; `None` for a device type `virtio-drivers` does not know.
-fn probe(window: MmioWindow) -> Result<Option<Device>, String> {
+/// Checks that `window` lies below 4 GiB (the identity map) and is aligned for the registers.
+fn check_placement(window: &MmioWindow) -> Result<(), String> {
     let fail = |why: &str| Err(format!("virtio-mmio device {window}: {why}"));
     match window.end() {
         Some(end) if end <= IDENTITY_MAPPED_END => {}
@@ -93,6 +124,13 @@ fn probe(window: MmioWindow) -> Result<Option<Device>, String> {
     if !window.addr.is_multiple_of(align) {
         return fail("the window is not aligned for the register block");
     }
+    Ok(())
+}
+
+/// Creates the transport for `window`; `None` for a device type `virtio-drivers` does not know.
+fn probe(window: MmioWindow) -> Result<Option<Device>, String> {
+    let fail = |why: &str| Err(format!("virtio-mmio device {window}: {why}"));
+    check_placement(&window)?;
     let Some(header) = NonNull::new(window.addr as usize as *mut VirtIOHeader) else {
         return fail("the window is at address 0");
     };

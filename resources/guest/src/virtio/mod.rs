@@ -9,7 +9,9 @@
 //! - `acpi`: the same windows from the DSDT's `LNRO0005` devices, when petrel gives ACPI tables
 //!   (and then leaves them off the command line);
 //! - `devices`: probes those windows and hands scenarios the transports by device type;
-//! - `poll`, `blk`: waiting for a device with a timeout (a timeout is a failure, never a hang).
+//! - `poll`, `blk`: waiting for a device with a timeout (a timeout is a failure, never a hang);
+//! - `raw`, `fuse`: a device `virtio-drivers` has no type for (virtio-fs), register by
+//!   register, and FUSE requests on its request queue.
 //!
 //! The guest runs with interrupts disabled: drivers are polled, never interrupt-driven.
 
@@ -17,10 +19,12 @@ pub mod acpi;
 pub mod blk;
 pub mod cmdline;
 pub mod devices;
+pub mod fuse;
 pub mod gpu;
 pub mod hal;
 pub mod poll;
+pub mod raw;
 
-pub use devices::{take, take_kinds, windows, Device};
+pub use devices::{take, take_kinds, take_raw, windows, Device};
 pub use hal::PetrelHal;
 pub use virtio_drivers::transport::DeviceType;

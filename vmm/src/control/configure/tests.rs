@@ -414,3 +414,26 @@ fn numa_nodes_are_put_whole_checked_against_the_machine_and_removed_with_an_empt
     )
     .unwrap();
 }
+
+#[test]
+fn vhost_user_fs_checks_the_tag_and_shares_ids_and_sockets() {
+    let mut c = VmConfig::default();
+    let fs = |id: &str, socket: &str, tag: &str| api::types::VhostUserFs {
+        id: id.into(),
+        socket: socket.into(),
+        tag: tag.into(),
+    };
+    put_vhost_user_fs(&mut c, fs("vf", "/run/vf.sock", "myfs")).unwrap();
+    assert_eq!(c.vhost_user_fs[0].tag.as_str(), "myfs");
+    assert!(c.needs_shared_memory());
+    for tag in ["", &"t".repeat(37), "a\0b"] {
+        let m = message(put_vhost_user_fs(&mut c, fs("vg", "/run/vg.sock", tag)));
+        assert!(m.starts_with("tag:"), "{m}");
+    }
+    let m = message(put_vhost_user_fs(&mut c, fs("vg", "/run/vf.sock", "t")));
+    assert!(m.contains("used twice"), "{m}");
+    // Changing the device in place keeps one.
+    put_vhost_user_fs(&mut c, fs("vf", "/run/vf.sock", "other")).unwrap();
+    assert_eq!(c.vhost_user_fs.len(), 1);
+    assert_eq!(c.vhost_user_fs[0].tag.as_str(), "other");
+}
