@@ -48,14 +48,21 @@ pub fn take(boot: &BootParams, kind: DeviceType) -> Result<Vec<Device>, String> 
     take_kinds(boot, &[kind])
 }
 
-/// `take` for a scenario that drives devices of several `kinds`: all of them, in window
-/// order.
-pub fn take_kinds(boot: &BootParams, kinds: &[DeviceType]) -> Result<Vec<Device>, String> {
+/// The virtio-mmio windows, checked disjoint, once per run: a second probe would reset
+/// devices a scenario already drives.
+fn windows_to_probe(boot: &BootParams) -> Result<Vec<MmioWindow>, String> {
     let windows = windows(boot)?;
     check_disjoint(&windows)?;
     if PROBED.swap(true, Ordering::SeqCst) {
         return Err("the virtio-mmio devices were already probed".into());
     }
+    Ok(windows)
+}
+
+/// `take` for a scenario that drives devices of several `kinds`: all of them, in window
+/// order.
+pub fn take_kinds(boot: &BootParams, kinds: &[DeviceType]) -> Result<Vec<Device>, String> {
+    let windows = windows_to_probe(boot)?;
     let mut devices = Vec::new();
     for window in windows {
         match probe(window)? {
@@ -73,11 +80,7 @@ pub fn take_kinds(boot: &BootParams, kinds: &[DeviceType]) -> Result<Vec<Device>
 /// `virtio-drivers` has no type for (the file system device), and returns their register
 /// blocks in window order. Shares `take`'s once-per-run guard.
 pub fn take_raw(boot: &BootParams, id: u32) -> Result<Vec<RawMmio>, String> {
-    let windows = windows(boot)?;
-    check_disjoint(&windows)?;
-    if PROBED.swap(true, Ordering::SeqCst) {
-        return Err("the virtio-mmio devices were already probed".into());
-    }
+    let windows = windows_to_probe(boot)?;
     let mut devices = Vec::new();
     for window in windows {
         check_placement(&window)?;
