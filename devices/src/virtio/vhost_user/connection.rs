@@ -47,6 +47,7 @@ fn wanted_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::MQ
 }
 
 /// One queue as the back end gets it.
@@ -106,6 +107,16 @@ impl Connection {
             frontend
                 .set_protocol_features(protocol)
                 .map_err(failed("SET_PROTOCOL_FEATURES"))?;
+            if protocol.contains(VhostUserProtocolFeatures::MQ) {
+                // A back end that says how many queues it has must have the device's.
+                let offered = frontend.get_queue_num().map_err(failed("GET_QUEUE_NUM"))?;
+                if offered < queues as u64 {
+                    return Err(VhostUserError::TooFewQueues {
+                        offered,
+                        needed: queues,
+                    });
+                }
+            }
         }
         Ok(Connection {
             frontend,

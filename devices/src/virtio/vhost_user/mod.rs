@@ -74,6 +74,9 @@ pub enum VhostUserError {
     /// The back end closed the connection.
     #[error("the vhost-user back end closed the connection")]
     Disconnected,
+    /// The back end has fewer queues than the device.
+    #[error("the vhost-user back end serves at most {offered} queues; the device needs {needed}")]
+    TooFewQueues { offered: u64, needed: usize },
     /// The back end lacks a feature petrel needs.
     #[error("the vhost-user back end lacks {0}")]
     MissingFeature(&'static str),

@@ -12,6 +12,11 @@ use crate::virtio::net::MacAddr;
 use crate::virtio::VirtioDevice;
 
 const GET_FEATURES: u32 = 1;
+const GET_PROTOCOL_FEATURES: u32 = 15;
+const GET_QUEUE_NUM: u32 = 17;
+/// `VHOST_USER_F_PROTOCOL_FEATURES` and the `MQ` protocol feature.
+const PROTOCOL_FEATURES: u64 = 1 << 30;
+const MQ: u64 = 1 << 0;
 /// Header flags of a reply: version 1 and the reply bit.
 const REPLY_FLAGS: u32 = 0x1 | 0x4;
 
@@ -25,6 +30,17 @@ fn config(socket: &Path) -> VhostUserBlkConfig {
 /// A peer that answers GET_FEATURES with `offered` and ignores SET_OWNER, then hangs up
 /// when the front end does.
 fn fake_backend(listener: UnixListener, offered: u64) -> JoinHandle<()> {
+    fake_backend_with(listener, offered, 0, 0)
+}
+
+/// As [`fake_backend`], also answering GET_PROTOCOL_FEATURES with `protocol` and
+/// GET_QUEUE_NUM with `queues` (SET_PROTOCOL_FEATURES needs no answer without REPLY_ACK).
+fn fake_backend_with(
+    listener: UnixListener,
+    offered: u64,
+    protocol: u64,
+    queues: u64,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
         let mut header = [0u8; 12];
@@ -34,15 +50,19 @@ fn fake_backend(listener: UnixListener, offered: u64) -> JoinHandle<()> {
             if conn.read_exact(&mut body).is_err() {
                 return;
             }
-            if word(0) == GET_FEATURES {
-                let mut reply = Vec::new();
-                reply.extend_from_slice(&GET_FEATURES.to_le_bytes());
-                reply.extend_from_slice(&REPLY_FLAGS.to_le_bytes());
-                reply.extend_from_slice(&8u32.to_le_bytes());
-                reply.extend_from_slice(&offered.to_le_bytes());
-                if conn.write_all(&reply).is_err() {
-                    return;
-                }
+            let value = match word(0) {
+                GET_FEATURES => offered,
+                GET_PROTOCOL_FEATURES => protocol,
+                GET_QUEUE_NUM => queues,
+                _ => continue,
+            };
+            let mut reply = Vec::new();
+            reply.extend_from_slice(&word(0).to_le_bytes());
+            reply.extend_from_slice(&REPLY_FLAGS.to_le_bytes());
+            reply.extend_from_slice(&8u32.to_le_bytes());
+            reply.extend_from_slice(&value.to_le_bytes());
+            if conn.write_all(&reply).is_err() {
+                return;
             }
         }
     })
@@ -181,6 +201,54 @@ fn fs_presents_its_own_config_space_without_get_config() {
     device.read_config(0, &mut space);
     assert_eq!(&space[..7], b"shared\0");
     assert_eq!(&space[36..], &1u32.to_le_bytes());
+    drop(device);
+    peer.join().unwrap();
+}
+
+#[test]
+fn a_back_end_with_fewer_queues_than_the_device_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("onequeue.sock");
+    let offered = features::VERSION_1 | PROTOCOL_FEATURES;
+    let peer = fake_backend_with(UnixListener::bind(&socket).unwrap(), offered, MQ, 1);
+    // A net device needs two queues (RX and TX).
+    let Err(e) = VhostUserNet::new(VhostUserNetConfig {
+        id: "vn".into(),
+        socket,
+        mac: None,
+    }) else {
+        panic!("a back end with one queue was accepted");
+    };
+    peer.join().unwrap();
+    assert!(
+        matches!(
+            e,
+            VhostUserError::TooFewQueues {
+                offered: 1,
+                needed: 2
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("at most 1 queues; the device needs 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_back_end_with_enough_queues_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("twoqueues.sock");
+    let offered = features::VERSION_1 | PROTOCOL_FEATURES;
+    let peer = fake_backend_with(UnixListener::bind(&socket).unwrap(), offered, MQ, 2);
+    let device = VhostUserNet::new(VhostUserNetConfig {
+        id: "vn".into(),
+        socket,
+        mac: None,
+    })
+    .unwrap();
     drop(device);
     peer.join().unwrap();
 }
