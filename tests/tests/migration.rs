@@ -535,8 +535,10 @@ fn auto_converge_throttles_a_guest_dirtying_faster_than_the_link_until_it_moves(
             "timeout_s": 600,
             "auto_converge": true,
             // Well below the guest's dirty rate even when the host is busy and the guest
-            // runs at half speed: without a throttle the rounds do not shrink.
-            "max_bandwidth": 8 << 20,
+            // runs at a quarter of its speed: a round takes 4 s to send the 16 MiB region,
+            // long enough for the guest to rewrite all of it, so without a throttle the
+            // rounds do not shrink.
+            "max_bandwidth": 4 << 20,
             "max_rounds": 6,
         }),
     );
