@@ -193,7 +193,7 @@ impl DeviceManager {
         let virtio = state
             .virtio
             .iter()
-            .map(|s| virtio::restore(vm, mem, &mut mmio, s))
+            .map(|s| virtio::restore(vm, mem, &mut mmio, s, config.machine.track_dirty_pages))
             .collect::<Result<_, _>>()?;
         let ged = state
             .ged

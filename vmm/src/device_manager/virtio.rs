@@ -69,14 +69,25 @@ pub fn attach(
     place(vm, bus, id, slot, transport)
 }
 
-/// Rebuilds a saved device where it was, with its transport as it was.
+/// Rebuilds a saved device where it was, with its transport as it was. With `track_dirty`,
+/// the device logs the pages it writes from its first request on (a restored device starts
+/// serving when its transport is restored, before the machine is assembled).
 pub fn restore(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     bus: &mut Bus,
     state: &VirtioState,
+    track_dirty: bool,
 ) -> Result<VirtioHandle, DeviceError> {
-    let device = persist::restore_device(&state.id, &state.device)?;
+    let mut device = persist::restore_device(&state.id, &state.device)?;
+    if track_dirty {
+        device
+            .set_dirty_logging(true)
+            .map_err(|e| DeviceError::Virtio {
+                id: state.id.clone(),
+                reason: format!("{e}, which Diff snapshots (track_dirty_pages) need"),
+            })?;
+    }
     let slot = state.slot();
     let irqfd = irq_line(vm, slot.irq)?;
     let transport =

@@ -79,7 +79,8 @@ impl Drop for Throttle {
 fn run(rt: &Runtime, percent: &AtomicU32, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let off = PERIOD * percent.load(Ordering::Relaxed) / 100;
-        if rt.pause().is_ok() {
+        // A VM paused by someone else stays paused: resuming it is not the throttle's.
+        if !rt.pause.is_paused() && rt.pause().is_ok() {
             std::thread::sleep(off);
             rt.resume();
         }

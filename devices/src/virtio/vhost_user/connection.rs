@@ -35,9 +35,9 @@ pub const PROTOCOL_FEATURES_BIT: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURE
 const SET_LOG_BASE: u32 = 6;
 const HEADER_VERSION: u32 = 0x1;
 const REPLY_FLAG: u32 = 0x4;
-/// The largest SET_LOG_BASE reply petrel reads: the u64 of libvhost-user or the 16-byte
-/// `VhostUserLog` of the `vhost` crate's back ends.
-const MAX_LOG_BASE_REPLY: usize = 16;
+/// The largest SET_LOG_BASE reply petrel reads (and drops): libvhost-user sends a u64, the
+/// `vhost` crate's back ends the 16-byte `VhostUserLog`.
+const MAX_LOG_BASE_REPLY: usize = 256;
 
 /// `VHOST_F_LOG_ALL`: the back end logs the guest pages it writes while the front end asks.
 pub const LOG_ALL_BIT: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
@@ -234,7 +234,19 @@ impl Connection {
                 .set_vring_addr(index, &vring_addr(mem, q, log.is_some())?)
                 .map_err(failed("SET_VRING_ADDR"))?;
         }
+        // Neither message has a reply: a request that has one comes back only after the
+        // back end handled them, so logging is on (or off) when this returns, as QEMU does.
+        self.frontend
+            .get_features()
+            .map_err(failed("GET_FEATURES"))?;
         Ok(())
+    }
+
+    /// Shuts the socket down: the back end sees the hangup at once and stops serving, and
+    /// nothing more is read from a connection that is out of step.
+    pub fn shut_down(&self) {
+        // SAFETY: shutdown on the connection's own socket descriptor; it touches no memory.
+        unsafe { libc::shutdown(self.frontend.as_raw_fd(), libc::SHUT_RDWR) };
     }
 
     /// SET_LOG_BASE in its `LOG_SHMFD` form (the log's memfd, its size and offset), written
@@ -251,7 +263,7 @@ impl Connection {
             what: "SET_LOG_BASE",
             source: vhost::Error::VhostUserProtocol(e),
         };
-        let io = |e: std::io::Error| fail(vhost::vhost_user::Error::SocketError(e));
+        let io = |e: std::io::Error| fail(vhost::vhost_user::Error::SocketBroken(e));
         let mut msg = Vec::with_capacity(28);
         for word in [SET_LOG_BASE, HEADER_VERSION, 16] {
             msg.extend_from_slice(&word.to_le_bytes());
@@ -266,16 +278,12 @@ impl Connection {
             .send_with_fd(&msg[..], log.file().as_raw_fd())
             .map_err(|e| io(std::io::Error::from_raw_os_error(e.errno())))?;
         // The reply: a header for SET_LOG_BASE with the reply bit, and a small payload.
-        let mut header = [0u8; 12];
-        (&*socket).read_exact(&mut header).map_err(io)?;
-        let word =
-            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-        let size = word(8) as usize;
-        if word(0) != SET_LOG_BASE || word(4) & REPLY_FLAG == 0 || size > MAX_LOG_BASE_REPLY {
-            return Err(fail(vhost::vhost_user::Error::InvalidMessage));
+        let reply = read_log_base_reply(&socket);
+        if reply.is_err() {
+            // Whatever is left of the reply would be read as the next one's.
+            self.shut_down();
         }
-        let mut payload = [0u8; MAX_LOG_BASE_REPLY];
-        (&*socket).read_exact(&mut payload[..size]).map_err(io)?;
+        reply.map_err(io)?;
         Ok(())
     }
 
@@ -302,6 +310,28 @@ impl Connection {
         }
         Ok(bases)
     }
+}
+
+/// Reads SET_LOG_BASE's reply: a header for SET_LOG_BASE with the reply bit, and a payload
+/// of at most [`MAX_LOG_BASE_REPLY`] bytes, dropped.
+fn read_log_base_reply(socket: &UnixStream) -> std::io::Result<()> {
+    let mut header = [0u8; 12];
+    (&*socket).read_exact(&mut header)?;
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let size = word(8) as usize;
+    if word(0) != SET_LOG_BASE || word(4) & REPLY_FLAG == 0 || size > MAX_LOG_BASE_REPLY {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the reply to SET_LOG_BASE is not one (request {}, flags {:#x}, {size} bytes)",
+                word(0),
+                word(4)
+            ),
+        ));
+    }
+    let mut payload = [0u8; MAX_LOG_BASE_REPLY];
+    (&*socket).read_exact(&mut payload[..size])
 }
 
 /// A ring's addresses for SET_VRING_ADDR; with `log`, the back end logs its used-ring

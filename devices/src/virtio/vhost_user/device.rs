@@ -178,6 +178,10 @@ impl<C: VhostUserKind> VhostUserDevice<C> {
     pub(super) fn lose(&mut self, e: &VhostUserError) {
         tracing::warn!(id = %self.config.id(), %e, "vhost-user back end lost; reconnecting");
         self.disconnections += 1;
+        if let Some(conn) = &self.conn {
+            // The back end stops at once, not when the VMM thread next drops the socket.
+            conn.shut_down();
+        }
         self.stale = self.conn.take().or(self.stale.take());
         self.arm_reconnect();
     }
@@ -372,6 +376,11 @@ impl<C: VhostUserKind> VirtioDevice for VhostUserDevice<C> {
 
     fn take_dirty(&mut self, set: &mut [u64]) {
         if let (Some(log), Some(active)) = (&self.log, &self.active) {
+            // libvhost-user writes a used index before it logs it: the used rings always
+            // count as written (a few pages a round).
+            for q in active.queues.iter().filter(|q| q.ready()) {
+                log.mark_range(q.used_ring(), 8 + 8 * u64::from(q.size()));
+            }
             log.take_into(&active.env.mem, set);
         }
     }

@@ -46,8 +46,12 @@ impl DirtyLog {
         let words = pages.div_ceil(64).max(1);
         let bytes = (words * 8).next_multiple_of(PAGE_SIZE);
         // SAFETY: the name is a NUL-terminated string; memfd_create only reads it.
-        let fd =
-            unsafe { libc::memfd_create(c"petrel-vhost-user-log".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"petrel-vhost-user-log".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(os("the dirty log's memfd")(std::io::Error::last_os_error()));
         }
@@ -55,6 +59,20 @@ impl DirtyLog {
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(bytes as u64)
             .map_err(os("the dirty log's memfd"))?;
+        // A back end that shrank the file would make petrel's next read of the log fault
+        // (SIGBUS): the size is sealed, as guest memory's is.
+        // SAFETY: F_ADD_SEALS on the memfd this function owns takes an int of seal bits and
+        // only restricts what the file allows from now on.
+        let sealed = unsafe {
+            libc::fcntl(
+                file.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            )
+        };
+        if sealed < 0 {
+            return Err(os("the dirty log's seals")(std::io::Error::last_os_error()));
+        }
         // SAFETY: a new shared mapping of `bytes` bytes of the memfd this function owns, at
         // an address the kernel picks; nothing else in this process refers to it.
         let base = unsafe {
@@ -109,9 +127,20 @@ impl DirtyLog {
         }
     }
 
-    /// Marks guest-physical page `page` (for tests: what a back end does).
-    #[cfg(test)]
-    pub fn mark(&self, page: usize) {
+    /// Marks the pages of guest-physical `len` bytes from `gpa` (beyond the log: ignored).
+    pub fn mark_range(&self, gpa: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let first = gpa as usize / PAGE_SIZE;
+        let last = gpa.saturating_add(len - 1) as usize / PAGE_SIZE;
+        for page in first..=last.min(self.words * 64 - 1) {
+            self.mark(page);
+        }
+    }
+
+    /// Marks guest-physical page `page`, as a back end does.
+    fn mark(&self, page: usize) {
         self.word(page / 64)
             .fetch_or(1 << (page % 64), Ordering::AcqRel);
     }
@@ -175,9 +204,22 @@ mod tests {
             memory::pages_in(&set).collect::<Vec<_>>(),
             vec![5, 256, 258]
         );
+        // A range over a page boundary marks both pages; one past the log, none.
+        log.mark_range(0x2ff0, 0x20);
+        log.mark_range(u64::MAX - 8, 8);
+        let mut ranged = memory::empty_page_set(&m);
+        log.take_into(&m, &mut ranged);
+        assert_eq!(memory::pages_in(&ranged).collect::<Vec<_>>(), vec![2, 3]);
         let mut again = memory::empty_page_set(&m);
         log.take_into(&m, &mut again);
         assert_eq!(memory::count_pages(&again), 0);
+    }
+
+    #[test]
+    fn the_log_cannot_be_shrunk_by_whoever_holds_it() {
+        let m = mem(&[(0, 1 << 20)]);
+        let log = DirtyLog::new(&m).unwrap();
+        assert!(log.file().set_len(0).is_err());
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub mod log;
 pub mod net;
 pub mod persist;
 #[cfg(test)]
+mod qsd_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;

@@ -26,8 +26,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 
 use super::device::{VhostUserDevice, VhostUserKind};
 use super::log::DirtyLog;
@@ -73,43 +74,81 @@ impl<C: VhostUserKind + Clone> VhostUserDevice<C> {
     }
 }
 
+/// How long a queue's used index must stand still, with buffers still available, for the
+/// back end to count as waiting rather than busy (a receive queue's buffers wait for frames).
+const IDLE: Duration = Duration::from_millis(50);
+
+fn used_index(queue: &Queue, mem: &GuestMemoryMmap) -> Option<u16> {
+    queue.used_idx(mem, Ordering::Acquire).ok().map(|w| w.0)
+}
+
+/// Waits until, on every ready queue, the back end has used everything the driver made
+/// available, or its used index stood still for [`IDLE`] (it waits for something else), or
+/// `deadline` passed. The vCPUs are paused, so the available index does not move.
+fn wait_until_idle(queues: &[Queue], mem: &GuestMemoryMmap, deadline: Instant) {
+    for queue in queues.iter().filter(|q| q.ready()) {
+        let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
+            continue;
+        };
+        let mut last = used_index(queue, mem);
+        let mut since = Instant::now();
+        while last.is_some_and(|u| u != avail.0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            let now = used_index(queue, mem);
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() >= IDLE {
+                break;
+            }
+        }
+    }
+}
+
 impl<C: VhostUserKind> VhostUserDevice<C> {
     /// Stops the running back end's rings for a save and records where each queue stands.
+    ///
+    /// First, while the rings still run, petrel waits for the requests the driver made
+    /// available to come back ([`wait_until_idle`]): libvhost-user back ends close the call
+    /// eventfd at GET_VRING_BASE, and one that completes a request after it fails. Then the
+    /// rings stop, and petrel waits for what the back end took to reach the used ring. A
+    /// used index that moved meanwhile raises the used-buffer interrupt (saved with the
+    /// transport), since the back end's own notification may be lost or not yet relayed.
     pub(super) fn stop_for_save(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.active.as_ref() else {
             return;
         };
         if self.stopped {
             return;
         }
         self.stopped = true;
+        let mem = &active.env.mem;
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let before: Vec<Option<u16>> = active.queues.iter().map(|q| used_index(q, mem)).collect();
+        wait_until_idle(&active.queues, mem, deadline);
         let mut taken = vec![None; active.queues.len()];
         if let Some(conn) = self.conn.as_mut() {
             match conn.stop(&active.queues) {
                 Ok(bases) => taken = bases,
-                Err(e) => {
-                    self.lose(&e);
-                }
+                Err(e) => self.lose(&e),
             }
         }
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let mem = &active.env.mem;
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        for (queue, taken) in active.queues.iter_mut().zip(taken) {
+        let mut moved = false;
+        for ((queue, taken), before) in active.queues.iter_mut().zip(taken).zip(before) {
             if !queue.ready() {
                 continue;
             }
-            let used = || queue.used_idx(mem, Ordering::Acquire).ok().map(|w| w.0);
             // The back end finishes what it took: wait for the used index to catch up.
-            while let (Some(taken), Some(now)) = (taken, used()) {
+            while let (Some(taken), Some(now)) = (taken, used_index(queue, mem)) {
                 if now == taken || Instant::now() >= deadline {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let Some(now) = used() else {
+            let Some(now) = used_index(queue, mem) else {
                 tracing::warn!(id = %self.config.id(), "a ring's used index is outside guest memory");
                 continue;
             };
@@ -117,8 +156,12 @@ impl<C: VhostUserKind> VhostUserDevice<C> {
                 tracing::warn!(id = %self.config.id(), taken = ?taken, used = now,
                     "the vhost-user back end did not finish every request in time; they will be served again");
             }
+            moved |= before != Some(now);
             queue.set_next_avail(now);
             queue.set_next_used(now);
+        }
+        if moved {
+            active.env.interrupt.signal_used_queue();
         }
     }
 
@@ -136,6 +179,8 @@ impl<C: VhostUserKind> VhostUserDevice<C> {
                 for index in 0..active.queues.len() {
                     active.env.kicks.kick(index);
                 }
+                // Completions of the stop whose notification went nowhere (harmless if none).
+                active.env.interrupt.signal_used_queue();
             }
             Err(e) if e.is_connection_lost() => self.lose(&e),
             Err(e) => {
