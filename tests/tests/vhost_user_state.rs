@@ -96,6 +96,16 @@ fn a_vhost_user_disk_goes_on_after_full_and_diff_snapshots_restored_in_new_proce
 
 #[test]
 fn a_guest_with_a_vhost_user_disk_migrates_to_a_destination_with_its_own_daemon() {
+    migrate_with_a_vhost_user_disk(false);
+}
+
+/// On one host the memory itself (the memfd the back ends map) is handed over.
+#[test]
+fn a_guest_with_a_vhost_user_disk_hands_its_memory_over_on_the_same_host() {
+    migrate_with_a_vhost_user_disk(true);
+}
+
+fn migrate_with_a_vhost_user_disk(local: bool) {
     if !available() {
         return;
     }
@@ -118,7 +128,7 @@ fn a_guest_with_a_vhost_user_disk_migrates_to_a_destination_with_its_own_daemon(
     let dst = ApiVm::spawn(&["--memory", MEMORY, "--vhost-user-blk", &dst_device]);
     let url = format!("unix:{}", dir.path().join("m.sock").display());
     dst.migrate_receive(&url);
-    src.migrate_send(json!({ "url": url, "downtime_ms": 100 }));
+    src.migrate_send(json!({ "url": url, "downtime_ms": 100, "local": local }));
     let info = dst.wait_migration(&["completed", "failed"], Duration::from_secs(120));
     assert_eq!(info["state"], "completed", "{info}");
     let out = src.finish(Duration::from_secs(60));

@@ -164,15 +164,35 @@ fn copy_saved_pages(
     // slices are dropped at the end of this function.
     for slice in unsafe { memory::ram_slices_mut(mem) } {
         for chunk in slice.chunks_mut(CHUNK) {
-            let buf = &mut buf[..chunk.len()];
-            file.read_exact_at(buf, at)?;
-            if buf.iter().any(|&b| b != 0) {
-                chunk.copy_from_slice(buf);
+            let len = chunk.len() as u64;
+            if has_data(file, at, len) {
+                let buf = &mut buf[..chunk.len()];
+                file.read_exact_at(buf, at)?;
+                if buf.iter().any(|&b| b != 0) {
+                    chunk.copy_from_slice(buf);
+                }
             }
-            at += chunk.len() as u64;
+            at += len;
         }
     }
     Ok(())
+}
+
+/// Whether `file` may hold data in `at..at + len`: false only where it is a hole (the pages
+/// a snapshot never wrote), which is skipped without reading.
+fn has_data(file: &std::fs::File, at: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(offset) = libc::off_t::try_from(at) else {
+        return true;
+    };
+    // SAFETY: lseek on the file's own descriptor; it moves the file position only, which
+    // nothing here uses (reads give their offset), and touches no memory.
+    let next = unsafe { libc::lseek(file.as_raw_fd(), offset, libc::SEEK_DATA) };
+    if next < 0 {
+        // ENXIO: no data from `at` on. Anything else (no SEEK_DATA here): read to see.
+        return std::io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO);
+    }
+    (next as u64) < at + len
 }
 
 /// Binds restored memory (mapped from a file or handed over, not allocated here) to the
