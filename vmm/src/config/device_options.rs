@@ -415,6 +415,57 @@ mod tests {
     }
 
     #[test]
+    fn gpu_backend_vhost_user_needs_a_socket_shares_memory_and_counts_as_vhost_user() {
+        let g = parse_gpu("backend=vhost-user,socket=/run/gpu.sock,width=64,height=48").unwrap();
+        assert_eq!(g.backend, GpuBackend::VhostUser);
+        assert_eq!(
+            g.socket.as_deref(),
+            Some(std::path::Path::new("/run/gpu.sock"))
+        );
+        assert_eq!(
+            parse_gpu("backend=builtin").unwrap().backend,
+            GpuBackend::Builtin
+        );
+        for (bad, why) in [
+            ("backend=vhost-user", "socket"),
+            ("socket=/s", "socket"),
+            ("backend=virgl,socket=/s", "backend"),
+        ] {
+            let e = parse_gpu(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let mut c = VmConfig {
+            gpu: Some(g),
+            ..VmConfig::default()
+        };
+        validate(&c).unwrap();
+        assert!(c.needs_shared_memory());
+        let kinds: Vec<_> = c
+            .vhost_user_devices()
+            .map(|(k, id, _)| (k, id.clone()))
+            .collect();
+        assert_eq!(kinds, [("vhost-user-gpu", "gpu0".to_string())]);
+        // Its socket and id are shared with the other vhost-user devices.
+        c.vhost_user_blks
+            .push(parse_vhost_user_blk("socket=/run/gpu.sock", 0).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        c.vhost_user_blks[0] = parse_vhost_user_blk("socket=/run/b.sock,id=gpu0", 0).unwrap();
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        // The built-in GPU needs no shared memory.
+        let builtin = VmConfig {
+            gpu: Some(parse_gpu("").unwrap()),
+            ..VmConfig::default()
+        };
+        assert!(!builtin.needs_shared_memory());
+        // In a config file.
+        let json = r#"{"gpu":{"backend":"vhost-user","socket":"/g.sock"}}"#;
+        let c: VmConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(c.gpu.unwrap().backend, GpuBackend::VhostUser);
+        let c: VmConfig = serde_json::from_str(r#"{"gpu":{"backend":"vhost-user"}}"#).unwrap();
+        assert!(validate(&c).is_err());
+    }
+
+    #[test]
     fn vhost_user_blk_flag_fills_the_config_and_makes_memory_shared() {
         let v = parse_vhost_user_blk("socket=/run/vu.sock", 0).unwrap();
         assert_eq!(

@@ -340,3 +340,6 @@ impl VhostUserKind for VhostUserGpuKind {
         self.screen.disable();
     }
 }
+
+#[cfg(test)]
+mod tests;
