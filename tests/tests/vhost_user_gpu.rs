@@ -44,24 +44,46 @@ fn available() -> bool {
 
 /// `vhost-user-gpu` in 2D on a socket in a fresh directory; killed when dropped.
 struct Backend {
-    _process: BackendProcess,
+    process: Option<BackendProcess>,
     socket: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl Backend {
+    fn start(socket: &Path) -> BackendProcess {
+        let mut gpu = Command::new(VHOST_USER_GPU);
+        // No display server needed: the back end sends its picture to petrel.
+        gpu.arg(format!("--socket-path={}", socket.display()))
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY");
+        BackendProcess::start(gpu, socket)
+    }
+
+    /// Kills the back end and starts a new one on the same socket.
+    fn restart(&mut self) {
+        drop(self.process.take());
+        self.process = Some(Backend::start(&self.socket));
+    }
 }
 
 fn backend() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("vugpu.sock");
-    let mut gpu = Command::new(VHOST_USER_GPU);
-    // No display server needed: the back end sends its picture to petrel.
-    gpu.arg(format!("--socket-path={}", socket.display()))
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY");
     Backend {
-        _process: BackendProcess::start(gpu, &socket),
+        process: Some(Backend::start(&socket)),
         socket,
         _dir: dir,
     }
+}
+
+/// The GPU's metric `name` (`GET /metrics`).
+fn metric(vm: &ApiVm, name: &str) -> u64 {
+    let text = vm.request("GET", "/metrics", None).1;
+    let prefix = format!("petrel_virtio_{name}{{device=\"gpu0\",type=\"gpu\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
 }
 
 /// `--gpu` for the back end at `socket`, 64x48.
@@ -193,6 +215,41 @@ fn the_screenshot_shows_what_the_back_end_rendered() {
     assert_eq!(vm.state(), "Running");
     let config = vm.get("/vm/config");
     assert_eq!(config["gpu"]["backend"], "vhost-user", "{config}");
+}
+
+/// A back end that dies is replaced: petrel reconnects, replays the rings and hands the new
+/// one a new display channel (it asks for the protocol features on it at once, and petrel
+/// answers). The picture stays; the new back end has none of the guest's resources.
+#[test]
+fn a_restarted_back_end_gets_a_new_display_channel() {
+    if !available() {
+        return;
+    }
+    let mut backend = backend();
+    let vm = gpu_vm(&backend, "petrel.test=gpu gpu.hold=1");
+    vm.wait_serial(GUEST_TIMEOUT, |l| (l == "GPU hold").then_some(()));
+    let shot = wait_picture(&vm, 3);
+    assert_shows(&shot, frame2(W, H), "frame 2");
+    assert_eq!(metric(&vm, "gpu_display_channels"), 1);
+    let served = metric(&vm, "gpu_display_messages");
+
+    backend.restart();
+    let deadline = Instant::now() + PICTURE_TIMEOUT;
+    // GET_PROTOCOL_FEATURES (answered) and SET_PROTOCOL_FEATURES on the new channel.
+    while metric(&vm, "vhost_user_reconnections") < 1
+        || metric(&vm, "gpu_display_messages") < served + 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            vm.request("GET", "/metrics", None).1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(&vm, "gpu_display_channels"), 2);
+    assert_eq!(metric(&vm, "gpu_display_channel_open"), 1);
+    assert_eq!(metric(&vm, "vhost_user_connected"), 1);
+    assert_eq!(wait_picture(&vm, 3).rgba, shot.rgba);
 }
 
 #[test]

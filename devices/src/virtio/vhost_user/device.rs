@@ -49,6 +49,10 @@ pub trait VhostUserKind: Send + 'static {
     fn channel_ready(&mut self) {}
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// The kind's own counters, added to the device's metrics.
+    fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
 }
 
 /// Event tokens past [`HOST_EVENT_BASE`].
@@ -418,11 +422,14 @@ impl<C: VhostUserKind> VirtioDevice for VhostUserDevice<C> {
     }
 
     fn metrics(&self) -> serde_json::Value {
-        serde_json::json!({
-            "vhost_user_connected": self.conn.is_some(),
-            "vhost_user_disconnections": self.disconnections,
-            "vhost_user_reconnections": self.reconnections,
-        })
+        let mut metrics = self.config.metrics();
+        metrics.insert("vhost_user_connected".into(), self.conn.is_some().into());
+        metrics.insert(
+            "vhost_user_disconnections".into(),
+            self.disconnections.into(),
+        );
+        metrics.insert("vhost_user_reconnections".into(), self.reconnections.into());
+        serde_json::Value::Object(metrics)
     }
 
     fn init_host_events(&mut self, ops: &mut EventOps) {

@@ -52,6 +52,9 @@ pub struct VhostUserGpuKind {
     screen: Screen,
     /// Whether petrel said it cannot show the back end's DMABUF scanouts.
     told_dmabuf: bool,
+    /// Display channels handed to back ends, and messages served on them.
+    channels: u64,
+    messages: u64,
 }
 
 impl From<GpuConfig> for VhostUserGpuKind {
@@ -62,6 +65,8 @@ impl From<GpuConfig> for VhostUserGpuKind {
             retired: Vec::new(),
             screen: Screen::default(),
             told_dmabuf: false,
+            channels: 0,
+            messages: 0,
         }
     }
 }
@@ -114,6 +119,7 @@ impl VhostUserGpuKind {
 
     /// Serves one message; Err when the channel must be dropped.
     fn handle(&mut self, msg: Message) -> Result<(), ChannelError> {
+        self.messages += 1;
         let id = self.config.id.clone();
         if msg.discarded > 0 {
             tracing::warn!(%id, request = msg.request, size = msg.discarded,
@@ -293,6 +299,7 @@ impl VhostUserKind for VhostUserGpuKind {
         drop(theirs);
         self.retire_channel();
         self.channel = Some(Channel::new(ours).map_err(os)?);
+        self.channels += 1;
         Ok((features, config_space(backend_space.as_deref())))
     }
 
@@ -333,6 +340,17 @@ impl VhostUserKind for VhostUserGpuKind {
                 return;
             }
         }
+    }
+
+    fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "gpu_display_channel_open".into(),
+            self.channel.is_some().into(),
+        );
+        m.insert("gpu_display_channels".into(), self.channels.into());
+        m.insert("gpu_display_messages".into(), self.messages.into());
+        m
     }
 
     fn reset(&mut self) {
