@@ -31,8 +31,8 @@ use screen::{Pointer, Screen};
 use super::connection::Connection;
 use super::device::{VhostUserDevice, VhostUserKind};
 use super::VhostUserError;
+use crate::virtio::gpu::protocol::RESP_ERR_INVALID_SCANOUT_ID;
 use crate::virtio::gpu::protocol::{display_info, edid_response, CtrlHdr, Rect};
-use crate::virtio::gpu::protocol::{RESP_ERR_INVALID_SCANOUT_ID, RESP_OK_EDID};
 use crate::virtio::gpu::{edid, Frame, GpuConfig, VIRTIO_GPU_F_EDID};
 use crate::virtio::{features, ids};
 
@@ -55,6 +55,8 @@ pub struct VhostUserGpuKind {
     /// Display channels handed to back ends, and messages served on them.
     channels: u64,
     messages: u64,
+    /// Messages not applied (bad, misplaced, unknown or too large).
+    ignored: u64,
 }
 
 impl From<GpuConfig> for VhostUserGpuKind {
@@ -67,6 +69,7 @@ impl From<GpuConfig> for VhostUserGpuKind {
             told_dmabuf: false,
             channels: 0,
             messages: 0,
+            ignored: 0,
         }
     }
 }
@@ -120,10 +123,11 @@ impl VhostUserGpuKind {
     /// Serves one message; Err when the channel must be dropped.
     fn handle(&mut self, msg: Message) -> Result<(), ChannelError> {
         self.messages += 1;
-        let id = self.config.id.clone();
         if msg.discarded > 0 {
-            tracing::warn!(%id, request = msg.request, size = msg.discarded,
-                "vhost-user-gpu: a message larger than petrel accepts was discarded");
+            self.ignore(
+                msg.request,
+                "a message larger than petrel accepts was discarded",
+            );
             return self.reply_if_waited_for(msg.request);
         }
         let words: Vec<u32> = msg
@@ -132,73 +136,100 @@ impl VhostUserGpuKind {
             .take(5)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let word = |i: usize| words.get(i).copied();
+        let (w, h) = (self.config.width, self.config.height);
         match msg.request {
             channel::GET_PROTOCOL_FEATURES => {
                 self.reply(msg.request, &PROTOCOL_F_EDID.to_le_bytes())?
             }
             channel::SET_PROTOCOL_FEATURES => {
-                tracing::debug!(%id, payload = ?msg.payload, "vhost-user-gpu protocol features set");
+                tracing::debug!(id = %self.config.id, payload = ?msg.payload, "vhost-user-gpu protocol features set");
             }
             channel::GET_DISPLAY_INFO => {
-                let info = display_info(&CtrlHdr::default(), self.config.width, self.config.height);
-                self.reply(msg.request, &info)?;
+                self.reply(msg.request, &display_info(&CtrlHdr::default(), w, h))?
             }
             channel::GET_EDID => {
-                let reply = edid_reply(word(0), self.config.width, self.config.height);
-                self.reply(msg.request, &reply)?;
+                self.reply(msg.request, &edid_reply(words.first().copied(), w, h))?
             }
-            channel::SCANOUT => match (word(0), word(1), word(2)) {
-                (Some(0), Some(w), Some(h)) => {
-                    if let Err(e) = self.screen.set_mode(w, h) {
-                        tracing::warn!(%id, %e, "vhost-user-gpu: scanout ignored");
-                    }
-                }
-                (Some(_), Some(_), Some(_)) => {}
-                _ => short(&id, &msg),
-            },
-            channel::UPDATE => match (word(0), word(1), word(2), word(3), word(4)) {
-                (Some(0), Some(x), Some(y), Some(width), Some(height)) => {
-                    let rect = Rect {
-                        x,
-                        y,
-                        width,
-                        height,
-                    };
-                    let pixels = &msg.payload[channel::UPDATE_HEADER_LEN..];
-                    if let Err(e) = self.screen.update(rect, pixels) {
-                        tracing::warn!(%id, %e, "vhost-user-gpu: update ignored");
-                    }
-                }
-                (Some(_), Some(_), Some(_), Some(_), Some(_)) => {}
-                _ => short(&id, &msg),
-            },
+            channel::SCANOUT => self.scanout(&words),
+            channel::UPDATE => self.update(&words, &msg.payload),
             channel::CURSOR_POS | channel::CURSOR_POS_HIDE | channel::CURSOR_UPDATE => {
-                let visible = msg.request != channel::CURSOR_POS_HIDE;
-                let hot = (msg.request == channel::CURSOR_UPDATE)
-                    .then(|| word(3).zip(word(4)))
-                    .flatten();
-                match (word(0), word(1), word(2)) {
-                    (Some(0), Some(x), Some(y)) => self.screen.move_pointer(x, y, visible, hot),
-                    (Some(_), Some(_), Some(_)) => {}
-                    _ => short(&id, &msg),
-                }
+                self.cursor(msg.request, &words)
             }
-            channel::DMABUF_SCANOUT | channel::DMABUF_SCANOUT2 => {
-                // The descriptor was closed on receipt: petrel cannot read a DMABUF.
-                if word(0) == Some(0) {
-                    self.screen.disable();
-                    if !std::mem::replace(&mut self.told_dmabuf, true) {
-                        tracing::warn!(%id, "vhost-user-gpu: the back end shows its picture as a DMABUF (3D/virgl), which petrel cannot read: the screen stays blank");
-                    }
-                }
-            }
+            channel::DMABUF_SCANOUT | channel::DMABUF_SCANOUT2 => self.dmabuf_scanout(&words),
             channel::DMABUF_UPDATE => self.reply(msg.request, &[])?,
-            other => {
-                tracing::warn!(%id, request = other, "vhost-user-gpu: unknown request ignored")
-            }
+            other => self.ignore(other, "an unknown request was ignored"),
         }
         Ok(())
+    }
+
+    /// SCANOUT: scanout id, width, height.
+    fn scanout(&mut self, words: &[u32]) {
+        match *words {
+            [0, width, height, ..] => {
+                if let Err(e) = self.screen.set_mode(width, height) {
+                    self.ignore(channel::SCANOUT, &e.to_string());
+                }
+            }
+            [_, _, _, ..] => {}
+            _ => self.ignore(channel::SCANOUT, SHORT),
+        }
+    }
+
+    /// UPDATE: scanout id, x, y, width, height, then the pixels.
+    fn update(&mut self, words: &[u32], payload: &[u8]) {
+        match *words {
+            [0, x, y, width, height] => {
+                let rect = Rect {
+                    x,
+                    y,
+                    width,
+                    height,
+                };
+                let pixels = &payload[channel::UPDATE_HEADER_LEN..];
+                if let Err(e) = self.screen.update(rect, pixels) {
+                    self.ignore(channel::UPDATE, &e.to_string());
+                }
+            }
+            [_, _, _, _, _] => {}
+            _ => self.ignore(channel::UPDATE, SHORT),
+        }
+    }
+
+    /// CURSOR_POS, CURSOR_POS_HIDE: scanout id, x, y; CURSOR_UPDATE: then the hot spot and
+    /// the image (not kept).
+    fn cursor(&mut self, request: u32, words: &[u32]) {
+        let visible = request != channel::CURSOR_POS_HIDE;
+        let hot = match (request, words) {
+            (channel::CURSOR_UPDATE, [_, _, _, hot_x, hot_y, ..]) => Some((*hot_x, *hot_y)),
+            _ => None,
+        };
+        match *words {
+            [0, x, y, ..] => self.screen.move_pointer(x, y, visible, hot),
+            [_, _, _, ..] => {}
+            _ => self.ignore(request, SHORT),
+        }
+    }
+
+    /// DMABUF_SCANOUT(2): the descriptor was closed on receipt, petrel cannot read a DMABUF.
+    fn dmabuf_scanout(&mut self, words: &[u32]) {
+        if words.first() != Some(&0) {
+            return;
+        }
+        self.screen.disable();
+        if !std::mem::replace(&mut self.told_dmabuf, true) {
+            tracing::warn!(id = %self.config.id, "vhost-user-gpu: the back end shows its picture as a DMABUF (3D/virgl), which petrel cannot read: the screen stays blank");
+        }
+    }
+
+    /// A message petrel did not apply: counted, and logged (the first few as warnings, so
+    /// a misbehaving back end cannot flood the log).
+    fn ignore(&mut self, request: u32, why: &str) {
+        self.ignored += 1;
+        if self.ignored <= LOUD_IGNORED {
+            tracing::warn!(id = %self.config.id, request, why, "vhost-user-gpu: message not applied");
+        } else {
+            tracing::debug!(id = %self.config.id, request, why, "vhost-user-gpu: message not applied");
+        }
     }
 
     /// A back end waits for the reply to these requests even when petrel discarded them.
@@ -223,11 +254,10 @@ impl VhostUserGpuKind {
     }
 }
 
-/// A request too short for its fields.
-fn short(id: &str, msg: &Message) {
-    tracing::warn!(%id, request = msg.request, len = msg.payload.len(),
-        "vhost-user-gpu: a request too short for its fields was ignored");
-}
+/// Why a request too short for its fields was not applied.
+const SHORT: &str = "the request is too short for its fields";
+/// Ignored messages logged as warnings; later ones are logged at debug level.
+const LOUD_IGNORED: u64 = 16;
 
 /// The reply to GET_EDID for `scanout`: petrel's EDID for scanout 0, an error otherwise (a
 /// back end waits for the reply either way).
@@ -237,7 +267,6 @@ fn edid_reply(scanout: Option<u32>, width: u32, height: u32) -> Vec<u8> {
     } else {
         let mut reply = edid_response(&CtrlHdr::default(), &[]);
         reply[..4].copy_from_slice(&RESP_ERR_INVALID_SCANOUT_ID.to_le_bytes());
-        debug_assert_ne!(RESP_ERR_INVALID_SCANOUT_ID, RESP_OK_EDID);
         reply
     }
 }
@@ -350,6 +379,7 @@ impl VhostUserKind for VhostUserGpuKind {
         );
         m.insert("gpu_display_channels".into(), self.channels.into());
         m.insert("gpu_display_messages".into(), self.messages.into());
+        m.insert("gpu_display_ignored".into(), self.ignored.into());
         m
     }
 

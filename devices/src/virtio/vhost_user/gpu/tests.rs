@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::channel::*;
 use super::*;
+use crate::virtio::gpu::protocol::RESP_OK_EDID;
 use crate::virtio::gpu::GpuBackend;
 
 fn kind(width: u32, height: u32) -> (VhostUserGpuKind, UnixStream) {
@@ -142,6 +143,8 @@ fn bad_messages_are_ignored_or_discarded_and_the_channel_goes_on() {
     let frame = kind.screen.frame().unwrap();
     assert_eq!((frame.width, frame.height, frame.generation), (4, 4, 1));
     assert!(kind.channel.is_some());
+    // All but the other scanout's update count as not applied.
+    assert_eq!(kind.ignored, 8);
     // Still in step: a good update after all that lands.
     send(
         &mut backend,
