@@ -63,3 +63,42 @@ pub fn screenshot(vm: &ApiVm) -> Screenshot {
         generation,
     }
 }
+
+/// The picture the test guest's `gpu` scenario draws (resources/guest/src/scenarios/gpu.rs),
+/// for any GPU that shows it.
+pub mod gpu_pattern {
+    /// What the guest XORs into red and blue inside the sub-rectangle of frame 2.
+    pub const SALT: u8 = 0x5a;
+
+    /// The pattern's RGBA at (x, y) with `salt`.
+    pub fn pattern(x: u32, y: u32, salt: u8) -> [u8; 4] {
+        [
+            (x.wrapping_mul(3) as u8) ^ salt,
+            y.wrapping_mul(5) as u8,
+            (x.wrapping_add(y) as u8) ^ salt,
+            0xff,
+        ]
+    }
+
+    /// Whether (x, y) is in the sub-rectangle frame 2 changes, on a `w` x `h` screen.
+    pub fn in_sub_rectangle(x: u32, y: u32, w: u32, h: u32) -> bool {
+        (w / 4..w / 4 + w / 2).contains(&x) && (h / 4..h / 4 + h / 2).contains(&y)
+    }
+
+    /// Frame 1: the whole pattern.
+    pub fn frame1(x: u32, y: u32) -> [u8; 4] {
+        pattern(x, y, 0)
+    }
+
+    /// Frame 2 on a `w` x `h` screen: the sub-rectangle salted.
+    pub fn frame2(w: u32, h: u32) -> impl Fn(u32, u32) -> [u8; 4] {
+        move |x, y| {
+            let salt = if in_sub_rectangle(x, y, w, h) {
+                SALT
+            } else {
+                0
+            };
+            pattern(x, y, salt)
+        }
+    }
+}

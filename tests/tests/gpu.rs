@@ -6,28 +6,13 @@ use std::time::Duration;
 
 use serde_json::json;
 use tests::api_vm::ApiVm;
+use tests::display::gpu_pattern::{frame1, frame2};
 use tests::display::{self, decode_png as decode};
 use tests::{kvm_available, petrel, test_guest};
 
 const W: u32 = 64;
 const H: u32 = 48;
-/// What the guest XORs into red and blue inside the sub-rectangle of frame 2.
-const SALT: u8 = 0x5a;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The guest's pattern (resources/guest/src/scenarios/gpu.rs).
-fn pattern(x: u32, y: u32, salt: u8) -> [u8; 4] {
-    [
-        (x.wrapping_mul(3) as u8) ^ salt,
-        y.wrapping_mul(5) as u8,
-        (x.wrapping_add(y) as u8) ^ salt,
-        0xff,
-    ]
-}
-
-fn in_sub_rectangle(x: u32, y: u32) -> bool {
-    (W / 4..W / 4 + W / 2).contains(&x) && (H / 4..H / 4 + H / 2).contains(&y)
-}
 
 /// `GET /display/screenshot`: the decoded picture and its generation.
 fn screenshot(vm: &ApiVm) -> (Vec<u8>, u64) {
@@ -81,18 +66,14 @@ fn screenshot_shows_the_guest_pixels_and_only_the_flushed_rectangle_changes() {
         !vm.serial().contains("GPU frame2"),
         "the guest moved on before the host looked; raise gpu.wait_ms"
     );
-    assert_picture(&first, |x, y| pattern(x, y, 0), "frame 1");
+    assert_picture(&first, frame1, "frame 1");
     // SET_SCANOUT and the whole-frame flush each changed the picture.
     assert_eq!(g1, 2);
 
     vm.wait_serial(GUEST_TIMEOUT, |l| (l == "GPU hold").then_some(()));
     let (second, g2) = screenshot(&vm);
     assert_eq!(g2, g1 + 1, "one flush changed the picture");
-    assert_picture(
-        &second,
-        |x, y| pattern(x, y, if in_sub_rectangle(x, y) { SALT } else { 0 }),
-        "frame 2",
-    );
+    assert_picture(&second, frame2(W, H), "frame 2");
 
     // A paused VM's screen can be looked at too; it is the same picture.
     vm.set_state("Paused");

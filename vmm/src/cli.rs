@@ -101,8 +101,10 @@ pub struct RunArgs {
     /// (PUT /input/{id}); repeatable.
     #[arg(long = "input", value_name = "OPTS")]
     pub inputs: Vec<String>,
-    /// A virtio-gpu (2D, one scanout): [width=W,height=H][,max_memory=SIZE][,id=ID]
-    /// (1280x800, 256M); `--gpu` alone for the defaults.
+    /// A virtio-gpu (one scanout): [width=W,height=H][,max_memory=SIZE][,id=ID]
+    /// [,backend=builtin|vhost-user][,socket=PATH] (1280x800, 256M, petrel's own 2D GPU);
+    /// `--gpu` alone for the defaults; backend=vhost-user,socket=PATH for a vhost-user-gpu
+    /// back end (such as QEMU's) on that socket.
     #[arg(long = "gpu", value_name = "OPTS", num_args = 0..=1, default_missing_value = "")]
     pub gpu: Option<String>,
     /// A guest NUMA node: node=N,cpus=LIST,memory=SIZE[,host_node=N][,distance=N:D;N:D...]

@@ -2,11 +2,12 @@
 //! devices: ids are unique, and no two devices share a backend.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 
 use devices::rate_limiter::RateLimitConfig;
 use devices::virtio::block::BlockConfig;
 use devices::virtio::console::{ConsoleConfig, ConsoleOutput};
-use devices::virtio::gpu::{GpuConfig, DEFAULT_SIZE};
+use devices::virtio::gpu::{GpuBackend, GpuConfig, DEFAULT_SIZE};
 use devices::virtio::input::{InputConfig, InputKind};
 use devices::virtio::net::{MacAddr, NetConfig};
 use devices::virtio::vhost_user::{
@@ -135,7 +136,9 @@ pub fn parse_input(text: &str, index: usize) -> Result<InputConfig, ConfigError>
     Ok(InputConfig { id, kind })
 }
 
-/// `--gpu [width=W,height=H][,max_memory=SIZE][,id=ID]` (1280x800 and 256 MiB when left out).
+/// `--gpu [width=W,height=H][,max_memory=SIZE][,id=ID][,backend=builtin|vhost-user][,socket=PATH]`
+/// (1280x800, 256 MiB and the built-in GPU when left out; `socket=` only, and always, with
+/// `backend=vhost-user`).
 pub fn parse_gpu(text: &str) -> Result<GpuConfig, ConfigError> {
     let defaults = GpuConfig::default();
     if text.trim().is_empty() {
@@ -150,6 +153,10 @@ pub fn parse_gpu(text: &str) -> Result<GpuConfig, ConfigError> {
         max_memory: o
             .take_parsed("max_memory", |s| s.parse::<ByteSize>())?
             .map_or(defaults.max_memory, |b| b.0),
+        backend: o
+            .take_parsed("backend", |s| s.parse::<GpuBackend>())?
+            .unwrap_or_default(),
+        socket: o.take("socket").map(PathBuf::from),
     };
     o.finish()?;
     config.validate().map_err(|e| ConfigError::Option {
@@ -260,7 +267,9 @@ pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
                 ),
             });
         }
-        if !seen.insert(gpu.id.as_str()) {
+        // A vhost-user GPU with its socket is among the vhost-user devices above.
+        let counted = gpu.backend == GpuBackend::VhostUser && gpu.socket.is_some();
+        if !counted && !seen.insert(gpu.id.as_str()) {
             return Err(conflict(format!("device id {:?} is used twice", gpu.id)));
         }
         gpu.validate().map_err(|e| ConfigError::Option {
@@ -402,6 +411,57 @@ mod tests {
         assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
         c.gpu.as_mut().unwrap().width = 9000;
         c.disks.clear();
+        assert!(validate(&c).is_err());
+    }
+
+    #[test]
+    fn gpu_backend_vhost_user_needs_a_socket_shares_memory_and_counts_as_vhost_user() {
+        let g = parse_gpu("backend=vhost-user,socket=/run/gpu.sock,width=64,height=48").unwrap();
+        assert_eq!(g.backend, GpuBackend::VhostUser);
+        assert_eq!(
+            g.socket.as_deref(),
+            Some(std::path::Path::new("/run/gpu.sock"))
+        );
+        assert_eq!(
+            parse_gpu("backend=builtin").unwrap().backend,
+            GpuBackend::Builtin
+        );
+        for (bad, why) in [
+            ("backend=vhost-user", "socket"),
+            ("socket=/s", "socket"),
+            ("backend=virgl,socket=/s", "backend"),
+        ] {
+            let e = parse_gpu(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let mut c = VmConfig {
+            gpu: Some(g),
+            ..VmConfig::default()
+        };
+        validate(&c).unwrap();
+        assert!(c.needs_shared_memory());
+        let kinds: Vec<_> = c
+            .vhost_user_devices()
+            .map(|(k, id, _)| (k, id.clone()))
+            .collect();
+        assert_eq!(kinds, [("vhost-user-gpu", "gpu0".to_string())]);
+        // Its socket and id are shared with the other vhost-user devices.
+        c.vhost_user_blks
+            .push(parse_vhost_user_blk("socket=/run/gpu.sock", 0).unwrap());
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        c.vhost_user_blks[0] = parse_vhost_user_blk("socket=/run/b.sock,id=gpu0", 0).unwrap();
+        assert!(matches!(validate(&c), Err(ConfigError::Conflict(_))));
+        // The built-in GPU needs no shared memory.
+        let builtin = VmConfig {
+            gpu: Some(parse_gpu("").unwrap()),
+            ..VmConfig::default()
+        };
+        assert!(!builtin.needs_shared_memory());
+        // In a config file.
+        let json = r#"{"gpu":{"backend":"vhost-user","socket":"/g.sock"}}"#;
+        let c: VmConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(c.gpu.unwrap().backend, GpuBackend::VhostUser);
+        let c: VmConfig = serde_json::from_str(r#"{"gpu":{"backend":"vhost-user"}}"#).unwrap();
         assert!(validate(&c).is_err());
     }
 

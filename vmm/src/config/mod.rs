@@ -295,16 +295,24 @@ impl VmConfig {
         self.machine.shared_memory || self.vhost_user_devices().next().is_some()
     }
 
-    /// Every vhost-user device as (kind, id, socket): blk, then net, then fs.
+    /// Every vhost-user device as (kind, id, socket): blk, then net, then fs, then a GPU
+    /// with `backend=vhost-user`.
     pub fn vhost_user_devices(
         &self,
     ) -> impl Iterator<Item = (&'static str, &String, &std::path::PathBuf)> {
         let blks = self.vhost_user_blks.iter();
         let nets = self.vhost_user_nets.iter();
         let fs = self.vhost_user_fs.iter();
+        let gpu = self.gpu.iter().filter_map(|g| match g.backend {
+            ::devices::virtio::gpu::GpuBackend::VhostUser => {
+                g.socket.as_ref().map(|s| ("vhost-user-gpu", &g.id, s))
+            }
+            ::devices::virtio::gpu::GpuBackend::Builtin => None,
+        });
         blks.map(|v| ("vhost-user-blk", &v.id, &v.socket))
             .chain(nets.map(|v| ("vhost-user-net", &v.id, &v.socket)))
             .chain(fs.map(|v| ("vhost-user-fs", &v.id, &v.socket)))
+            .chain(gpu)
     }
 
     /// Checks every field that can be checked without touching the host.

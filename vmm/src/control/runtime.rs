@@ -9,8 +9,9 @@ use api::types::{DrivePatch, NetworkInterfacePatch, SerialLog};
 use api::ApiResponse;
 use devices::legacy::{Rtc, Serial, SharedSerialLog, I8042};
 use devices::virtio::block::{Block, BlockError};
-use devices::virtio::gpu::Gpu;
+use devices::virtio::gpu::{Frame, Gpu};
 use devices::virtio::net::Net;
+use devices::virtio::vhost_user::VhostUserGpu;
 use devices::ExitSignal;
 use kvm_ioctls::VmFd;
 use memory::{GuestMemoryMmap, MemoryLayout};
@@ -235,27 +236,19 @@ impl Runtime {
             })
     }
 
-    /// `GET /display/screenshot`: a copy of the GPU's front buffer, for the API thread to
-    /// encode. A 400 when the VM has no GPU or the guest has set no scanout yet.
+    /// `GET /display/screenshot`: a copy of the GPU's front buffer (built in, or what its
+    /// vhost-user back end sent), for the API thread to encode. A 400 when the VM has no GPU
+    /// or the guest has set no scanout yet.
     pub fn screenshot(&self) -> ApiResponse {
-        let gpu = self.virtio.iter().find(|h| {
-            lock(&h.transport)
-                .device()
-                .as_any()
-                .downcast_ref::<Gpu>()
-                .is_some()
-        });
-        let Some(VirtioHandle { transport, .. }) = gpu else {
+        let frame = self
+            .virtio
+            .iter()
+            .find_map(|h| gpu_frame(lock(&h.transport).device().as_any()));
+        let Some(frame) = frame else {
             return ApiResponse::bad_request(
                 "GET /display/screenshot: the VM has no GPU (start petrel with --gpu)",
             );
         };
-        let transport = lock(transport);
-        let frame = transport
-            .device()
-            .as_any()
-            .downcast_ref::<Gpu>()
-            .and_then(Gpu::frame);
         match frame {
             Some(f) => ApiResponse::Image(RawImage {
                 width: f.width,
@@ -339,4 +332,14 @@ impl Runtime {
             )),
         }
     }
+}
+
+/// The picture of `device` if it is a GPU (None inside: no scanout yet); None if it is not.
+fn gpu_frame(device: &dyn std::any::Any) -> Option<Option<Frame>> {
+    if let Some(gpu) = device.downcast_ref::<Gpu>() {
+        return Some(gpu.frame());
+    }
+    device
+        .downcast_ref::<VhostUserGpu>()
+        .map(VhostUserGpu::frame)
 }

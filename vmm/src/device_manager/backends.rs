@@ -4,10 +4,10 @@
 
 use devices::virtio::block::{Block, BlockError};
 use devices::virtio::console::{Console, ConsoleError};
-use devices::virtio::gpu::Gpu;
+use devices::virtio::gpu::{Gpu, GpuBackend};
 use devices::virtio::input::Input;
 use devices::virtio::net::Net;
-use devices::virtio::vhost_user::{VhostUserBlk, VhostUserFs, VhostUserNet};
+use devices::virtio::vhost_user::{VhostUserBlk, VhostUserFs, VhostUserGpu, VhostUserNet};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 
@@ -29,7 +29,7 @@ pub type Opened = (String, Box<dyn VirtioDevice>);
 /// Every virtio device of `config` with its id: disks, then vhost-user-blk disks, then
 /// network interfaces, then vhost-user-net interfaces, then vhost-user-fs devices, then
 /// consoles, each in the order given, then the vsock device, then input devices in the
-/// order given, then the GPU.
+/// order given, then the GPU (built in or served by a vhost-user back end).
 pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
     let mut opened: Vec<Opened> = Vec::new();
     for disk in &config.disks {
@@ -77,7 +77,14 @@ pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
         opened.push((input.id.clone(), Box::new(Input::new(input))));
     }
     if let Some(gpu) = &config.gpu {
-        opened.push((gpu.id.clone(), Box::new(Gpu::new(gpu.clone()))));
+        let device: Box<dyn VirtioDevice> = match gpu.backend {
+            GpuBackend::Builtin => Box::new(Gpu::new(gpu.clone())),
+            GpuBackend::VhostUser => Box::new(
+                VhostUserGpu::new(gpu.clone())
+                    .map_err(|e| open_error("vhost-user-gpu", &gpu.id, &e, e.is_user_error()))?,
+            ),
+        };
+        opened.push((gpu.id.clone(), device));
     }
     Ok(opened)
 }

@@ -29,6 +29,8 @@ pub mod protocol;
 mod resources;
 mod scanout;
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 pub use device::Gpu;
@@ -66,9 +68,43 @@ pub struct GpuConfig {
     /// The display's height in pixels.
     #[serde(default = "default_height")]
     pub height: u32,
-    /// The most host memory, in bytes, all resources' pixels may take.
+    /// The most host memory, in bytes, all resources' pixels may take (built-in GPU only).
     #[serde(default = "default_max_memory")]
     pub max_memory: u64,
+    /// Who serves the device's queues: petrel itself, or a vhost-user back end.
+    #[serde(default, skip_serializing_if = "GpuBackend::is_builtin")]
+    pub backend: GpuBackend,
+    /// The vhost-user back end's Unix socket (with `backend` `vhost-user` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+/// Who serves a GPU's queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuBackend {
+    /// petrel's own 2D GPU.
+    #[default]
+    Builtin,
+    /// A vhost-user-gpu back end (such as QEMU's `vhost-user-gpu`) at `socket`.
+    VhostUser,
+}
+
+impl GpuBackend {
+    fn is_builtin(&self) -> bool {
+        *self == GpuBackend::Builtin
+    }
+}
+
+impl std::str::FromStr for GpuBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "builtin" => Ok(GpuBackend::Builtin),
+            "vhost-user" => Ok(GpuBackend::VhostUser),
+            _ => Err("expected builtin or vhost-user".into()),
+        }
+    }
 }
 
 fn default_id() -> String {
@@ -91,6 +127,8 @@ impl Default for GpuConfig {
             width: default_width(),
             height: default_height(),
             max_memory: default_max_memory(),
+            backend: GpuBackend::Builtin,
+            socket: None,
         }
     }
 }
@@ -104,6 +142,9 @@ pub enum GpuError {
     /// The memory cap is too small.
     #[error("gpu {id}: max_memory {max} is below the minimum of {MIN_MAX_MEMORY} bytes")]
     MaxMemory { id: String, max: u64 },
+    /// `backend` `vhost-user` without a socket, or a socket for the built-in GPU.
+    #[error("gpu {id}: {reason}")]
+    Backend { id: String, reason: &'static str },
     /// A saved state does not hold together.
     #[error("gpu {id}: saved state: {reason}")]
     State { id: String, reason: String },
@@ -119,6 +160,21 @@ impl GpuConfig {
                 width: self.width,
                 height: self.height,
             });
+        }
+        match (self.backend, &self.socket) {
+            (GpuBackend::VhostUser, None) => {
+                return Err(GpuError::Backend {
+                    id: self.id.clone(),
+                    reason: "backend vhost-user needs socket=PATH (the back end's Unix socket)",
+                })
+            }
+            (GpuBackend::Builtin, Some(_)) => {
+                return Err(GpuError::Backend {
+                    id: self.id.clone(),
+                    reason: "socket= is for backend=vhost-user only",
+                })
+            }
+            _ => {}
         }
         if self.max_memory < MIN_MAX_MEMORY {
             return Err(GpuError::MaxMemory {

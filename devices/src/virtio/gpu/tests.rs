@@ -41,6 +41,7 @@ fn config(width: u32, height: u32) -> GpuConfig {
         width,
         height,
         max_memory: DEFAULT_MAX_MEMORY,
+        ..GpuConfig::default()
     }
 }
 

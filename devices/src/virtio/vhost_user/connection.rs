@@ -31,8 +31,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// start disabled until `SET_VRING_ENABLE`.
 pub const PROTOCOL_FEATURES_BIT: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
-/// The SET_LOG_BASE request, the header's version 1 and its reply bit.
+/// The SET_LOG_BASE and GPU_SET_SOCKET requests, the header's version 1 and its reply bit.
 const SET_LOG_BASE: u32 = 6;
+const GPU_SET_SOCKET: u32 = 33;
 const HEADER_VERSION: u32 = 0x1;
 const REPLY_FLAG: u32 = 0x4;
 /// The largest SET_LOG_BASE reply petrel reads (and drops): libvhost-user sends a u64, the
@@ -284,6 +285,28 @@ impl Connection {
             self.shut_down();
         }
         reply.map_err(io)?;
+        Ok(())
+    }
+
+    /// `VHOST_USER_GPU_SET_SOCKET`: hands a vhost-user-gpu back end its end of the display
+    /// channel (no reply: libvhost-user sends none unless asked).
+    pub fn set_gpu_socket(&mut self, channel: &UnixStream) -> Result<(), VhostUserError> {
+        let mut msg = Vec::with_capacity(12);
+        for word in [GPU_SET_SOCKET, HEADER_VERSION, 0] {
+            msg.extend_from_slice(&word.to_le_bytes());
+        }
+        // SAFETY: the connection's socket, borrowed as a `UnixStream` that is never dropped
+        // (`ManuallyDrop`), so the descriptor stays the front end's.
+        let socket =
+            ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(self.frontend.as_raw_fd()) });
+        socket
+            .send_with_fd(&msg[..], channel.as_raw_fd())
+            .map_err(|e| VhostUserError::Protocol {
+                what: "GPU_SET_SOCKET",
+                source: vhost::Error::VhostUserProtocol(vhost::vhost_user::Error::SocketError(
+                    std::io::Error::from_raw_os_error(e.errno()),
+                )),
+            })?;
         Ok(())
     }
 

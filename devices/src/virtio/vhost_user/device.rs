@@ -2,7 +2,7 @@
 //! the connection, the ring hand-over, the call relay and reconnection. A [`VhostUserKind`]
 //! (the device's configuration) says which device it is and what to ask the back end.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use event_manager::{EventOps, Events};
@@ -36,12 +36,30 @@ pub trait VhostUserKind: Send + 'static {
     /// The features to offer the driver and the config space to present, from a fresh
     /// connection (which has done the handshake).
     fn probe(&mut self, conn: &mut Connection) -> Result<(u64, Vec<u8>), VhostUserError>;
+    /// A descriptor of the kind's own that the event loop watches besides the connection
+    /// (vhost-user-gpu's display channel), while the kind has one.
+    fn channel(&self) -> Option<RawFd> {
+        None
+    }
+    /// Channels the kind stopped using: the device unwatches each, then drops it.
+    fn retired_channels(&mut self) -> Vec<OwnedFd> {
+        Vec::new()
+    }
+    /// The channel is readable or hung up (on the VMM thread).
+    fn channel_ready(&mut self) {}
+    /// The driver reset the device.
+    fn reset(&mut self) {}
+    /// The kind's own counters, added to the device's metrics.
+    fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
 }
 
 /// Event tokens past [`HOST_EVENT_BASE`].
 const TOKEN_SOCKET: u32 = HOST_EVENT_BASE;
 const TOKEN_TIMER: u32 = HOST_EVENT_BASE + 1;
 const TOKEN_CALL: u32 = HOST_EVENT_BASE + 2;
+const TOKEN_CHANNEL: u32 = HOST_EVENT_BASE + 3;
 
 /// A running device: what the back end needs again after a reconnection.
 pub(super) struct Active {
@@ -58,6 +76,8 @@ pub struct VhostUserDevice<C> {
     stale: Option<Connection>,
     /// Whether the connection is registered with the event loop.
     watched: bool,
+    /// The kind's channel registered with the event loop.
+    channel_watched: Option<RawFd>,
     pub(super) avail_features: u64,
     pub(super) config_space: Vec<u8>,
     /// The back end's used-buffer notifications, relayed to the interrupt.
@@ -111,6 +131,7 @@ impl<C: VhostUserKind> VhostUserDevice<C> {
             conn: Some(conn),
             stale: None,
             watched: false,
+            channel_watched: None,
             avail_features,
             config_space,
             call,
@@ -217,6 +238,25 @@ impl<C: VhostUserKind> VhostUserDevice<C> {
                 Err(e) => tracing::error!(id = %self.config.id(), ?e, "cannot watch the socket"),
             }
         }
+        self.sync_channel_watch(ops);
+    }
+
+    /// Unwatches (then drops) the kind's retired channels and watches its current one.
+    fn sync_channel_watch(&mut self, ops: &mut EventOps) {
+        let events =
+            |fd| Events::with_data_raw(fd, TOKEN_CHANNEL, EventSet::IN | EventSet::HANG_UP);
+        for old in self.config.retired_channels() {
+            if self.channel_watched == Some(old.as_raw_fd()) {
+                let _ = ops.remove(events(old.as_raw_fd()));
+                self.channel_watched = None;
+            }
+        }
+        if let (Some(fd), None) = (self.config.channel(), self.channel_watched) {
+            match ops.add(events(fd)) {
+                Ok(()) => self.channel_watched = Some(fd),
+                Err(e) => tracing::error!(id = %self.config.id(), ?e, "cannot watch the channel"),
+            }
+        }
     }
 
     /// One reconnection attempt.
@@ -318,6 +358,7 @@ impl<C: VhostUserKind> VirtioDevice for VhostUserDevice<C> {
     }
 
     fn reset(&mut self) {
+        self.config.reset();
         self.stopped = false;
         let Some(active) = self.active.take() else {
             return;
@@ -390,11 +431,14 @@ impl<C: VhostUserKind> VirtioDevice for VhostUserDevice<C> {
     }
 
     fn metrics(&self) -> serde_json::Value {
-        serde_json::json!({
-            "vhost_user_connected": self.conn.is_some(),
-            "vhost_user_disconnections": self.disconnections,
-            "vhost_user_reconnections": self.reconnections,
-        })
+        let mut metrics = self.config.metrics();
+        metrics.insert("vhost_user_connected".into(), self.conn.is_some().into());
+        metrics.insert(
+            "vhost_user_disconnections".into(),
+            self.disconnections.into(),
+        );
+        metrics.insert("vhost_user_reconnections".into(), self.reconnections.into());
+        serde_json::Value::Object(metrics)
     }
 
     fn init_host_events(&mut self, ops: &mut EventOps) {
@@ -422,6 +466,7 @@ impl<C: VhostUserKind> VirtioDevice for VhostUserDevice<C> {
             TOKEN_SOCKET if peer_closed(self.conn.as_ref()) => {
                 self.lose(&VhostUserError::Disconnected);
             }
+            TOKEN_CHANNEL => self.config.channel_ready(),
             TOKEN_TIMER => {
                 let _ = self.reconnect.wait();
                 if self.conn.is_none() {

@@ -11,6 +11,8 @@
 //! - [`net`]: [`VhostUserNet`], a virtio-net device whose queues a back end serves.
 //! - [`fs`]: [`VhostUserFs`], a virtio-fs device whose FUSE requests a back end such as
 //!   `virtiofsd` serves.
+//! - [`gpu`]: [`VhostUserGpu`], a virtio-gpu device whose queues a back end such as QEMU's
+//!   `vhost-user-gpu` serves, and whose picture petrel shows (screenshot, web console).
 //! - [`persist`]: saving and restoring, stopping the back end for a save, and the back
 //!   end's dirty log ([`log`]) for Diff snapshots and live migration.
 //!
@@ -37,6 +39,7 @@ pub mod blk;
 pub mod connection;
 pub mod device;
 pub mod fs;
+pub mod gpu;
 pub mod log;
 pub mod net;
 pub mod persist;
@@ -51,6 +54,7 @@ use std::time::Duration;
 pub use blk::{VhostUserBlk, VhostUserBlkConfig};
 pub use device::{VhostUserDevice, VhostUserKind};
 pub use fs::{FsTag, TagError, VhostUserFs, VhostUserFsConfig};
+pub use gpu::{VhostUserGpu, VhostUserGpuKind};
 pub use net::{VhostUserNet, VhostUserNetConfig, VhostUserNetKind};
 pub use persist::VhostUserState;
 

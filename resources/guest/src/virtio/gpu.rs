@@ -137,12 +137,14 @@ impl Gpu {
 
     /// Sends `req` on the control queue and waits for the response.
     pub fn command(&mut self, req: Request) -> Result<Response, String> {
-        Self::send(&mut self.transport, &mut self.control, CONTROL, &req.0)
+        Self::send(&mut self.transport, &mut self.control, CONTROL, &req.0, HDR_SIZE)
     }
 
-    /// Sends `req` on the cursor queue and waits for the response.
-    pub fn cursor_command(&mut self, req: Request) -> Result<Response, String> {
-        Self::send(&mut self.transport, &mut self.cursor, CURSOR, &req.0)
+    /// Sends `req` on the cursor queue and waits for the device to use it. A device may
+    /// leave the response unwritten there (QEMU's devices and `vhost-user-gpu` use cursor
+    /// buffers with length 0), so none is required.
+    pub fn cursor_command(&mut self, req: Request) -> Result<(), String> {
+        Self::send(&mut self.transport, &mut self.cursor, CURSOR, &req.0, 0).map(|_| ())
     }
 
     /// A command that must answer OK_NODATA.
@@ -159,6 +161,7 @@ impl Gpu {
         queue: &mut VirtQueue<PetrelHal, QUEUE_SIZE>,
         index: u16,
         request: &[u8],
+        min_len: usize,
     ) -> Result<Response, String> {
         let mut resp = vec![0u8; RESP_SIZE];
         let inputs = [request];
@@ -176,7 +179,7 @@ impl Gpu {
         // SAFETY: the same buffers `add` was given for `token`.
         let len = unsafe { queue.pop_used(token, &inputs, &mut outputs) }
             .map_err(|e| format!("pop: {e}"))? as usize;
-        if len < HDR_SIZE {
+        if len < min_len {
             return Err(format!("a {len}-byte response"));
         }
         let mut fence = [0u8; 8];
@@ -185,7 +188,7 @@ impl Gpu {
             kind: le32(&resp, 0),
             flags: le32(&resp, 4),
             fence_id: u64::from_le_bytes(fence),
-            body: resp[HDR_SIZE..len].to_vec(),
+            body: resp[HDR_SIZE..len.max(HDR_SIZE)].to_vec(),
         })
     }
 

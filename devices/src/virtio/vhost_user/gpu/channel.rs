@@ -1,0 +1,239 @@
+//! The display channel of a vhost-user-gpu back end (`VHOST_USER_GPU_SET_SOCKET`): petrel's
+//! end of a socketpair on which the back end sends requests (a 12-byte header — request,
+//! flags, payload size, all u32 — then the payload) and petrel sends the replies some need.
+//!
+//! The socket is non-blocking: each readiness reads what is there, at most
+//! [`MESSAGES_PER_PASS`] messages, and keeps a message that is only partly in. A payload
+//! petrel will not hold (larger than the screen allows) is read and discarded. Replies are
+//! written with a [`REPLY_TIMEOUT`], so a back end that stops reading cannot hold the VMM.
+
+use std::io::{ErrorKind, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+/// The requests (`VhostUserGpuRequest`).
+pub const GET_PROTOCOL_FEATURES: u32 = 1;
+pub const SET_PROTOCOL_FEATURES: u32 = 2;
+pub const GET_DISPLAY_INFO: u32 = 3;
+pub const CURSOR_POS: u32 = 4;
+pub const CURSOR_POS_HIDE: u32 = 5;
+pub const CURSOR_UPDATE: u32 = 6;
+pub const SCANOUT: u32 = 7;
+pub const UPDATE: u32 = 8;
+pub const DMABUF_SCANOUT: u32 = 9;
+pub const DMABUF_UPDATE: u32 = 10;
+pub const GET_EDID: u32 = 11;
+pub const DMABUF_SCANOUT2: u32 = 12;
+
+/// The header's reply flag.
+pub const REPLY_FLAG: u32 = 0x4;
+const HEADER_LEN: usize = 12;
+/// The largest payload of a request other than UPDATE: CURSOR_UPDATE (position, hot spot
+/// and a 64x64 image).
+pub const MAX_SMALL_PAYLOAD: usize = 12 + 8 + 64 * 64 * 4;
+/// UPDATE's fixed part: scanout id, x, y, width, height.
+pub const UPDATE_HEADER_LEN: usize = 20;
+/// Messages handled per readiness before the event loop serves others.
+pub const MESSAGES_PER_PASS: usize = 64;
+/// How long a reply may take to go out.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes read (or discarded) at a time.
+const CHUNK: usize = 64 << 10;
+
+/// One request from the back end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub request: u32,
+    pub flags: u32,
+    /// The payload; empty when it was discarded (`discarded` bytes).
+    pub payload: Vec<u8>,
+    pub discarded: usize,
+}
+
+/// Why the channel is no longer usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("the back end closed the display channel")]
+    Closed,
+    #[error("display channel: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("display channel: the reply did not go out within {REPLY_TIMEOUT:?}")]
+    ReplyTimeout,
+}
+
+/// What has come in of the message being read.
+enum Partial {
+    Header {
+        buf: [u8; HEADER_LEN],
+        filled: usize,
+    },
+    Payload {
+        request: u32,
+        flags: u32,
+        buf: Vec<u8>,
+        filled: usize,
+    },
+    Discard {
+        request: u32,
+        flags: u32,
+        total: usize,
+        left: usize,
+    },
+}
+
+/// petrel's end of the display channel.
+pub struct Channel {
+    socket: UnixStream,
+    partial: Partial,
+}
+
+fn header() -> Partial {
+    Partial::Header {
+        buf: [0; HEADER_LEN],
+        filled: 0,
+    }
+}
+
+impl Channel {
+    /// A channel on `socket` (made non-blocking).
+    pub fn new(socket: UnixStream) -> std::io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(Channel {
+            socket,
+            partial: header(),
+        })
+    }
+
+    /// The socket, for the event loop.
+    pub fn socket(&self) -> &UnixStream {
+        &self.socket
+    }
+
+    /// Gives the socket back (to be unwatched, then dropped).
+    pub fn into_socket(self) -> UnixStream {
+        self.socket
+    }
+
+    /// The next whole message, or None until more comes in. `max_payload(request)` is the
+    /// largest payload petrel keeps for a request; a larger one is discarded.
+    pub fn next_message(
+        &mut self,
+        max_payload: impl Fn(u32) -> usize,
+    ) -> Result<Option<Message>, ChannelError> {
+        let Channel { socket, partial } = self;
+        loop {
+            match partial {
+                Partial::Header { buf, filled } => {
+                    let Some(n) = read_some(socket, &mut buf[*filled..])? else {
+                        return Ok(None);
+                    };
+                    *filled += n;
+                    if *filled < HEADER_LEN {
+                        continue;
+                    }
+                    let word =
+                        |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+                    let (request, flags, size) = (word(0), word(4), word(8) as usize);
+                    *partial = if size > max_payload(request) {
+                        Partial::Discard {
+                            request,
+                            flags,
+                            total: size,
+                            left: size,
+                        }
+                    } else {
+                        let mut buf = Vec::new();
+                        buf.try_reserve_exact(size)
+                            .map_err(|_| std::io::Error::from(ErrorKind::OutOfMemory))?;
+                        buf.resize(size, 0);
+                        Partial::Payload {
+                            request,
+                            flags,
+                            buf,
+                            filled: 0,
+                        }
+                    };
+                }
+                Partial::Payload {
+                    request,
+                    flags,
+                    buf,
+                    filled,
+                } => {
+                    if *filled < buf.len() {
+                        let end = buf.len().min(*filled + CHUNK);
+                        let Some(n) = read_some(socket, &mut buf[*filled..end])? else {
+                            return Ok(None);
+                        };
+                        *filled += n;
+                        continue;
+                    }
+                    let message = Message {
+                        request: *request,
+                        flags: *flags,
+                        payload: std::mem::take(buf),
+                        discarded: 0,
+                    };
+                    *partial = header();
+                    return Ok(Some(message));
+                }
+                Partial::Discard {
+                    request,
+                    flags,
+                    total,
+                    left,
+                } => {
+                    if *left == 0 {
+                        let message = Message {
+                            request: *request,
+                            flags: *flags,
+                            payload: Vec::new(),
+                            discarded: *total,
+                        };
+                        *partial = header();
+                        return Ok(Some(message));
+                    }
+                    let mut sink = vec![0u8; (*left).min(CHUNK)];
+                    let Some(n) = read_some(socket, &mut sink)? else {
+                        return Ok(None);
+                    };
+                    *left -= n;
+                }
+            }
+        }
+    }
+
+    /// Sends the reply to `request` carrying `payload`, within [`REPLY_TIMEOUT`].
+    pub fn reply(&mut self, request: u32, payload: &[u8]) -> Result<(), ChannelError> {
+        let mut msg = Vec::with_capacity(HEADER_LEN + payload.len());
+        for word in [request, REPLY_FLAG, payload.len() as u32] {
+            msg.extend_from_slice(&word.to_le_bytes());
+        }
+        msg.extend_from_slice(payload);
+        // Blocking with a timeout for the reply: small, and the back end waits for it.
+        self.socket.set_nonblocking(false)?;
+        self.socket.set_write_timeout(Some(REPLY_TIMEOUT))?;
+        let sent = (&self.socket).write_all(&msg);
+        self.socket.set_nonblocking(true)?;
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(ChannelError::ReplyTimeout)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Reads into `buf` (not empty); Ok(None) when nothing is there now. Descriptors the back
+/// end passes (a DMABUF_SCANOUT's) are closed at once: petrel cannot show them.
+fn read_some(socket: &UnixStream, buf: &mut [u8]) -> Result<Option<usize>, ChannelError> {
+    match socket.recv_with_fd(buf) {
+        Ok((0, _)) => Err(ChannelError::Closed),
+        Ok((n, _fd)) => Ok(Some(n)),
+        Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => Ok(None),
+        Err(e) => Err(std::io::Error::from_raw_os_error(e.errno()).into()),
+    }
+}
