@@ -34,31 +34,7 @@ impl MemoryLayout {
     /// once it has the guest's size: no process holding it can truncate it under a mapping,
     /// which would make the next access to a page past the new end raise SIGBUS.
     pub fn allocate_shared(&self) -> Result<GuestMemoryMmap, MemoryError> {
-        // SAFETY: the name is a NUL-terminated string; memfd_create only reads it.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"petrel-guest-ram".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if fd < 0 {
-            return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just created and is owned by nothing else.
-        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        file.set_len(self.size()).map_err(MemoryError::Memfd)?;
-        // SAFETY: `file` owns the memfd for this call; F_ADD_SEALS takes an int of seal bits
-        // and only changes which operations the file allows from now on.
-        let sealed = unsafe {
-            libc::fcntl(
-                file.as_raw_fd(),
-                libc::F_ADD_SEALS,
-                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
-            )
-        };
-        if sealed < 0 {
-            return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
-        }
+        let file = sealed_memfd(c"petrel-guest-ram", self.size()).map_err(MemoryError::Memfd)?;
         self.map_shared(&file)
     }
 
@@ -138,6 +114,34 @@ fn seals_of(file: &File) -> Result<i32, MemoryError> {
     } else {
         Err(MemoryError::FileMetadata(err))
     }
+}
+
+/// A new memfd named `name` of `size` bytes, sealed against shrinking and growing
+/// (`F_SEAL_SHRINK | F_SEAL_GROW`): a process it is shared with cannot truncate it under a
+/// mapping, which would make the next access past the new end raise SIGBUS.
+pub fn sealed_memfd(name: &std::ffi::CStr, size: u64) -> std::io::Result<File> {
+    // SAFETY: the name is a NUL-terminated string; memfd_create only reads it.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.set_len(size)?;
+    // SAFETY: `file` owns the memfd for this call; F_ADD_SEALS takes an int of seal bits
+    // and only changes which operations the file allows from now on.
+    let sealed = unsafe {
+        libc::fcntl(
+            file.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    };
+    if sealed < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// The file every region of `mem` is mapped `MAP_SHARED` from (memory from

@@ -25,7 +25,7 @@ pub use dirty::{
     count_pages, empty_page_set, or_page_set_at, pages_in, ram_pages, region_pages_in_ram,
     take_vmm_dirty, union_into,
 };
-pub use file::shared_file;
+pub use file::{sealed_memfd, shared_file};
 pub use layout::{MemoryLayout, RamRange};
 pub use numa::{NodePlacement, Placement};
 pub use resident::resident_pages;

@@ -287,6 +287,22 @@ impl Browser {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    /// Waits until the web console's canvas (`#screen`, shown) holds exactly `rgba` (RGBA8
+    /// values, row by row), naming `what` on timeout; returns the canvas's (width, height).
+    pub fn wait_for_canvas(&self, timeout: Duration, what: &str, rgba: &Value) -> (Value, Value) {
+        let shown = self.wait_for(timeout, what, |b| {
+            let pixels = b.execute(
+                "const c = document.getElementById('screen');
+                 if (c.classList.contains('hidden')) return null;
+                 const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
+                 return [c.width, c.height, Array.from(d.data)];",
+                json!([]),
+            );
+            (&pixels[2] == rgba).then_some(pixels)
+        });
+        (shown[0].clone(), shown[1].clone())
+    }
 }
 
 impl Drop for Browser {

@@ -44,6 +44,24 @@ pub fn decode_png(png_bytes: &[u8]) -> (u32, u32, Vec<u8>) {
     (info.width, info.height, buf)
 }
 
+/// `petrel ctl screenshot FILE` on `vm`, asserting it succeeds: the PNG it wrote, decoded.
+pub fn ctl_screenshot(vm: &ApiVm) -> (u32, u32, Vec<u8>) {
+    let file = vm.path("screen.png");
+    let out = std::process::Command::new(crate::petrel())
+        .args(["ctl", "--api-sock"])
+        .arg(vm.socket())
+        .arg("screenshot")
+        .arg(&file)
+        .output()
+        .expect("petrel ctl screenshot");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    decode_png(&std::fs::read(&file).expect("the screenshot file"))
+}
+
 /// `GET /display/screenshot`, asserting a 200 with a PNG and a generation header.
 pub fn screenshot(vm: &ApiVm) -> Screenshot {
     let r = api::Client::new(vm.socket())

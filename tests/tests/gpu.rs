@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use tests::api_vm::ApiVm;
+use tests::display;
 use tests::display::gpu_pattern::{frame1, frame2};
-use tests::display::{self, decode_png as decode};
 use tests::{kvm_available, petrel, test_guest};
 
 const W: u32 = 64;
@@ -81,20 +81,7 @@ fn screenshot_shows_the_guest_pixels_and_only_the_flushed_rectangle_changes() {
     vm.set_state("Resumed");
 
     // `petrel ctl screenshot FILE` writes the same picture.
-    let file = vm.path("screen.png");
-    let out = std::process::Command::new(petrel())
-        .args(["ctl", "--api-sock"])
-        .arg(vm.socket())
-        .arg("screenshot")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (w, h, rgba) = decode(&std::fs::read(&file).unwrap());
+    let (w, h, rgba) = display::ctl_screenshot(&vm);
     assert_eq!((w, h), (W, H));
     assert_eq!(rgba, second);
 

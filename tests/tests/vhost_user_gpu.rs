@@ -15,7 +15,7 @@ use tests::api_vm::ApiVm;
 use tests::backend_process::BackendProcess;
 use tests::display::gpu_pattern::{frame1, frame2};
 use tests::display::{decode_png, Screenshot};
-use tests::{kvm_available, petrel, test_guest};
+use tests::{kvm_available, test_guest};
 
 /// Debian's `qemu-system-gui` ships it.
 const VHOST_USER_GPU: &str = "/usr/lib/qemu/vhost-user-gpu";
@@ -180,20 +180,7 @@ fn the_screenshot_shows_what_the_back_end_rendered() {
     assert_shows(&second, frame2(W, H), "frame 2");
 
     // `petrel ctl screenshot FILE` writes the same picture.
-    let file = vm.path("screen.png");
-    let out = Command::new(petrel())
-        .args(["ctl", "--api-sock"])
-        .arg(vm.socket())
-        .arg("screenshot")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (w, h, rgba) = decode_png(&std::fs::read(&file).unwrap());
+    let (w, h, rgba) = tests::display::ctl_screenshot(&vm);
     assert_eq!((w, h), (W, H));
     assert_eq!(rgba, second.rgba);
 
@@ -270,17 +257,8 @@ fn the_web_console_shows_what_the_back_end_rendered() {
         .map(u64::from)
         .collect();
     let expected = serde_json::to_value(expected).unwrap();
-    let shown = browser.wait_for(GUEST_TIMEOUT, "the back end's picture in the canvas", |b| {
-        let pixels = b.execute(
-            "const c = document.getElementById('screen');
-             if (c.classList.contains('hidden')) return null;
-             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
-             return [c.width, c.height, Array.from(d.data)];",
-            json!([]),
-        );
-        (pixels[2] == expected).then_some(pixels)
-    });
-    assert_eq!((shown[0].clone(), shown[1].clone()), (json!(W), json!(H)));
+    let shown = browser.wait_for_canvas(GUEST_TIMEOUT, "the back end's picture", &expected);
+    assert_eq!(shown, (json!(W), json!(H)));
 }
 
 #[test]

@@ -350,20 +350,8 @@ fn the_page_shows_the_guests_drawing_and_its_clicks_and_keys_reach_the_guest() {
 
     // The canvas shows exactly the pixels the guest drew (frame 1 of the gpu pattern).
     let expected = serde_json::to_value(gpu_pattern(width, height)).unwrap();
-    let shown = browser.wait_for(WAIT, "the guest's picture in the canvas", |b| {
-        let pixels = b.execute(
-            "const c = document.getElementById('screen');
-             if (c.classList.contains('hidden')) return null;
-             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
-             return [c.width, c.height, Array.from(d.data)];",
-            json!([]),
-        );
-        (pixels[2] == expected).then_some(pixels)
-    });
-    assert_eq!(
-        (shown[0].clone(), shown[1].clone()),
-        (json!(width), json!(height))
-    );
+    let shown = browser.wait_for_canvas(WAIT, "the guest's picture in the canvas", &expected);
+    assert_eq!(shown, (json!(width), json!(height)));
     // The page asks for the frame it has with If-None-Match: 304, no body, no PNG encoded.
     let full = vm.authed("GET", "/display/screenshot", None);
     assert_eq!(full.status, 200, "{}", full.text());

@@ -91,12 +91,7 @@ impl Gpu {
 
     /// A copy of what the screen shows, None while no scanout is set.
     pub fn frame(&self) -> Option<Frame> {
-        self.front.as_ref().map(|f| Frame {
-            width: f.width,
-            height: f.height,
-            rgba: f.rgba.clone(),
-            generation: self.generation,
-        })
+        self.front.as_ref().map(|f| f.frame(self.generation))
     }
 
     /// The generation of the picture (increments with each change).

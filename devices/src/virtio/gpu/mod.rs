@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use device::Gpu;
 pub use metrics::GpuMetrics;
 pub use persist::{GpuState, ResourceState};
+pub(crate) use scanout::Front;
 pub use scanout::{Cursor, Frame, Scanout};
 
 /// Feature bit: GET_EDID is supported.

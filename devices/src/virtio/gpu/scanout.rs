@@ -35,6 +35,16 @@ pub struct Front {
 }
 
 impl Front {
+    /// A copy of the picture, as the `generation`th change of the screen.
+    pub fn frame(&self, generation: u64) -> Frame {
+        Frame {
+            width: self.width,
+            height: self.height,
+            rgba: self.rgba.clone(),
+            generation,
+        }
+    }
+
     /// The whole of `scanout.rect` of `resource`; None if its memory cannot be had.
     pub fn of(scanout: &Scanout, resource: &Resource) -> Option<Front> {
         let r = scanout.rect;

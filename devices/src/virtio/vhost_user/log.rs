@@ -8,7 +8,7 @@
 //! or next time, never lost.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memory::{GuestMemoryMmap, PAGE_SIZE};
@@ -45,34 +45,10 @@ impl DirtyLog {
         let pages = (end as usize).div_ceil(PAGE_SIZE);
         let words = pages.div_ceil(64).max(1);
         let bytes = (words * 8).next_multiple_of(PAGE_SIZE);
-        // SAFETY: the name is a NUL-terminated string; memfd_create only reads it.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"petrel-vhost-user-log".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if fd < 0 {
-            return Err(os("the dirty log's memfd")(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just created and nothing else owns it.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(bytes as u64)
-            .map_err(os("the dirty log's memfd"))?;
         // A back end that shrank the file would make petrel's next read of the log fault
         // (SIGBUS): the size is sealed, as guest memory's is.
-        // SAFETY: F_ADD_SEALS on the memfd this function owns takes an int of seal bits and
-        // only restricts what the file allows from now on.
-        let sealed = unsafe {
-            libc::fcntl(
-                file.as_raw_fd(),
-                libc::F_ADD_SEALS,
-                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
-            )
-        };
-        if sealed < 0 {
-            return Err(os("the dirty log's seals")(std::io::Error::last_os_error()));
-        }
+        let file = memory::sealed_memfd(c"petrel-vhost-user-log", bytes as u64)
+            .map_err(os("the dirty log's memfd"))?;
         // SAFETY: a new shared mapping of `bytes` bytes of the memfd this function owns, at
         // an address the kernel picks; nothing else in this process refers to it.
         let base = unsafe {

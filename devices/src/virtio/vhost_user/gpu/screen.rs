@@ -2,14 +2,7 @@
 //! it (SCANOUT sets its size, UPDATE its pixels), and the cursor.
 
 use crate::virtio::gpu::protocol::Rect;
-use crate::virtio::gpu::{Frame, MAX_SIZE};
-
-/// The front buffer: `width * height` RGBA8 pixels.
-struct Front {
-    width: u32,
-    height: u32,
-    rgba: Vec<u8>,
-}
+use crate::virtio::gpu::{Frame, Front, MAX_SIZE};
 
 /// The cursor as the back end last placed it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,12 +40,7 @@ pub struct Screen {
 impl Screen {
     /// A copy of the picture, None while no scanout is set.
     pub fn frame(&self) -> Option<Frame> {
-        self.front.as_ref().map(|f| Frame {
-            width: f.width,
-            height: f.height,
-            rgba: f.rgba.clone(),
-            generation: self.generation,
-        })
+        self.front.as_ref().map(|f| f.frame(self.generation))
     }
 
     /// The cursor.
