@@ -3,13 +3,14 @@
 //! flags, payload size, all u32 — then the payload) and petrel sends the replies some need.
 //!
 //! The socket is non-blocking: each readiness reads what is there, at most
-//! [`MESSAGES_PER_PASS`] messages, and keeps a message that is only partly in. A payload
-//! petrel will not hold (larger than the screen allows) is read and discarded. Replies are
-//! written with a [`REPLY_TIMEOUT`], so a back end that stops reading cannot hold the VMM.
+//! [`MESSAGES_PER_PASS`] messages and [`BYTES_PER_PASS`] bytes, and keeps a message that is
+//! only partly in. A payload petrel will not hold (larger than the screen allows) is read and
+//! discarded. Replies never wait: a back end waits for each reply before its next request, so
+//! one that does not fit in the socket's buffer at once means the back end stopped reading,
+//! and the channel is dropped rather than the VMM thread held.
 
 use std::io::{ErrorKind, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -37,8 +38,8 @@ pub const MAX_SMALL_PAYLOAD: usize = 12 + 8 + 64 * 64 * 4;
 pub const UPDATE_HEADER_LEN: usize = 20;
 /// Messages handled per readiness before the event loop serves others.
 pub const MESSAGES_PER_PASS: usize = 64;
-/// How long a reply may take to go out.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes read (or discarded) per readiness before the event loop serves others.
+pub const BYTES_PER_PASS: usize = 16 << 20;
 /// Bytes read (or discarded) at a time.
 const CHUNK: usize = 64 << 10;
 
@@ -59,8 +60,8 @@ pub enum ChannelError {
     Closed,
     #[error("display channel: {0}")]
     Io(#[from] std::io::Error),
-    #[error("display channel: the reply did not go out within {REPLY_TIMEOUT:?}")]
-    ReplyTimeout,
+    #[error("display channel: the back end does not read its replies")]
+    ReplyBlocked,
 }
 
 /// What has come in of the message being read.
@@ -87,6 +88,8 @@ enum Partial {
 pub struct Channel {
     socket: UnixStream,
     partial: Partial,
+    /// Where discarded payload bytes are read to.
+    sink: Vec<u8>,
 }
 
 fn header() -> Partial {
@@ -103,6 +106,7 @@ impl Channel {
         Ok(Channel {
             socket,
             partial: header(),
+            sink: vec![0; CHUNK],
         })
     }
 
@@ -116,17 +120,24 @@ impl Channel {
         self.socket
     }
 
-    /// The next whole message, or None until more comes in. `max_payload(request)` is the
-    /// largest payload petrel keeps for a request; a larger one is discarded.
+    /// The next whole message, or None until more comes in or once `budget` bytes (counted
+    /// down) have been read. `max_payload(request)` is the largest payload petrel keeps for
+    /// a request; a larger one is discarded.
     pub fn next_message(
         &mut self,
         max_payload: impl Fn(u32) -> usize,
+        budget: &mut usize,
     ) -> Result<Option<Message>, ChannelError> {
-        let Channel { socket, partial } = self;
+        let Channel {
+            socket,
+            partial,
+            sink,
+        } = self;
+        let mut read_some = |buf: &mut [u8]| read_some(socket, buf, budget);
         loop {
             match partial {
                 Partial::Header { buf, filled } => {
-                    let Some(n) = read_some(socket, &mut buf[*filled..])? else {
+                    let Some(n) = read_some(&mut buf[*filled..])? else {
                         return Ok(None);
                     };
                     *filled += n;
@@ -164,7 +175,7 @@ impl Channel {
                 } => {
                     if *filled < buf.len() {
                         let end = buf.len().min(*filled + CHUNK);
-                        let Some(n) = read_some(socket, &mut buf[*filled..end])? else {
+                        let Some(n) = read_some(&mut buf[*filled..end])? else {
                             return Ok(None);
                         };
                         *filled += n;
@@ -195,8 +206,7 @@ impl Channel {
                         *partial = header();
                         return Ok(Some(message));
                     }
-                    let mut sink = vec![0u8; (*left).min(CHUNK)];
-                    let Some(n) = read_some(socket, &mut sink)? else {
+                    let Some(n) = read_some(&mut sink[..(*left).min(CHUNK)])? else {
                         return Ok(None);
                     };
                     *left -= n;
@@ -205,34 +215,41 @@ impl Channel {
         }
     }
 
-    /// Sends the reply to `request` carrying `payload`, within [`REPLY_TIMEOUT`].
+    /// Sends the reply to `request` carrying `payload` (a few KiB at most), without waiting:
+    /// a reply that does not go out whole at once is [`ChannelError::ReplyBlocked`].
     pub fn reply(&mut self, request: u32, payload: &[u8]) -> Result<(), ChannelError> {
         let mut msg = Vec::with_capacity(HEADER_LEN + payload.len());
         for word in [request, REPLY_FLAG, payload.len() as u32] {
             msg.extend_from_slice(&word.to_le_bytes());
         }
         msg.extend_from_slice(payload);
-        // Blocking with a timeout for the reply: small, and the back end waits for it.
-        self.socket.set_nonblocking(false)?;
-        self.socket.set_write_timeout(Some(REPLY_TIMEOUT))?;
-        let sent = (&self.socket).write_all(&msg);
-        self.socket.set_nonblocking(true)?;
-        match sent {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                Err(ChannelError::ReplyTimeout)
-            }
+        match (&self.socket).write(&msg) {
+            Ok(n) if n == msg.len() => Ok(()),
+            Ok(_) => Err(ChannelError::ReplyBlocked),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(ChannelError::ReplyBlocked),
             Err(e) => Err(e.into()),
         }
     }
 }
 
-/// Reads into `buf` (not empty); Ok(None) when nothing is there now. Descriptors the back
-/// end passes (a DMABUF_SCANOUT's) are closed at once: petrel cannot show them.
-fn read_some(socket: &UnixStream, buf: &mut [u8]) -> Result<Option<usize>, ChannelError> {
-    match socket.recv_with_fd(buf) {
+/// Reads into `buf` (not empty), at most `budget` bytes (counted down); Ok(None) when
+/// nothing is there now or the budget is spent. Descriptors the back end passes (a
+/// DMABUF_SCANOUT's) are closed at once: petrel cannot show them.
+fn read_some(
+    socket: &UnixStream,
+    buf: &mut [u8],
+    budget: &mut usize,
+) -> Result<Option<usize>, ChannelError> {
+    let len = buf.len().min(*budget);
+    if len == 0 {
+        return Ok(None);
+    }
+    match socket.recv_with_fd(&mut buf[..len]) {
         Ok((0, _)) => Err(ChannelError::Closed),
-        Ok((n, _fd)) => Ok(Some(n)),
+        Ok((n, _fd)) => {
+            *budget -= n;
+            Ok(Some(n))
+        }
         Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => Ok(None),
         Err(e) => Err(std::io::Error::from_raw_os_error(e.errno()).into()),
     }

@@ -167,6 +167,8 @@ impl VhostUserGpuKind {
         match *words {
             [0, width, height, ..] => {
                 if let Err(e) = self.screen.set_mode(width, height) {
+                    // The old picture is no longer what the guest shows.
+                    self.screen.disable();
                     self.ignore(channel::SCANOUT, &e.to_string());
                 }
             }
@@ -341,6 +343,7 @@ impl VhostUserKind for VhostUserGpuKind {
     }
 
     fn channel_ready(&mut self) {
+        let mut budget = channel::BYTES_PER_PASS;
         for _ in 0..channel::MESSAGES_PER_PASS {
             let update_max = self.max_payload(channel::UPDATE);
             let limits = move |request| match request {
@@ -350,7 +353,7 @@ impl VhostUserKind for VhostUserGpuKind {
             let Some(ch) = self.channel.as_mut() else {
                 return;
             };
-            let next = ch.next_message(limits);
+            let next = ch.next_message(limits, &mut budget);
             let result = match next {
                 Ok(Some(msg)) => self.handle(msg),
                 Ok(None) => return,

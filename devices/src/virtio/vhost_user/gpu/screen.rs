@@ -23,7 +23,7 @@ pub enum ScreenError {
     NoMemory(u32, u32),
     #[error("an update arrived before any scanout was set")]
     NoScanout,
-    #[error("update {0:?} is outside the {1}x{2} screen")]
+    #[error("update {0:?} has nothing inside the {1}x{2} screen")]
     Outside(Rect, u32, u32),
     #[error("update {0:?} carries {1} bytes of pixels, not 4 per pixel")]
     Pixels(Rect, usize),
@@ -86,21 +86,32 @@ impl Screen {
         }
     }
 
-    /// UPDATE: `pixels` (x8r8g8b8, that is B, G, R, X bytes) for `rect` of the screen.
+    /// UPDATE: `pixels` (x8r8g8b8, that is B, G, R, X bytes) for `rect`, clipped to the
+    /// screen (a back end sends the flushed rectangle in the resource's coordinates, which
+    /// can reach past a scanout smaller than its resource, as QEMU's front end clips too).
     pub fn update(&mut self, rect: Rect, pixels: &[u8]) -> Result<(), ScreenError> {
         let front = self.front.as_mut().ok_or(ScreenError::NoScanout)?;
-        if !rect.fits_in(front.width, front.height) {
-            return Err(ScreenError::Outside(rect, front.width, front.height));
-        }
         let row = rect.width as usize * 4;
         if pixels.len() != row * rect.height as usize {
             return Err(ScreenError::Pixels(rect, pixels.len()));
         }
+        let right = (u64::from(rect.x) + u64::from(rect.width)).min(u64::from(front.width));
+        let bottom = (u64::from(rect.y) + u64::from(rect.height)).min(u64::from(front.height));
+        if right <= u64::from(rect.x) || bottom <= u64::from(rect.y) {
+            return Err(ScreenError::Outside(rect, front.width, front.height));
+        }
+        // Within the screen, so these fit in usize.
+        let (x, y) = (rect.x as usize, rect.y as usize);
+        let shown = (right as usize - x) * 4;
         let stride = front.width as usize * 4;
-        for (i, src) in pixels.chunks_exact(row).enumerate() {
-            let at = (rect.y as usize + i) * stride + rect.x as usize * 4;
-            let dst = &mut front.rgba[at..at + row];
-            for (s, d) in src.chunks_exact(4).zip(dst.chunks_exact_mut(4)) {
+        for (i, src) in pixels
+            .chunks_exact(row)
+            .take(bottom as usize - y)
+            .enumerate()
+        {
+            let at = (y + i) * stride + x * 4;
+            let dst = &mut front.rgba[at..at + shown];
+            for (s, d) in src[..shown].chunks_exact(4).zip(dst.chunks_exact_mut(4)) {
                 d.copy_from_slice(&[s[2], s[1], s[0], 0xff]);
             }
         }
@@ -165,7 +176,12 @@ mod tests {
             Err(ScreenError::Size(..))
         ));
         s.set_mode(4, 4).unwrap();
-        for r in [rect(3, 0, 2, 1), rect(u32::MAX, 0, 2, 1), rect(0, 0, 0, 1)] {
+        for r in [
+            rect(4, 0, 2, 1),
+            rect(0, 4, 1, 1),
+            rect(u32::MAX, 0, 2, 1),
+            rect(0, 0, 0, 1),
+        ] {
             let len = r.width as usize * r.height as usize * 4;
             assert!(matches!(
                 s.update(r, &vec![0; len.min(64)]),
@@ -179,5 +195,21 @@ mod tests {
         assert_eq!(s.frame().unwrap().generation, 1);
         s.set_mode(0, 0).unwrap();
         assert!(s.frame().is_none());
+    }
+
+    #[test]
+    fn an_update_reaching_past_the_screen_is_clipped_to_it() {
+        let mut s = Screen::default();
+        s.set_mode(2, 2).unwrap();
+        // 3x3 at (1, 1): only its top-left pixel, (1, 1), is on the screen.
+        let pixels: Vec<u8> = (0..9u8).flat_map(|i| [i, i, i, 0]).collect();
+        s.update(rect(1, 1, 3, 3), &pixels).unwrap();
+        let f = s.frame().unwrap();
+        assert_eq!(f.generation, 2);
+        assert_eq!(&f.rgba[12..16], &[0, 0, 0, 0xff]);
+        s.update(rect(0, 1, 3, 1), &pixels[..12]).unwrap();
+        let f = s.frame().unwrap();
+        assert_eq!(&f.rgba[8..16], &[0, 0, 0, 0xff, 1, 1, 1, 0xff]);
+        assert_eq!(&f.rgba[..8], &[0, 0, 0, 0xff, 0, 0, 0, 0xff]);
     }
 }

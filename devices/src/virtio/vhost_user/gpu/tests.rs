@@ -126,7 +126,7 @@ fn bad_messages_are_ignored_or_discarded_and_the_channel_goes_on() {
     send(&mut backend, SCANOUT, &words(&[0, 4, 4]));
     // Outside the screen, a wrong pixel count, another scanout, too short, unknown, a mode
     // too large, and an update larger than the screen (discarded unread).
-    send(&mut backend, UPDATE, &update(0, [3, 3, 2, 2], &[0; 16]));
+    send(&mut backend, UPDATE, &update(0, [4, 3, 2, 2], &[0; 16]));
     send(&mut backend, UPDATE, &update(0, [0, 0, 2, 2], &[0; 12]));
     send(&mut backend, UPDATE, &update(5, [0, 0, 1, 1], &[0; 4]));
     send(&mut backend, SCANOUT, &words(&[0, 1]));
@@ -140,11 +140,12 @@ fn bad_messages_are_ignored_or_discarded_and_the_channel_goes_on() {
     kind.channel_ready();
     let (request, _, info) = reply(&mut backend);
     assert_eq!((request, info.len()), (GET_DISPLAY_INFO, 408));
-    let frame = kind.screen.frame().unwrap();
-    assert_eq!((frame.width, frame.height, frame.generation), (4, 4, 1));
+    // The mode too large took the picture away: the guest no longer shows the old one.
+    assert!(kind.screen.frame().is_none());
     assert!(kind.channel.is_some());
     // All but the other scanout's update count as not applied.
     assert_eq!(kind.ignored, 8);
+    send(&mut backend, SCANOUT, &words(&[0, 4, 4]));
     // Still in step: a good update after all that lands.
     send(
         &mut backend,
@@ -203,4 +204,49 @@ fn the_config_space_has_one_scanout_and_the_back_ends_capsets() {
         words(&[0, 0, 1, 2])
     );
     assert_eq!(config_space(Some(&[1, 2])), words(&[0, 0, 1, 0]));
+}
+
+#[test]
+fn a_back_end_that_does_not_read_its_replies_loses_the_channel_and_holds_nothing() {
+    let (mut kind, backend) = kind(64, 48);
+    // Requests that want replies, sent until the socket is full, never read.
+    let ask = words(&[GET_EDID, 0, 4, 0]);
+    backend.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    while (&backend).write(&ask).is_ok_and(|n| n == ask.len()) {
+        sent += 1;
+    }
+    assert!(sent > 10);
+    let started = std::time::Instant::now();
+    while kind.channel.is_some() {
+        kind.channel_ready();
+        assert!(started.elapsed() < Duration::from_secs(30), "still open");
+    }
+    assert!(kind.retired_channels().len() == 1);
+}
+
+#[test]
+fn one_pass_reads_a_bounded_number_of_bytes() {
+    let (mut kind, mut backend) = kind(4095, 4095);
+    send(&mut backend, SCANOUT, &words(&[0, 4095, 4095]));
+    kind.channel_ready();
+    // A whole-screen update (64 MiB) comes in over several passes, then lands.
+    let pixels = vec![0x40u8; 4095 * 4095 * 4];
+    let payload = update(0, [0, 0, 4095, 4095], &pixels);
+    let writer = std::thread::spawn(move || {
+        send(&mut backend, UPDATE, &payload);
+        backend
+    });
+    let mut passes = 0;
+    while kind.screen.frame().unwrap().generation < 2 {
+        kind.channel_ready();
+        passes += 1;
+        assert!(passes < 100_000, "the update never landed");
+    }
+    assert!(passes >= pixels.len() / BYTES_PER_PASS, "{passes} passes");
+    drop(writer.join().unwrap());
+    assert_eq!(
+        &kind.screen.frame().unwrap().rgba[..4],
+        &[0x40, 0x40, 0x40, 0xff]
+    );
 }
