@@ -9,6 +9,7 @@
 //! one that does not fit in the socket's buffer at once means the back end stopped reading,
 //! and the channel is dropped rather than the VMM thread held.
 
+use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 
@@ -44,13 +45,15 @@ pub const BYTES_PER_PASS: usize = 16 << 20;
 const CHUNK: usize = 64 << 10;
 
 /// One request from the back end.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Message {
     pub request: u32,
     pub flags: u32,
     /// The payload; empty when it was discarded (`discarded` bytes).
     pub payload: Vec<u8>,
     pub discarded: usize,
+    /// The descriptor that came with the message (a DMABUF_SCANOUT's buffer).
+    pub fd: Option<File>,
 }
 
 /// Why the channel is no longer usable.
@@ -90,6 +93,8 @@ pub struct Channel {
     partial: Partial,
     /// Where discarded payload bytes are read to.
     sink: Vec<u8>,
+    /// A descriptor received with the message being read (a later one replaces it).
+    fd: Option<File>,
 }
 
 fn header() -> Partial {
@@ -107,6 +112,7 @@ impl Channel {
             socket,
             partial: header(),
             sink: vec![0; CHUNK],
+            fd: None,
         })
     }
 
@@ -132,8 +138,15 @@ impl Channel {
             socket,
             partial,
             sink,
+            fd,
         } = self;
-        let mut read_some = |buf: &mut [u8]| read_some(socket, buf, budget);
+        let mut read_some = |buf: &mut [u8]| {
+            let (n, received) = read_some(socket, buf, budget)?;
+            if received.is_some() {
+                *fd = received;
+            }
+            Ok::<_, ChannelError>(n)
+        };
         loop {
             match partial {
                 Partial::Header { buf, filled } => {
@@ -186,6 +199,7 @@ impl Channel {
                         flags: *flags,
                         payload: std::mem::take(buf),
                         discarded: 0,
+                        fd: fd.take(),
                     };
                     *partial = header();
                     return Ok(Some(message));
@@ -202,6 +216,7 @@ impl Channel {
                             flags: *flags,
                             payload: Vec::new(),
                             discarded: *total,
+                            fd: fd.take(),
                         };
                         *partial = header();
                         return Ok(Some(message));
@@ -232,25 +247,24 @@ impl Channel {
     }
 }
 
-/// Reads into `buf` (not empty), at most `budget` bytes (counted down); Ok(None) when
-/// nothing is there now or the budget is spent. Descriptors the back end passes (a
-/// DMABUF_SCANOUT's) are closed at once: petrel cannot show them.
+/// Reads into `buf` (not empty), at most `budget` bytes (counted down), and the descriptor
+/// that came with them if any; None when nothing is there now or the budget is spent.
 fn read_some(
     socket: &UnixStream,
     buf: &mut [u8],
     budget: &mut usize,
-) -> Result<Option<usize>, ChannelError> {
+) -> Result<(Option<usize>, Option<File>), ChannelError> {
     let len = buf.len().min(*budget);
     if len == 0 {
-        return Ok(None);
+        return Ok((None, None));
     }
     match socket.recv_with_fd(&mut buf[..len]) {
         Ok((0, _)) => Err(ChannelError::Closed),
-        Ok((n, _fd)) => {
+        Ok((n, fd)) => {
             *budget -= n;
-            Ok(Some(n))
+            Ok((Some(n), fd))
         }
-        Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => Ok(None),
+        Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => Ok((None, None)),
         Err(e) => Err(std::io::Error::from_raw_os_error(e.errno()).into()),
     }
 }

@@ -11,21 +11,24 @@
 //!   thread: GET_PROTOCOL_FEATURES (petrel offers `EDID`), GET_DISPLAY_INFO (one scanout of
 //!   the configured size), GET_EDID (petrel's EDID for that size), SCANOUT and UPDATE
 //!   (scanout 0's picture, which the screenshot and the web console show), the cursor
-//!   messages, and DMABUF_UPDATE (acknowledged at once). DMABUF scanouts (3D) cannot be
-//!   shown: the screen goes blank and petrel says so once.
+//!   messages, and DMABUF_SCANOUT(2)/DMABUF_UPDATE (a linear buffer, mapped read-only and
+//!   copied from on each update, see [`dmabuf`]; the update is acknowledged either way).
 //! - Anything the back end sends is checked: a payload larger than petrel keeps is
 //!   discarded, a rectangle outside the screen or a scanout other than 0 is ignored and
 //!   logged; a broken channel is dropped (the device goes on without a picture).
 //! - Not savable: the back end holds the guest's resources.
 
 pub mod channel;
+pub mod dmabuf;
 pub mod screen;
 
+use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use channel::{Channel, ChannelError, Message};
+use dmabuf::{DmabufScanout, ScanoutInfo};
 use screen::{Pointer, Screen};
 
 use super::connection::Connection;
@@ -50,8 +53,8 @@ pub struct VhostUserGpuKind {
     channel: Option<Channel>,
     retired: Vec<OwnedFd>,
     screen: Screen,
-    /// Whether petrel said it cannot show the back end's DMABUF scanouts.
-    told_dmabuf: bool,
+    /// Scanout 0's buffer while the back end shows it as a DMABUF.
+    dmabuf: Option<DmabufScanout>,
     /// Display channels handed to back ends, and messages served on them.
     channels: u64,
     messages: u64,
@@ -66,7 +69,7 @@ impl From<GpuConfig> for VhostUserGpuKind {
             channel: None,
             retired: Vec::new(),
             screen: Screen::default(),
-            told_dmabuf: false,
+            dmabuf: None,
             channels: 0,
             messages: 0,
             ignored: 0,
@@ -155,8 +158,13 @@ impl VhostUserGpuKind {
             channel::CURSOR_POS | channel::CURSOR_POS_HIDE | channel::CURSOR_UPDATE => {
                 self.cursor(msg.request, &words)
             }
-            channel::DMABUF_SCANOUT | channel::DMABUF_SCANOUT2 => self.dmabuf_scanout(&words),
-            channel::DMABUF_UPDATE => self.reply(msg.request, &[])?,
+            channel::DMABUF_SCANOUT | channel::DMABUF_SCANOUT2 => {
+                self.dmabuf_scanout(msg.request, &msg.payload, msg.fd)
+            }
+            channel::DMABUF_UPDATE => {
+                self.dmabuf_update(&words);
+                self.reply(msg.request, &[])?
+            }
             other => self.ignore(other, "an unknown request was ignored"),
         }
         Ok(())
@@ -166,6 +174,7 @@ impl VhostUserGpuKind {
     fn scanout(&mut self, words: &[u32]) {
         match *words {
             [0, width, height, ..] => {
+                self.dmabuf = None;
                 if let Err(e) = self.screen.set_mode(width, height) {
                     // The old picture is no longer what the guest shows.
                     self.screen.disable();
@@ -212,14 +221,63 @@ impl VhostUserGpuKind {
         }
     }
 
-    /// DMABUF_SCANOUT(2): the descriptor was closed on receipt, petrel cannot read a DMABUF.
-    fn dmabuf_scanout(&mut self, words: &[u32]) {
-        if words.first() != Some(&0) {
+    /// DMABUF_SCANOUT(2): scanout 0 shows a buffer petrel maps (0x0 blanks it). A buffer
+    /// petrel cannot read blanks the screen.
+    fn dmabuf_scanout(&mut self, request: u32, payload: &[u8], fd: Option<File>) {
+        if payload.get(..4) != Some(&[0; 4][..]) {
+            if payload.len() < 4 {
+                self.ignore(request, SHORT);
+            }
             return;
         }
+        let Some(info) = ScanoutInfo::parse(payload, request == channel::DMABUF_SCANOUT2) else {
+            return self.ignore(request, SHORT);
+        };
+        self.dmabuf = None;
         self.screen.disable();
-        if !std::mem::replace(&mut self.told_dmabuf, true) {
-            tracing::warn!(id = %self.config.id, "vhost-user-gpu: the back end shows its picture as a DMABUF (3D/virgl), which petrel cannot read: the screen stays blank");
+        if info.rect.width == 0 || info.rect.height == 0 {
+            return;
+        }
+        let mapped = fd
+            .ok_or(dmabuf::DmabufError::NoFd)
+            .and_then(|f| DmabufScanout::map(f, info));
+        match mapped {
+            Ok(d) => {
+                let (width, height) = d.size();
+                match self.screen.set_mode(width, height) {
+                    Ok(()) => self.dmabuf = Some(d),
+                    Err(e) => self.ignore(request, &e.to_string()),
+                }
+            }
+            Err(e) => self.ignore(request, &e.to_string()),
+        }
+    }
+
+    /// DMABUF_UPDATE: scanout id, then the rectangle (in the buffer) to copy to the screen.
+    fn dmabuf_update(&mut self, words: &[u32]) {
+        let [0, x, y, width, height] = *words else {
+            if words.len() < 5 {
+                self.ignore(channel::DMABUF_UPDATE, SHORT);
+            }
+            return;
+        };
+        let Some(d) = &self.dmabuf else {
+            return self.ignore(channel::DMABUF_UPDATE, "no DMABUF scanout is shown");
+        };
+        let rect = Rect {
+            x,
+            y,
+            width,
+            height,
+        };
+        let screen = &mut self.screen;
+        let done = d.read(&rect, |on_screen, bytes, stride, layout| {
+            screen.blit(on_screen, bytes, stride, layout)
+        });
+        match done {
+            Some(Ok(())) => {}
+            Some(Err(e)) => self.ignore(channel::DMABUF_UPDATE, &e.to_string()),
+            None => self.ignore(channel::DMABUF_UPDATE, "the update is outside the scanout"),
         }
     }
 
@@ -388,6 +446,7 @@ impl VhostUserKind for VhostUserGpuKind {
 
     fn reset(&mut self) {
         // The driver's resources are gone: the screen goes blank, as with the built-in GPU.
+        self.dmabuf = None;
         self.screen.disable();
     }
 }

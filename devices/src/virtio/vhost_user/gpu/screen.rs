@@ -1,8 +1,16 @@
 //! What a vhost-user-gpu back end shows: the front buffer of scanout 0 as the back end sends
 //! it (SCANOUT sets its size, UPDATE its pixels), and the cursor.
 
-use crate::virtio::gpu::protocol::Rect;
+use crate::virtio::gpu::protocol::{Layout, Rect};
 use crate::virtio::gpu::{Frame, Front, MAX_SIZE};
+
+/// What UPDATE carries: B, G, R, X bytes.
+const X8R8G8B8: Layout = Layout {
+    r: 2,
+    g: 1,
+    b: 0,
+    a: None,
+};
 
 /// The cursor as the back end last placed it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,7 +98,7 @@ impl Screen {
     /// screen (a back end sends the flushed rectangle in the resource's coordinates, which
     /// can reach past a scanout smaller than its resource, as QEMU's front end clips too).
     pub fn update(&mut self, rect: Rect, pixels: &[u8]) -> Result<(), ScreenError> {
-        let front = self.front.as_mut().ok_or(ScreenError::NoScanout)?;
+        let front = self.front.as_ref().ok_or(ScreenError::NoScanout)?;
         let row = rect.width as usize * 4;
         if pixels.len() != row * rect.height as usize {
             return Err(ScreenError::Pixels(rect, pixels.len()));
@@ -100,19 +108,39 @@ impl Screen {
         if right <= u64::from(rect.x) || bottom <= u64::from(rect.y) {
             return Err(ScreenError::Outside(rect, front.width, front.height));
         }
-        // Within the screen, so these fit in usize.
-        let (x, y) = (rect.x as usize, rect.y as usize);
-        let shown = (right as usize - x) * 4;
-        let stride = front.width as usize * 4;
-        for (i, src) in pixels
-            .chunks_exact(row)
-            .take(bottom as usize - y)
-            .enumerate()
-        {
-            let at = (y + i) * stride + x * 4;
-            let dst = &mut front.rgba[at..at + shown];
-            for (s, d) in src[..shown].chunks_exact(4).zip(dst.chunks_exact_mut(4)) {
-                d.copy_from_slice(&[s[2], s[1], s[0], 0xff]);
+        let shown = Rect {
+            width: right as u32 - rect.x,
+            height: bottom as u32 - rect.y,
+            ..rect
+        };
+        self.blit(shown, pixels, row, X8R8G8B8)
+    }
+
+    /// Copies `rect` of the screen from `src`: rows `stride` bytes apart, each pixel 4 bytes
+    /// in `layout`'s order (shown opaque).
+    pub fn blit(
+        &mut self,
+        rect: Rect,
+        src: &[u8],
+        stride: usize,
+        layout: Layout,
+    ) -> Result<(), ScreenError> {
+        let front = self.front.as_mut().ok_or(ScreenError::NoScanout)?;
+        if !rect.fits_in(front.width, front.height) {
+            return Err(ScreenError::Outside(rect, front.width, front.height));
+        }
+        let row = rect.width as usize * 4;
+        let rows = rect.height as usize;
+        if src.len() < (rows - 1) * stride + row {
+            return Err(ScreenError::Pixels(rect, src.len()));
+        }
+        let dst_stride = front.width as usize * 4;
+        for i in 0..rows {
+            let from = &src[i * stride..i * stride + row];
+            let at = (rect.y as usize + i) * dst_stride + rect.x as usize * 4;
+            let to = &mut front.rgba[at..at + row];
+            for (s, d) in from.chunks_exact(4).zip(to.chunks_exact_mut(4)) {
+                d.copy_from_slice(&[s[layout.r], s[layout.g], s[layout.b], 0xff]);
             }
         }
         self.generation += 1;

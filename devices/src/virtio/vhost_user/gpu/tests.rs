@@ -250,3 +250,81 @@ fn one_pass_reads_a_bounded_number_of_bytes() {
         &[0x40, 0x40, 0x40, 0xff]
     );
 }
+
+/// DMABUF_SCANOUT of `file` as an 8x4 XR24 buffer (stride 32) whose scanout is its 4x2 at
+/// (2, 1).
+fn dmabuf_scanout(backend: &UnixStream, file: &std::fs::File) {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let payload = words(&[0, 2, 1, 4, 2, 8, 4, 32, 0, u32::from_le_bytes(*b"XR24")]);
+    let mut msg = words(&[DMABUF_SCANOUT, 0, payload.len() as u32]);
+    msg.extend(payload);
+    backend.send_with_fd(&msg[..], file.as_raw_fd()).unwrap();
+}
+
+#[test]
+fn a_dmabuf_scanout_is_read_on_each_update() {
+    use std::os::unix::fs::FileExt;
+    let (mut kind, mut backend) = kind(64, 48);
+    let buffer = memory::sealed_memfd(c"petrel-test-dmabuf", 128).unwrap();
+    // Every pixel of the buffer is (B, G, R, X) = (x, y, 0x80, 0).
+    let pixels: Vec<u8> = (0..32u8).flat_map(|i| [i % 8, i / 8, 0x80, 0]).collect();
+    buffer.write_all_at(&pixels, 0).unwrap();
+    dmabuf_scanout(&backend, &buffer);
+    kind.channel_ready();
+    let frame = kind.screen.frame().unwrap();
+    assert_eq!((frame.width, frame.height), (4, 2));
+    assert!(
+        frame.rgba.chunks(4).all(|p| p == [0, 0, 0, 0xff]),
+        "black until updated"
+    );
+
+    // The back end flushed (0, 0)..(5, 2) of the buffer: its part in the scanout is
+    // (2, 1)..(5, 2), the screen's (0, 0)..(3, 1).
+    send(&mut backend, DMABUF_UPDATE, &words(&[0, 0, 0, 5, 2]));
+    kind.channel_ready();
+    assert_eq!(reply(&mut backend), (DMABUF_UPDATE, REPLY_FLAG, Vec::new()));
+    let frame = kind.screen.frame().unwrap();
+    let row0: Vec<u8> = [2u8, 3, 4]
+        .iter()
+        .flat_map(|&x| [0x80, 1, x, 0xff])
+        .collect();
+    assert_eq!(&frame.rgba[..12], &row0[..]);
+    assert_eq!(&frame.rgba[12..16], &[0, 0, 0, 0xff]);
+    assert_eq!(
+        &frame.rgba[16..20],
+        &[0, 0, 0, 0xff],
+        "row 1 was not flushed"
+    );
+
+    // A later change of the buffer shows after the next update.
+    buffer.write_all_at(&[9, 9, 9, 0], (2 * 8 + 2) * 4).unwrap();
+    send(&mut backend, DMABUF_UPDATE, &words(&[0, 2, 1, 4, 2]));
+    kind.channel_ready();
+    reply(&mut backend);
+    assert_eq!(&kind.screen.frame().unwrap().rgba[16..20], &[9, 9, 9, 0xff]);
+    assert_eq!(kind.ignored, 0);
+}
+
+#[test]
+fn a_dmabuf_petrel_cannot_read_safely_blanks_the_screen_and_updates_are_still_answered() {
+    let (mut kind, mut backend) = kind(64, 48);
+    send(&mut backend, SCANOUT, &words(&[0, 4, 4]));
+    // A file that is not sealed: the back end could shrink it under petrel's mapping.
+    let unsealed = tempfile::tempfile().unwrap();
+    unsealed.set_len(128).unwrap();
+    dmabuf_scanout(&backend, &unsealed);
+    // Without a descriptor, and too short.
+    send(
+        &mut backend,
+        DMABUF_SCANOUT,
+        &words(&[0, 0, 0, 4, 2, 8, 4, 32, 0, 0x34325258]),
+    );
+    send(&mut backend, DMABUF_SCANOUT, &words(&[0, 0]));
+    send(&mut backend, DMABUF_UPDATE, &words(&[0, 0, 0, 4, 2]));
+    kind.channel_ready();
+    assert_eq!(reply(&mut backend), (DMABUF_UPDATE, REPLY_FLAG, Vec::new()));
+    assert!(kind.screen.frame().is_none());
+    assert!(kind.dmabuf.is_none());
+    assert_eq!(kind.ignored, 4);
+    assert!(kind.channel.is_some());
+}
