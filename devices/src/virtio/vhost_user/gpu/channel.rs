@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -262,6 +263,11 @@ fn read_some(
         Ok((0, _)) => Err(ChannelError::Closed),
         Ok((n, fd)) => {
             *budget -= n;
+            if let Some(f) = &fd {
+                // recvmsg without MSG_CMSG_CLOEXEC: keep the buffer from a child's exec.
+                // SAFETY: F_SETFD on the descriptor just received sets only its flags.
+                unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
             Ok((Some(n), fd))
         }
         Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => Ok((None, None)),
