@@ -45,6 +45,15 @@ impl Drop for Daemon {
     }
 }
 
+/// A daemon in a new directory and a driver of its disk, or `None` without the daemon.
+fn started() -> Option<(tempfile::TempDir, Daemon, Driver)> {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vu.sock");
+    let daemon = daemon(dir.path(), &socket)?;
+    let driver = Driver::start(&socket);
+    Some((dir, daemon, driver))
+}
+
 /// A daemon serving an image of [`pattern`] on `socket`, or `None` without the daemon.
 fn daemon(dir: &Path, socket: &Path) -> Option<Daemon> {
     if !Path::new(QSD).exists() {
@@ -173,12 +182,9 @@ impl Driver {
 
 #[test]
 fn the_daemon_logs_what_it_writes_once_logging_is_turned_on_at_run_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("vu.sock");
-    let Some(_daemon) = daemon(dir.path(), &socket) else {
+    let Some((_dir, _daemon, mut driver)) = started() else {
         return;
     };
-    let mut driver = Driver::start(&socket);
     driver.read();
     assert!(driver.logged().is_empty(), "logged with logging off");
 
@@ -200,12 +206,9 @@ fn the_daemon_logs_what_it_writes_once_logging_is_turned_on_at_run_time() {
 
 #[test]
 fn a_stop_for_a_save_records_the_queue_and_the_restart_serves_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("vu.sock");
-    let Some(_daemon) = daemon(dir.path(), &socket) else {
+    let Some((_dir, _daemon, mut driver)) = started() else {
         return;
     };
-    let mut driver = Driver::start(&socket);
     driver.read();
     driver.read();
     driver.device.quiesce();
