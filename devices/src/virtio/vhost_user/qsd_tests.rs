@@ -86,6 +86,44 @@ fn daemon(dir: &Path, socket: &Path) -> Option<Daemon> {
     Some(daemon)
 }
 
+/// 16 MiB of shared guest memory and a device connected to the daemon on `socket`.
+fn unstarted(socket: &Path) -> (GuestMemoryMmap, VhostUserBlk) {
+    let mem = MemoryLayout::new(16 << 20)
+        .unwrap()
+        .allocate_shared()
+        .unwrap();
+    let device = VhostUserBlk::new(VhostUserBlkConfig {
+        id: "vu".into(),
+        socket: socket.to_path_buf(),
+    })
+    .unwrap();
+    (mem, device)
+}
+
+/// The driver's one queue, its used ring at `used`.
+fn queue(used: u64) -> Queue {
+    let mut queue = Queue::new(QSIZE).unwrap();
+    queue.set_size(QSIZE);
+    queue
+        .try_set_desc_table_address(GuestAddress(DESC))
+        .unwrap();
+    queue
+        .try_set_avail_ring_address(GuestAddress(AVAIL))
+        .unwrap();
+    queue.try_set_used_ring_address(GuestAddress(used)).unwrap();
+    queue.set_ready(true);
+    queue
+}
+
+fn env(mem: &GuestMemoryMmap, device: &VhostUserBlk) -> DeviceEnv {
+    DeviceEnv {
+        mem: mem.clone(),
+        interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+        acked_features: device.avail_features(),
+        kicks: QueueKicks::new(Arc::new(vec![EventFd::new(EFD_NONBLOCK).unwrap()])),
+    }
+}
+
 /// A driver of one queue in shared guest memory.
 struct Driver {
     mem: GuestMemoryMmap,
@@ -95,33 +133,10 @@ struct Driver {
 
 impl Driver {
     fn start(socket: &Path) -> Driver {
-        let mem = MemoryLayout::new(16 << 20)
-            .unwrap()
-            .allocate_shared()
+        let (mem, mut device) = unstarted(socket);
+        device
+            .activate(vec![queue(USED)], env(&mem, &device))
             .unwrap();
-        let mut device = VhostUserBlk::new(VhostUserBlkConfig {
-            id: "vu".into(),
-            socket: socket.to_path_buf(),
-        })
-        .unwrap();
-        let mut queue = Queue::new(QSIZE).unwrap();
-        queue.set_size(QSIZE);
-        queue
-            .try_set_desc_table_address(GuestAddress(DESC))
-            .unwrap();
-        queue
-            .try_set_avail_ring_address(GuestAddress(AVAIL))
-            .unwrap();
-        queue.try_set_used_ring_address(GuestAddress(USED)).unwrap();
-        queue.set_ready(true);
-        let kicks = QueueKicks::new(Arc::new(vec![EventFd::new(EFD_NONBLOCK).unwrap()]));
-        let env = DeviceEnv {
-            mem: mem.clone(),
-            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
-            acked_features: device.avail_features(),
-            kicks,
-        };
-        device.activate(vec![queue], env).unwrap();
         Driver {
             mem,
             device,
@@ -217,4 +232,32 @@ fn a_stop_for_a_save_records_the_queue_and_the_restart_serves_again() {
     driver.device.resume();
     driver.read();
     assert_eq!(driver.used_idx(), 3);
+}
+
+/// The transport checks the driver's ring addresses before activation; the device checks
+/// them again when it translates them for the back end, and a bad one is an error the
+/// driver sees (the device needs a reset), not a panic, after which a good ring serves.
+#[test]
+fn a_ring_outside_guest_memory_fails_activation_and_a_good_ring_then_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("vu.sock");
+    let Some(_daemon) = daemon(dir.path(), &socket) else {
+        return;
+    };
+    let (mem, mut device) = unstarted(&socket);
+    let err = device
+        .activate(vec![queue(1 << 40)], env(&mem, &device))
+        .unwrap_err();
+    assert!(err.to_string().contains("outside guest memory"), "{err}");
+    device.reset();
+    device
+        .activate(vec![queue(USED)], env(&mem, &device))
+        .unwrap();
+    let mut driver = Driver {
+        mem,
+        device,
+        reads: 0,
+    };
+    driver.read();
+    driver.read();
 }
