@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{VhostUserBlk, VhostUserBlkConfig};
-use crate::virtio::{DeviceEnv, Interrupt, QueueKicks, VirtioDevice};
+use crate::virtio::{DeviceEnv, Interrupt, QueueKicks, QueueState, VirtioDevice};
 
 const QSD: &str = "/usr/bin/qemu-storage-daemon";
 const QSIZE: u16 = 16;
@@ -260,4 +260,33 @@ fn a_ring_outside_guest_memory_fails_activation_and_a_good_ring_then_serves() {
     };
     driver.read();
     driver.read();
+}
+
+/// What a snapshot holds of the device (its state, and the transport's queue) goes through
+/// serialization and back; a device restored from it, on the same daemon, goes on from where
+/// the saved one stood.
+#[test]
+fn saved_state_round_trips_and_the_restored_device_goes_on_where_the_saved_one_stood() {
+    let Some((_dir, _daemon, mut driver)) = started() else {
+        return;
+    };
+    driver.read();
+    driver.read();
+    driver.device.quiesce();
+    let state = serde_json::to_string(&driver.device.save()).unwrap();
+    let queue = serde_json::to_string(&QueueState::of(driver.device.queues()[0])).unwrap();
+    let Driver { mem, device, reads } = driver;
+    // The daemon serves one front end at a time: the saved one leaves first.
+    drop(device);
+
+    let state: super::VhostUserState<VhostUserBlkConfig> = serde_json::from_str(&state).unwrap();
+    let mut device = VhostUserBlk::restore(&state).unwrap();
+    assert_eq!(device.save(), state);
+    let queue: QueueState = serde_json::from_str(&queue).unwrap();
+    let queue = queue.to_queue().unwrap();
+    assert_eq!((queue.next_avail(), queue.next_used()), (2, 2));
+    device.activate(vec![queue], env(&mem, &device)).unwrap();
+    let mut driver = Driver { mem, device, reads };
+    driver.read();
+    assert_eq!(driver.used_idx(), 3);
 }
