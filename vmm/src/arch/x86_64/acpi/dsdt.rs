@@ -120,8 +120,9 @@ fn power_button() -> Raw {
     ))
 }
 
-/// `Device(Vnnn)` for the `index`th virtio-mmio device.
-fn virtio_device(index: usize, slot: &DeviceSlot) -> Result<Raw, AcpiError> {
+/// `slot`'s MMIO window as a `Memory32Fixed` describes it (base, length): below 4 GiB, or
+/// `AcpiError::Window`.
+pub(super) fn window_32(slot: &DeviceSlot) -> Result<(u32, u32), AcpiError> {
     let outside = || AcpiError::Window {
         base: slot.base,
         len: slot.len,
@@ -129,6 +130,12 @@ fn virtio_device(index: usize, slot: &DeviceSlot) -> Result<Raw, AcpiError> {
     let base = u32::try_from(slot.base).map_err(|_| outside())?;
     let len = u32::try_from(slot.len).map_err(|_| outside())?;
     base.checked_add(len).ok_or_else(outside)?;
+    Ok((base, len))
+}
+
+/// `Device(Vnnn)` for the `index`th virtio-mmio device.
+fn virtio_device(index: usize, slot: &DeviceSlot) -> Result<Raw, AcpiError> {
+    let (base, len) = window_32(slot)?;
     if index > 0xfff {
         return Err(AcpiError::TooManyDevices(index + 1));
     }

@@ -33,7 +33,7 @@ use acpi_tables::aml::{
 };
 use devices::legacy::{GED_POWER_BUTTON, GED_STATUS_LEN, GED_STATUS_OFFSET};
 
-use super::dsdt::{edge_interrupt, serialise, Raw};
+use super::dsdt::{edge_interrupt, serialise, window_32, Raw};
 use super::AcpiError;
 use crate::device_manager::allocator::DeviceSlot;
 
@@ -44,13 +44,7 @@ const NOTIFY_BUTTON_PRESSED: u8 = 0x80;
 
 /// `GED0` and `GEDR` for the device at `slot`.
 pub(super) fn devices(slot: &DeviceSlot) -> Result<[Raw; 2], AcpiError> {
-    let outside = || AcpiError::Window {
-        base: slot.base,
-        len: slot.len,
-    };
-    let base = u32::try_from(slot.base).map_err(|_| outside())?;
-    let len = u32::try_from(slot.len).map_err(|_| outside())?;
-    base.checked_add(len).ok_or_else(outside)?;
+    let (base, len) = window_32(slot)?;
     let status = u64::from(base) + GED_STATUS_OFFSET;
 
     let irq = edge_interrupt(slot.irq);
