@@ -6,6 +6,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::{MemFile, MemFileInfo, MemFileKind, PAGE_SIZE};
+use crate::extents::data_page_runs;
 use crate::ram::RamLayout;
 use crate::SnapshotError;
 
@@ -176,6 +177,30 @@ impl Chain {
             .collect()
     }
 
+    /// Copies the base's pages into `ram` (the guest's regions in layout order), reading only
+    /// where the base file has data: the pages of its holes are left untouched, so fresh
+    /// memory that was never written stays uncommitted. For memory that cannot map the base
+    /// (memory shared with another process); [`Chain::apply_layers`] comes after.
+    pub fn copy_base_into(&self, ram: &mut [&mut [u8]]) -> Result<(), SnapshotError> {
+        let path = &self.base.info.path;
+        let layout = RamLayout::new(path, ram.iter().map(|r| r.len()))?;
+        layout.expect_size(path, self.guest_size())?;
+        let data_offset = self.base.header.data_offset;
+        let pages = self.guest_size().div_ceil(PAGE_SIZE);
+        for (first, count) in data_page_runs(&self.base.file, path, data_offset, pages)? {
+            let offset = first * PAGE_SIZE;
+            let len = (count * PAGE_SIZE).min(self.guest_size() - offset);
+            for (region, in_region, len, rel) in layout.pieces(offset, len) {
+                let dst = &mut ram[region][in_region..in_region + len];
+                self.base
+                    .file
+                    .read_exact_at(dst, data_offset + offset + rel)
+                    .map_err(|e| SnapshotError::io("read", path, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Copies every layer's pages over `ram` (the guest's regions in layout order, already
     /// holding the base), oldest layer first. On an error `ram` may hold part of the layers.
     pub fn apply_layers(&self, ram: &mut [&mut [u8]]) -> Result<(), SnapshotError> {
@@ -285,6 +310,21 @@ mod tests {
         assert_eq!(restore(&chain, 128), b.rams[3]);
         let middle = resolve_chain(&b.path("l2")).unwrap();
         assert_eq!(restore(&middle, 17), b.rams[2]);
+    }
+
+    #[test]
+    fn the_base_copied_into_fresh_memory_then_the_layers_restore_the_final_ram() {
+        let b = chain_of_three();
+        let chain = resolve_chain(&b.path("l3")).unwrap();
+        for split in [0, 7, 128] {
+            let mut ram = vec![0u8; chain.guest_size() as usize];
+            let (low, high) = ram.split_at_mut(split * PAGE);
+            chain.copy_base_into(&mut [&mut *low, &mut *high]).unwrap();
+            chain.apply_layers(&mut [low, high]).unwrap();
+            assert_eq!(ram, b.rams[3], "split at page {split}");
+        }
+        let mut short = vec![0u8; PAGE];
+        assert!(chain.copy_base_into(&mut [&mut short]).is_err());
     }
 
     #[test]

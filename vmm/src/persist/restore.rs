@@ -106,18 +106,17 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
             state.memory.content_hash
         )));
     }
-    let (base, data_offset) = chain.base();
     let mem = if config.needs_shared_memory() {
         // Memory shared with another process (a vhost-user back end maps it from its file)
         // cannot be a private mapping of the snapshot: the back end would see the file, not
         // petrel's pages, and write into the snapshot. The saved pages go into a new memfd.
         let mem = crate::builder::allocate_memory(&config, &layout)?;
-        copy_saved_pages(base, data_offset, &mem).map_err(|source| BuildError::Io {
-            what: "cannot read the snapshot's memory into shared memory",
-            source,
-        })?;
+        // SAFETY: the memory was just allocated and nothing else (no vCPU, no device)
+        // exists yet to touch it; the slices are dropped at the end of this statement.
+        chain.copy_base_into(&mut unsafe { memory::ram_slices_mut(&mem) })?;
         mem
     } else {
+        let (base, data_offset) = chain.base();
         let mem = layout.map_file(base, data_offset)?;
         bind_restored(&config, &layout, &mem)?;
         mem
@@ -146,53 +145,6 @@ pub fn restore(request: &RestoreRequest, host: &VmConfig) -> Result<Machine, Bui
         mem_path.display()
     );
     Ok(machine)
-}
-
-/// Copies guest RAM from `file` (from byte `data_offset` on, in RAM order) into `mem`, fresh
-/// memory that nothing else touches yet. Chunks that are all zero are skipped, so the pages
-/// of fresh memory they cover are never touched.
-fn copy_saved_pages(
-    file: &std::fs::File,
-    data_offset: u64,
-    mem: &memory::GuestMemoryMmap,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    const CHUNK: usize = 1 << 20;
-    let mut buf = vec![0u8; CHUNK];
-    let mut at = data_offset;
-    // SAFETY: `mem` was just allocated; no vCPU or device exists yet to touch it, and the
-    // slices are dropped at the end of this function.
-    for slice in unsafe { memory::ram_slices_mut(mem) } {
-        for chunk in slice.chunks_mut(CHUNK) {
-            let len = chunk.len() as u64;
-            if has_data(file, at, len) {
-                let buf = &mut buf[..chunk.len()];
-                file.read_exact_at(buf, at)?;
-                if buf.iter().any(|&b| b != 0) {
-                    chunk.copy_from_slice(buf);
-                }
-            }
-            at += len;
-        }
-    }
-    Ok(())
-}
-
-/// Whether `file` may hold data in `at..at + len`: false only where it is a hole (the pages
-/// a snapshot never wrote), which is skipped without reading.
-fn has_data(file: &std::fs::File, at: u64, len: u64) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(offset) = libc::off_t::try_from(at) else {
-        return true;
-    };
-    // SAFETY: lseek on the file's own descriptor; it moves the file position only, which
-    // nothing here uses (reads give their offset), and touches no memory.
-    let next = unsafe { libc::lseek(file.as_raw_fd(), offset, libc::SEEK_DATA) };
-    if next < 0 {
-        // ENXIO: no data from `at` on. Anything else (no SEEK_DATA here): read to see.
-        return std::io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO);
-    }
-    (next as u64) < at + len
 }
 
 /// Binds restored memory (mapped from a file or handed over, not allocated here) to the
