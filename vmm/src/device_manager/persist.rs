@@ -184,6 +184,8 @@ pub fn save_virtio(handle: &VirtioHandle) -> Result<VirtioState, DeviceError> {
         .transport
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The transport quiesces the device first, so the device is saved at rest.
+    let transport_state = transport.save();
     let device = save_device(transport.device_mut()).ok_or_else(|| DeviceError::Virtio {
         id: handle.id.clone(),
         reason: "this kind of device cannot be saved".into(),
@@ -193,7 +195,7 @@ pub fn save_virtio(handle: &VirtioHandle) -> Result<VirtioState, DeviceError> {
         base: handle.slot.base,
         len: handle.slot.len,
         irq: handle.slot.irq,
-        transport: transport.save(),
+        transport: transport_state,
         device,
     })
 }

@@ -82,7 +82,8 @@ fn run(rt: &Runtime, percent: &AtomicU32, stop: &AtomicBool) {
         // A VM paused by someone else stays paused: resuming it is not the throttle's.
         if !rt.pause.is_paused() && rt.pause().is_ok() {
             std::thread::sleep(off);
-            rt.resume();
+            // Only the vCPUs were paused: no device stopped, none to start again.
+            rt.pause.release();
         }
         std::thread::sleep(PERIOD - off);
     }

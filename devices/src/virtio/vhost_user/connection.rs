@@ -43,6 +43,9 @@ const MAX_LOG_BASE_REPLY: usize = 256;
 /// `VHOST_F_LOG_ALL`: the back end logs the guest pages it writes while the front end asks.
 pub const LOG_ALL_BIT: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 
+/// What a back end needs to share a dirty log with petrel.
+pub const LOGGING: &str = "dirty page logging (VHOST_F_LOG_ALL and the LOG_SHMFD protocol feature)";
+
 /// The protocol features petrel uses when the back end has them.
 fn wanted_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::CONFIG
@@ -141,6 +144,15 @@ impl Connection {
     pub fn can_log(&self) -> bool {
         self.features & LOG_ALL_BIT != 0
             && self.protocol.contains(VhostUserProtocolFeatures::LOG_SHMFD)
+    }
+
+    /// [`Connection::can_log`], or the error that names what the back end lacks.
+    pub fn require_log(&self) -> Result<(), VhostUserError> {
+        if self.can_log() {
+            Ok(())
+        } else {
+            Err(VhostUserError::MissingFeature(LOGGING))
+        }
     }
 
     /// The socket, for the event loop to notice a hangup.
@@ -255,11 +267,7 @@ impl Connection {
     /// 16-byte reply, where libvhost-user back ends (QEMU's: qemu-storage-daemon, virtiofsd)
     /// answer with the specification's u64. Like QEMU's front end, petrel takes either.
     fn set_log_base(&mut self, log: &DirtyLog) -> Result<(), VhostUserError> {
-        if !self.can_log() {
-            return Err(VhostUserError::MissingFeature(
-                "dirty page logging (VHOST_F_LOG_ALL and the LOG_SHMFD protocol feature)",
-            ));
-        }
+        self.require_log()?;
         let fail = |e: vhost::vhost_user::Error| VhostUserError::Protocol {
             what: "SET_LOG_BASE",
             source: vhost::Error::VhostUserProtocol(e),

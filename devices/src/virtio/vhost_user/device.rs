@@ -270,10 +270,9 @@ impl<C: VhostUserKind> VhostUserDevice<C> {
                         "the features the driver accepted from the previous back end",
                     ));
                 }
-                if self.logging && !conn.can_log() {
-                    return Err(VhostUserError::MissingFeature(
-                        "dirty page logging (LOG_SHMFD), which petrel has on for this VM",
-                    ));
+                // petrel has logging on for this VM: a new back end must log too.
+                if self.logging {
+                    conn.require_log()?;
                 }
                 // Stopped for a save: `resume` starts the rings.
                 if let (Some(active), false) = (&self.active, self.stopped) {
@@ -408,10 +407,8 @@ impl<C: VhostUserKind> VirtioDevice for VhostUserDevice<C> {
 
     fn can_log_dirty(&self) -> Result<(), DirtyLogError> {
         match &self.conn {
-            Some(conn) if !conn.can_log() => {
-                Err(DirtyLogError(super::persist::CANNOT_LOG.to_string()))
-            }
-            _ => Ok(()),
+            Some(conn) => conn.require_log().map_err(|e| DirtyLogError(e.to_string())),
+            None => Ok(()),
         }
     }
 

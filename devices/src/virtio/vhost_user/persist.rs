@@ -34,9 +34,6 @@ use super::device::{VhostUserDevice, VhostUserKind};
 use super::log::DirtyLog;
 use super::VhostUserError;
 
-/// Why a back end cannot share a dirty log.
-pub const CANNOT_LOG: &str = "the vhost-user back end lacks dirty page logging (VHOST_F_LOG_ALL and the LOG_SHMFD protocol feature)";
-
 /// How long a save waits for the back end to finish the requests it took.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -197,11 +194,7 @@ impl<C: VhostUserKind> VhostUserDevice<C> {
         }
         if on {
             if let Some(conn) = &self.conn {
-                if !conn.can_log() {
-                    return Err(VhostUserError::MissingFeature(
-                        "dirty page logging (VHOST_F_LOG_ALL and the LOG_SHMFD protocol feature)",
-                    ));
-                }
+                conn.require_log()?;
             }
         }
         let log = match (&self.active, on) {
