@@ -80,23 +80,31 @@ fn used_index(queue: &Queue, mem: &GuestMemoryMmap) -> Option<u16> {
 }
 
 /// Waits until, on every ready queue, the back end has used everything the driver made
-/// available, or its used index stood still for [`IDLE`] (it waits for something else), or
-/// `deadline` passed. The vCPUs are paused, so the available index does not move.
+/// available, or no used index moved for [`IDLE`] (the back end waits for something else,
+/// as a receive queue's buffers wait for frames), or `deadline` passed. The queues share
+/// one idle window, so a device pays [`IDLE`] once, not per queue. The vCPUs are paused,
+/// so the available indices do not move.
 fn wait_until_idle(queues: &[Queue], mem: &GuestMemoryMmap, deadline: Instant) {
-    for queue in queues.iter().filter(|q| q.ready()) {
-        let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
-            continue;
-        };
-        let mut last = used_index(queue, mem);
-        let mut since = Instant::now();
-        while last.is_some_and(|u| u != avail.0) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-            let now = used_index(queue, mem);
-            if now != last {
-                (last, since) = (now, Instant::now());
-            } else if since.elapsed() >= IDLE {
-                break;
-            }
+    let watched: Vec<(&Queue, u16)> = queues
+        .iter()
+        .filter(|q| q.ready())
+        .filter_map(|q| Some((q, q.avail_idx(mem, Ordering::Acquire).ok()?.0)))
+        .collect();
+    let used = || -> Vec<Option<u16>> { watched.iter().map(|(q, _)| used_index(q, mem)).collect() };
+    let mut last = used();
+    let mut since = Instant::now();
+    loop {
+        let done = watched
+            .iter()
+            .zip(&last)
+            .all(|((_, avail), u)| u.is_none_or(|u| u == *avail));
+        if done || since.elapsed() >= IDLE || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        let now = used();
+        if now != last {
+            (last, since) = (now, Instant::now());
         }
     }
 }
