@@ -194,18 +194,6 @@ pub(crate) fn assemble(parts: Parts) -> Result<Machine, BuildError> {
         book,
         start_paused,
     } = parts;
-    if config.machine.track_dirty_pages {
-        // Diff snapshots need the pages vhost-user back ends write too.
-        crate::device_manager::virtio::set_dirty_logging(&devices.virtio, true).map_err(
-            |e| match e {
-                DeviceError::Virtio { id, reason } => DeviceError::Virtio {
-                    id,
-                    reason: format!("{reason}, which Diff snapshots (track_dirty_pages) need"),
-                },
-                other => other,
-            },
-        )?;
-    }
     let mut event_manager: EventManager<Subscriber> =
         EventManager::new().map_err(BuildError::EventLoop)?;
     let signals = SignalWatcher::install(exit.clone()).map_err(io_err("cannot watch signals"))?;

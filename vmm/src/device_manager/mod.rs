@@ -151,7 +151,7 @@ impl DeviceManager {
         let virtio = plan
             .virtio
             .into_iter()
-            .map(|p| virtio::attach(vm, mem, &mut mmio, p))
+            .map(|p| virtio::attach(vm, mem, &mut mmio, p, config.machine.track_dirty_pages))
             .collect::<Result<_, _>>()?;
         let ged = plan
             .ged

@@ -58,8 +58,14 @@ pub fn attach(
     mem: &GuestMemoryMmap,
     bus: &mut Bus,
     planned: PlannedDevice,
+    track_dirty: bool,
 ) -> Result<VirtioHandle, DeviceError> {
-    let PlannedDevice { id, slot, device } = planned;
+    let PlannedDevice {
+        id,
+        slot,
+        mut device,
+    } = planned;
+    log_for_diff_snapshots(&id, device.as_mut(), track_dirty)?;
     let interrupt = Arc::new(Interrupt::new(irq_line(vm, slot.irq)?));
     let transport =
         MmioTransport::new(device, mem.clone(), interrupt).map_err(|e| DeviceError::Virtio {
@@ -80,19 +86,31 @@ pub fn restore(
     track_dirty: bool,
 ) -> Result<VirtioHandle, DeviceError> {
     let mut device = persist::restore_device(&state.id, &state.device)?;
-    if track_dirty {
-        device
-            .set_dirty_logging(true)
-            .map_err(|e| DeviceError::Virtio {
-                id: state.id.clone(),
-                reason: format!("{e}, which Diff snapshots (track_dirty_pages) need"),
-            })?;
-    }
+    log_for_diff_snapshots(&state.id, device.as_mut(), track_dirty)?;
     let slot = state.slot();
     let irqfd = irq_line(vm, slot.irq)?;
     let transport =
         persist::restore_transport(&state.id, device, mem.clone(), irqfd, &state.transport)?;
     place(vm, bus, state.id.clone(), slot, transport)
+}
+
+/// With `track_dirty` (the machine's `track_dirty_pages`), `device` logs the pages it writes
+/// outside KVM's dirty log (a vhost-user back end's) from its first request on, as Diff
+/// snapshots need.
+fn log_for_diff_snapshots(
+    id: &str,
+    device: &mut dyn VirtioDevice,
+    track_dirty: bool,
+) -> Result<(), DeviceError> {
+    if !track_dirty {
+        return Ok(());
+    }
+    device
+        .set_dirty_logging(true)
+        .map_err(|e| DeviceError::Virtio {
+            id: id.to_string(),
+            reason: format!("{e}, which Diff snapshots (track_dirty_pages) need"),
+        })
 }
 
 /// Registers a transport's queue notifications with KVM and puts it on `bus`.
