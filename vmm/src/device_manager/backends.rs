@@ -7,7 +7,10 @@ use devices::virtio::console::{Console, ConsoleError};
 use devices::virtio::gpu::{Gpu, GpuBackend};
 use devices::virtio::input::Input;
 use devices::virtio::net::Net;
-use devices::virtio::vhost_user::{VhostUserBlk, VhostUserFs, VhostUserGpu, VhostUserNet};
+use devices::virtio::vhost_user::{
+    VhostUserBlkConfig, VhostUserDevice, VhostUserFsConfig, VhostUserGpuKind, VhostUserKind,
+    VhostUserNetKind,
+};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::VirtioDevice;
 
@@ -40,9 +43,11 @@ pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
         opened.push((disk.id.clone(), Box::new(block)));
     }
     for v in &config.vhost_user_blks {
-        let device = VhostUserBlk::new(v.clone())
-            .map_err(|e| open_error("vhost-user-blk", &v.id, &e, e.is_user_error()))?;
-        opened.push((v.id.clone(), Box::new(device)));
+        opened.push(vhost_user::<VhostUserBlkConfig>(
+            "vhost-user-blk",
+            &v.id,
+            v.clone(),
+        )?);
     }
     for net in &config.nets {
         let device = Net::new(net.clone()).map_err(|e| {
@@ -52,14 +57,18 @@ pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
         opened.push((net.id.clone(), Box::new(device)));
     }
     for v in &config.vhost_user_nets {
-        let device = VhostUserNet::new(v.clone())
-            .map_err(|e| open_error("vhost-user-net", &v.id, &e, e.is_user_error()))?;
-        opened.push((v.id.clone(), Box::new(device)));
+        opened.push(vhost_user::<VhostUserNetKind>(
+            "vhost-user-net",
+            &v.id,
+            v.clone(),
+        )?);
     }
     for v in &config.vhost_user_fs {
-        let device = VhostUserFs::new(v.clone())
-            .map_err(|e| open_error("vhost-user-fs", &v.id, &e, e.is_user_error()))?;
-        opened.push((v.id.clone(), Box::new(device)));
+        opened.push(vhost_user::<VhostUserFsConfig>(
+            "vhost-user-fs",
+            &v.id,
+            v.clone(),
+        )?);
     }
     for console in &config.consoles {
         let device = Console::new(console).map_err(|e| {
@@ -77,14 +86,23 @@ pub fn open(config: &VmConfig) -> Result<Vec<Opened>, DeviceError> {
         opened.push((input.id.clone(), Box::new(Input::new(input))));
     }
     if let Some(gpu) = &config.gpu {
-        let device: Box<dyn VirtioDevice> = match gpu.backend {
-            GpuBackend::Builtin => Box::new(Gpu::new(gpu.clone())),
-            GpuBackend::VhostUser => Box::new(
-                VhostUserGpu::new(gpu.clone())
-                    .map_err(|e| open_error("vhost-user-gpu", &gpu.id, &e, e.is_user_error()))?,
-            ),
-        };
-        opened.push((gpu.id.clone(), device));
+        opened.push(match gpu.backend {
+            GpuBackend::Builtin => (gpu.id.clone(), Box::new(Gpu::new(gpu.clone()))),
+            GpuBackend::VhostUser => {
+                vhost_user::<VhostUserGpuKind>("vhost-user-gpu", &gpu.id, gpu.clone())?
+            }
+        });
     }
     Ok(opened)
+}
+
+/// A vhost-user device of kind `C` (`what` in errors), connected to its back end.
+fn vhost_user<C: VhostUserKind>(
+    what: &'static str,
+    id: &str,
+    config: impl Into<C>,
+) -> Result<Opened, DeviceError> {
+    let device = VhostUserDevice::<C>::new(config)
+        .map_err(|e| open_error(what, id, &e, e.is_user_error()))?;
+    Ok((id.to_string(), Box::new(device)))
 }

@@ -11,7 +11,7 @@ use devices::virtio::input::{Input, InputState};
 use devices::virtio::mmio::{MmioState, MmioTransport};
 use devices::virtio::net::{Net, NetState};
 use devices::virtio::vhost_user::{
-    VhostUserBlk, VhostUserBlkConfig, VhostUserError, VhostUserKind, VhostUserNet,
+    VhostUserBlk, VhostUserBlkConfig, VhostUserDevice, VhostUserError, VhostUserKind, VhostUserNet,
     VhostUserNetKind, VhostUserState,
 };
 use devices::virtio::vsock::{Vsock, VsockState};
@@ -235,6 +235,7 @@ pub fn restore_device(id: &str, state: &DeviceState) -> Result<Box<dyn VirtioDev
         reason,
         user,
     };
+    let vu = |e: VhostUserError| err(e.to_string(), e.is_user_error());
     Ok(match state {
         DeviceState::Block(s) => Box::new(Block::restore(s).map_err(|e| err(e.to_string(), true))?),
         DeviceState::Net(s) => {
@@ -248,15 +249,15 @@ pub fn restore_device(id: &str, state: &DeviceState) -> Result<Box<dyn VirtioDev
         }
         DeviceState::Input(s) => Box::new(Input::restore(s).map_err(|e| err(e.to_string(), true))?),
         DeviceState::Gpu(s) => Box::new(Gpu::restore(s).map_err(|e| err(e.to_string(), true))?),
-        DeviceState::VhostUserBlk(s) => {
-            let vu = |e: VhostUserError| err(e.to_string(), e.is_user_error());
-            Box::new(VhostUserBlk::restore(s).map_err(vu)?)
-        }
-        DeviceState::VhostUserNet(s) => {
-            let vu = |e: VhostUserError| err(e.to_string(), e.is_user_error());
-            Box::new(VhostUserNet::restore(s).map_err(vu)?)
-        }
+        DeviceState::VhostUserBlk(s) => restore_vhost_user(s).map_err(vu)?,
+        DeviceState::VhostUserNet(s) => restore_vhost_user(s).map_err(vu)?,
     })
+}
+
+fn restore_vhost_user<C: VhostUserKind + Clone>(
+    state: &VhostUserState<C>,
+) -> Result<Box<dyn VirtioDevice>, VhostUserError> {
+    Ok(Box::new(VhostUserDevice::restore(state)?))
 }
 
 /// The transport of a restored device, as it was saved.
